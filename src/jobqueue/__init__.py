@@ -1,0 +1,20 @@
+"""jobqueue: run a command line on another machine as if it ran locally.
+
+``jobqueue.run`` and ``jobqueue.Executor`` mirror :func:`subprocess.run` and
+:class:`concurrent.futures.Executor` (imported lazily, so that ``jq`` stays lean).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["run", "Executor", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("run", "Executor"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'jobqueue' has no attribute {name!r}")

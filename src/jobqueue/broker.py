@@ -1,0 +1,770 @@
+"""The broker's logic as a pure state machine (sans-IO).
+
+Events in: :meth:`Broker.receive` (a frame from a peer) and :meth:`Broker.tick`
+(time passed), both given ``now``.  Messages out: the :class:`Send` list they
+return, plus :attr:`Broker.events` for the log.  No sockets, no clock.
+
+What it does: keeps the queue (priority, then first-in first-out), matches
+jobs to the ready worker slot that has waited longest among those whose tags
+fit, routes a job's stdio between its client and its worker, watches the
+liveness of every peer, requeues the jobs of lost workers, kills the jobs of
+lost clients, and rebuilds its state after a restart from what clients and
+workers tell it again.  A job's moves are the table in :mod:`jobqueue.jobstate`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import signal as _signal
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import protocol as p
+from .jobstate import TERMINAL, WAITING, JobEvent, JobState, next_state
+
+MAX_JOB_ID = 64
+MAX_ARGV_BYTES = 256 * 1024
+
+
+@dataclass(slots=True)
+class Send:
+    """Send ``message`` (a struct, or an already encoded frame) to ``peer``."""
+
+    peer: bytes
+    message: p.Message | bytes
+
+
+@dataclass(eq=False)
+class Peer:
+    identity: bytes
+    session: str
+    name: str
+    host: str
+    pid: int
+    software: str
+    since: float
+
+
+@dataclass(eq=False)
+class Client(Peer):
+    jobs: set[str] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class Worker(Peer):
+    slots: int = 1
+    tags: frozenset[str] = frozenset()
+    draining: bool = False
+    #: Jobs occupying a slot (job id -> attempt), including ones being killed.
+    running: dict[str, int] = field(default_factory=dict)
+    #: Jobs that ended here but whose client has not released them yet.
+    finished: set[str] = field(default_factory=set)
+    #: Tokens of this worker's free slots in :attr:`Broker._ready`.
+    tokens: list[int] = field(default_factory=list)
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.running)
+
+
+@dataclass(eq=False)
+class Job:
+    job_id: str
+    spec: p.JobSpec
+    ticket: int
+    owner: Client | None
+    since: float
+    state: JobState | None = None
+    attempt: int = 0
+    losses: int = 0
+    worker: Worker | None = None
+    heap_seq: int = 0
+    #: After a restart: when to give up waiting for the missing side.
+    deadline: float | None = None
+
+    @property
+    def tag_key(self) -> frozenset[str]:
+        return frozenset(self.spec.tags)
+
+
+Handler = Callable[[bytes, Any, float], None]
+
+
+class Broker:
+    def __init__(
+        self,
+        now: float,
+        *,
+        server_id: str = "server",
+        software: str = "",
+        heartbeat: float = 1.0,
+        liveness: int = 5,
+        restart_hold: float | None = None,
+        wall_clock_ns: int = 0,
+    ) -> None:
+        self.server_id = server_id
+        self.software = software
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.lost_after = heartbeat * liveness
+        #: Jobs are not dispatched until then, so that after a restart the
+        #: workers and clients can re-announce what ran before new work starts.
+        self.hold_until = now + (2 * heartbeat if restart_hold is None else restart_hold)
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.peers: dict[bytes, Client | Worker] = {}
+        self.sessions: dict[str, Client | Worker] = {}
+        self.jobs: dict[str, Job] = {}
+        self._last_seen: OrderedDict[bytes, float] = OrderedDict()
+        self._out: list[Send] = []
+        self._queues: dict[frozenset[str], list[tuple[int, int, int, str]]] = {}
+        self._waiting = 0
+        self._ready: dict[int, Worker] = {}
+        self._token = itertools.count(1)
+        self._heap_seq = itertools.count(1)
+        #: Tickets order jobs across restarts: wall-clock ns at first queueing.
+        self._last_ticket = wall_clock_ns
+        self._detached: dict[str, float] = {}
+        self._holding = True
+        #: Offsets of clients that re-attached before their job's worker did.
+        self._client_offsets: dict[str, list[int]] = {}
+        self._handlers: dict[type, Handler] = {
+            p.ClientHello: self._on_client_hello,
+            p.WorkerHello: self._on_worker_hello,
+            p.StatusRequest: self._on_status_request,
+            p.CancelRequest: self._on_cancel_request,
+            p.DrainRequest: self._on_drain_request,
+        }
+        self._client_handlers: dict[type, Callable[[Client, Any, float], None]] = {
+            p.Ping: self._on_ping,
+            p.Bye: self._on_bye,
+            p.Submit: self._on_submit,
+            p.Input: self._on_input,
+            p.Ack: self._on_client_ack,
+            p.Signal: self._on_signal,
+            p.Resize: self._on_resize,
+            p.Release: self._on_release,
+        }
+        self._worker_handlers: dict[type, Callable[[Worker, Any, float], None]] = {
+            p.Ping: self._on_ping,
+            p.Started: self._on_started,
+            p.Output: self._on_output,
+            p.Ack: self._on_worker_ack,
+            p.Finished: self._on_finished,
+            p.Reject: self._on_reject,
+            p.Goodbye: self._on_goodbye,
+            p.Drain: self._on_worker_drain,
+        }
+
+    # --- the two entry points ---------------------------------------------------
+
+    def receive(self, peer: bytes, data: bytes, now: float, role: p.Role | None = None) -> list[Send]:
+        """Handle one frame from ``peer``.  ``role`` is the role its
+        authenticated key allows (None: no authentication, any role)."""
+        try:
+            message = p.decode_to_server(data)
+        except p.ProtocolError as e:
+            self._reject(peer, str(e), fatal=p.hello_version(data) is not None)
+            return self._flush()
+        handler = self._handlers.get(type(message))
+        if handler is not None:
+            if not isinstance(message, (p.ClientHello, p.WorkerHello)) or self._check_hello(peer, message, role):
+                handler(peer, message, now)
+            return self._flush()
+        known = self.peers.get(peer)
+        if known is None:
+            self._send(peer, p.Unknown())
+            return self._flush()
+        self._seen(peer, now)
+        if isinstance(known, Client):
+            client_handler = self._client_handlers.get(type(message))
+            if client_handler is None:
+                self._refuse_role(known, message, "client")
+            else:
+                client_handler(known, message, now)
+        else:
+            worker_handler = self._worker_handlers.get(type(message))
+            if worker_handler is None:
+                self._refuse_role(known, message, "worker")
+            else:
+                worker_handler(known, message, now)
+        self._dispatch(now)
+        return self._flush()
+
+    def tick(self, now: float) -> list[Send]:
+        """Act on everything whose time has come: lost peers, re-attachments
+        that did not happen, the end of the restart hold."""
+        while self._last_seen:
+            identity, seen = next(iter(self._last_seen.items()))
+            if now - seen <= self.lost_after:
+                break
+            self._peer_lost(self.peers[identity], now)
+        for job_id, deadline in list(self._detached.items()):
+            if deadline <= now:
+                self._reattach_expired(self.jobs[job_id], now)
+        self._dispatch(now)
+        return self._flush()
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` next has something to do (None: nothing pending)."""
+        candidates = [min(self._detached.values())] if self._detached else []
+        if self._last_seen:
+            candidates.append(next(iter(self._last_seen.values())) + self.lost_after)
+        if self._holding and self._waiting and self._ready:
+            candidates.append(self.hold_until)
+        return min(candidates) if candidates else None
+
+    # --- sessions ------------------------------------------------------------------
+
+    def _check_hello(self, peer: bytes, hello: p.ClientHello | p.WorkerHello, role: p.Role | None) -> bool:
+        wanted = "client" if isinstance(hello, p.ClientHello) else "worker"
+        if hello.version != p.PROTOCOL_VERSION:
+            self._reject(peer, p.version_mismatch(hello.version), fatal=True)
+            return False
+        if role is not None and role != wanted:
+            self._reject(peer, f"this key is authorized as a {role}, not as a {wanted}", fatal=True)
+            return False
+        return True
+
+    def _on_client_hello(self, peer: bytes, hello: p.ClientHello, now: float) -> None:
+        old = self.sessions.get(hello.session)
+        if isinstance(old, Client):
+            self._move_peer(old, peer)
+        elif old is None:
+            client = Client(peer, hello.session, hello.name, hello.host, hello.pid, hello.software, now)
+            self.peers[peer] = self.sessions[hello.session] = client
+        else:
+            self._reject(peer, "session id already used by a worker", fatal=True)
+            return
+        self._seen(peer, now)
+        self._welcome(peer)
+
+    def _on_worker_hello(self, peer: bytes, hello: p.WorkerHello, now: float) -> None:
+        old = self.sessions.get(hello.session)
+        if isinstance(old, Client):
+            self._reject(peer, "session id already used by a client", fatal=True)
+            return
+        if isinstance(old, Worker):
+            self._move_peer(old, peer)
+            worker = old
+        else:
+            worker = Worker(
+                peer, hello.session, hello.name, hello.host, hello.pid, hello.software, now,
+                slots=max(1, hello.slots), tags=frozenset(hello.tags),
+            )
+            self.peers[peer] = self.sessions[hello.session] = worker
+            self._event("worker-joined", worker=worker.name, host=worker.host, slots=worker.slots,
+                        tags=sorted(worker.tags))
+        self._seen(peer, now)
+        self._welcome(peer)
+        self._sync_worker_jobs(worker, hello.jobs, now)
+        worker.draining = hello.draining
+        self._refresh_ready(worker)
+        self._dispatch(now)
+
+    def _sync_worker_jobs(self, worker: Worker, held: list[p.ActiveJob], now: float) -> None:
+        """Make the broker's view of ``worker`` match what it says it holds."""
+        reported = {a.job_id: a for a in held}
+        for job_id in list(worker.running):
+            if job_id not in reported:  # our Assign never reached it
+                del worker.running[job_id]
+                job = self.jobs.get(job_id)
+                if job is not None and job.worker is worker and job.state is JobState.RUNNING:
+                    self._transition(job, JobEvent.REJECT, now)
+                    job.worker = None
+                    self._enqueue(job)
+        for active in held:
+            self._adopt(worker, active, now)
+
+    def _adopt(self, worker: Worker, active: p.ActiveJob, now: float) -> None:
+        job = self.jobs.get(active.job_id)
+        if job is None:
+            # Restarted server: the worker is the first to tell about this job.
+            spec = p.JobSpec(argv=active.argv, env={}, cwd="", tags=active.tags)
+            job = Job(active.job_id, spec, 0, None, now, attempt=active.attempt)
+            self._transition(job, JobEvent.REATTACH, now)
+            self.jobs[job.job_id] = job
+            self._attach_worker(job, worker)
+            self._detached[job.job_id] = now + self.lost_after
+            if active.finished:
+                self._transition(job, JobEvent.FINISH, now)
+                del worker.running[job.job_id]
+                worker.finished.add(job.job_id)
+            return
+        if job.attempt != active.attempt or (job.worker is not None and job.worker is not worker):
+            self._send(worker.identity, p.Kill(active.job_id, active.attempt, "stale attempt"))
+            worker.running[active.job_id] = active.attempt
+            return
+        if job.worker is None and job.state is JobState.RUNNING:
+            # The client re-attached first (Submit with running=True).
+            self._attach_worker(job, worker)
+            self._detached.pop(job.job_id, None)
+            self._resume(job, self._client_offsets.pop(job.job_id, [0, 0]))
+        else:
+            worker.running[job.job_id] = job.attempt
+
+    def _attach_worker(self, job: Job, worker: Worker) -> None:
+        job.worker = worker
+        worker.running[job.job_id] = job.attempt
+
+    def _move_peer(self, peer: Client | Worker, identity: bytes) -> None:
+        """A known session reconnected on a new connection."""
+        if peer.identity != identity:
+            self.peers.pop(peer.identity, None)
+            self._last_seen.pop(peer.identity, None)
+            peer.identity = identity
+            self.peers[identity] = peer
+
+    def _welcome(self, peer: bytes) -> None:
+        self._send(peer, p.Welcome(self.server_id, self.heartbeat, self.liveness))
+
+    def _on_ping(self, peer: Client | Worker, _: p.Ping, now: float) -> None:
+        self._send(peer.identity, p.Pong())
+
+    def _on_bye(self, client: Client, _: p.Bye, now: float) -> None:
+        self._forget_client(client, now, "client left")
+
+    # --- client messages -------------------------------------------------------------
+
+    def _on_submit(self, client: Client, msg: p.Submit, now: float) -> None:
+        problem = _validate_submit(msg)
+        if problem:
+            self._send(client.identity, p.Error(problem, msg.job_id))
+            self._event("rejected", peer=client.name, why=problem)
+            return
+        job = self.jobs.get(msg.job_id)
+        if job is not None:
+            self._resubmit(client, job, msg, now)
+        elif msg.running and msg.attempt > 0:
+            self._client_reattach(client, msg, now)
+        else:
+            job = Job(msg.job_id, msg.spec, self._ticket(msg.ticket), client, now)
+            self._transition(job, JobEvent.SUBMIT, now)
+            self.jobs[job.job_id] = job
+            client.jobs.add(job.job_id)
+            self._enqueue(job)
+            self._event("job-queued", job=job.job_id, client=client.name, priority=job.spec.priority,
+                        tags=job.spec.tags)
+            self._send(client.identity, p.Queued(job.job_id, job.ticket, self._waiting))
+
+    def _resubmit(self, client: Client, job: Job, msg: p.Submit, now: float) -> None:
+        """The same job submitted again: a client re-attaching after it lost
+        the server, or to a job a worker re-announced first."""
+        if job.owner is not None and job.owner is not client:
+            self._send(client.identity, p.Error(f"job id {job.job_id} is in use by another client", job.job_id))
+            return
+        if job.owner is None:
+            job.owner = client
+            client.jobs.add(job.job_id)
+            job.spec = msg.spec
+            self._detached.pop(job.job_id, None)
+        if job.state in WAITING:
+            self._send(client.identity, p.Queued(job.job_id, job.ticket, self._waiting))
+        elif job.worker is not None and job.state in (JobState.RUNNING, JobState.FINISHED):
+            offsets = msg.offsets if msg.attempt == job.attempt else [0, 0]
+            self._resume(job, offsets)
+
+    def _client_reattach(self, client: Client, msg: p.Submit, now: float) -> None:
+        """After a restart, a client says its job was running; wait for its worker."""
+        job = Job(msg.job_id, msg.spec, self._ticket(msg.ticket), client, now, attempt=msg.attempt)
+        self._transition(job, JobEvent.REATTACH, now)
+        self.jobs[job.job_id] = job
+        client.jobs.add(job.job_id)
+        self._client_offsets[job.job_id] = list(msg.offsets)
+        self._detached[job.job_id] = now + self.lost_after
+
+    def _resume(self, job: Job, offsets: list[int]) -> None:
+        assert job.worker is not None and job.owner is not None
+        self._send(job.worker.identity, p.Resume(job.job_id, job.attempt, offsets))
+        self._send(job.owner.identity, p.Started(job.job_id, job.attempt, 0, job.worker.name,
+                                                 job.worker.host, resumed=True))
+
+    def _owned_job(self, client: Client, job_id: str) -> Job | None:
+        job = self.jobs.get(job_id)
+        if job is None or job.owner is not client:
+            self._send(client.identity, p.Error(f"no job {job_id} of yours", job_id))
+            self._event("rejected", peer=client.name, why=f"message for job {job_id} it does not own")
+            return None
+        return job
+
+    def _to_worker(self, client: Client, job_id: str, attempt: int | None, data: p.Message | bytes) -> None:
+        job = self._owned_job(client, job_id)
+        if job is None or job.worker is None or job.state is not JobState.RUNNING:
+            return
+        if attempt is None or attempt == job.attempt:
+            self._send(job.worker.identity, data)
+
+    def _on_input(self, client: Client, msg: p.Input, now: float) -> None:
+        self._to_worker(client, msg.job_id, msg.attempt, msg)
+
+    def _on_client_ack(self, client: Client, msg: p.Ack, now: float) -> None:
+        if msg.fd not in (p.STDOUT, p.STDERR):
+            self._send(client.identity, p.Error("a client acknowledges fds 1 and 2 only", msg.job_id))
+            return
+        self._to_worker(client, msg.job_id, msg.attempt, msg)
+
+    def _on_resize(self, client: Client, msg: p.Resize, now: float) -> None:
+        self._to_worker(client, msg.job_id, None, msg)
+
+    def _on_signal(self, client: Client, msg: p.Signal, now: float) -> None:
+        job = self._owned_job(client, msg.job_id)
+        if job is not None:
+            self._signal_job(job, msg.signum, now)
+
+    def _signal_job(self, job: Job, signum: int, now: float) -> None:
+        if job.state in WAITING:
+            self._cancel(job, signum, now)
+        elif job.state is JobState.RUNNING and job.worker is not None:
+            self._send(job.worker.identity, p.Signal(job.job_id, signum))
+
+    def _on_release(self, client: Client, msg: p.Release, now: float) -> None:
+        job = self._owned_job(client, msg.job_id)
+        if job is not None and job.state is JobState.FINISHED:
+            self._drop(job)
+
+    # --- worker messages -------------------------------------------------------------
+
+    def _worker_job(self, worker: Worker, job_id: str, attempt: int) -> Job | None:
+        """The job, if ``worker`` really runs this attempt of it (else None)."""
+        job = self.jobs.get(job_id)
+        if job is None or job.worker is not worker or job.attempt != attempt:
+            if job_id not in worker.running and job_id not in worker.finished:
+                self._event("rejected", peer=worker.name, why=f"message for job {job_id} it was not given")
+            return None
+        return job
+
+    def _on_started(self, worker: Worker, msg: p.Started, now: float) -> None:
+        job = self._worker_job(worker, msg.job_id, msg.attempt)
+        if job is None or job.state is not JobState.RUNNING:
+            return
+        self._event("job-started", job=job.job_id, worker=worker.name, attempt=job.attempt,
+                    waited=round(now - job.since, 3))
+        job.since = now
+        if job.owner is not None:
+            self._send(job.owner.identity, p.Started(job.job_id, job.attempt, msg.pid, worker.name, worker.host))
+
+    def _on_output(self, worker: Worker, msg: p.Output, now: float) -> None:
+        job = self._worker_job(worker, msg.job_id, msg.attempt)
+        if job is not None and job.owner is not None and msg.fd in (p.STDOUT, p.STDERR):
+            self._send(job.owner.identity, msg)
+
+    def _on_worker_ack(self, worker: Worker, msg: p.Ack, now: float) -> None:
+        job = self._worker_job(worker, msg.job_id, msg.attempt)
+        if job is not None and job.owner is not None and msg.fd == p.STDIN:
+            self._send(job.owner.identity, msg)
+
+    def _on_finished(self, worker: Worker, msg: p.Finished, now: float) -> None:
+        held = worker.running.pop(msg.job_id, None)
+        job = self._worker_job(worker, msg.job_id, msg.attempt)
+        if job is None:
+            if held is not None:  # a job we had it kill: it need not keep it
+                self._send(worker.identity, p.Release(msg.job_id, msg.attempt))
+        else:
+            if job.state is JobState.RUNNING:
+                self._transition(job, JobEvent.FINISH, now)
+                worker.finished.add(job.job_id)
+                self._event("job-finished", job=job.job_id, worker=worker.name, status=msg.status,
+                            reason=msg.reason, ran=round(now - job.since, 3))
+            if job.owner is not None:  # also a re-sent end, after a Resume
+                self._send(job.owner.identity, msg)
+        self._refresh_ready(worker)
+
+    def _on_reject(self, worker: Worker, msg: p.Reject, now: float) -> None:
+        job = self._worker_job(worker, msg.job_id, msg.attempt)
+        worker.running.pop(msg.job_id, None)
+        if job is not None and job.state is JobState.RUNNING:
+            self._transition(job, JobEvent.REJECT, now)
+            job.worker = None
+            self._enqueue(job)
+        self._refresh_ready(worker)
+
+    def _on_goodbye(self, worker: Worker, msg: p.Goodbye, now: float) -> None:
+        self._event("worker-left", worker=worker.name, reason=msg.reason)
+        self._remove_worker(worker, now, counts_as_loss=False, reason=f"worker {worker.name} stopped")
+
+    def _on_worker_drain(self, worker: Worker, _: p.Drain, now: float) -> None:
+        worker.draining = True
+        self._refresh_ready(worker)
+        self._event("worker-draining", worker=worker.name)
+
+    # --- control requests ----------------------------------------------------------------
+
+    def _on_status_request(self, peer: bytes, msg: p.StatusRequest, now: float) -> None:
+        self._send(peer, p.StatusReply(self.server_id, self.software, self._worker_infos(now), self._job_infos(now)))
+
+    def _on_cancel_request(self, peer: bytes, msg: p.CancelRequest, now: float) -> None:
+        done: list[str] = []
+        unknown: list[str] = []
+        for job_id in msg.job_ids:
+            job = self.jobs.get(job_id)
+            if job is None or job.state in TERMINAL:
+                unknown.append(job_id)
+            else:
+                self._signal_job(job, msg.signum or _signal.SIGTERM, now)
+                done.append(job_id)
+        self._send(peer, p.ControlReply(done, unknown))
+
+    def _on_drain_request(self, peer: bytes, msg: p.DrainRequest, now: float) -> None:
+        done: list[str] = []
+        unknown: list[str] = []
+        for name in msg.workers:
+            matches = [w for w in self.peers.values() if isinstance(w, Worker) and name in (w.name, w.session)]
+            for worker in matches:
+                worker.draining = True
+                self._refresh_ready(worker)
+                self._send(worker.identity, p.Drain())
+            (done if matches else unknown).append(name)
+        self._send(peer, p.ControlReply(done, unknown))
+
+    # --- losses -----------------------------------------------------------------------------
+
+    def _peer_lost(self, peer: Client | Worker, now: float) -> None:
+        if isinstance(peer, Worker):
+            self._event("worker-lost", worker=peer.name, silent=round(now - self._last_seen[peer.identity], 3))
+            self._remove_worker(peer, now, counts_as_loss=True, reason=f"worker {peer.name} was lost")
+        else:
+            self._forget_client(peer, now, "client lost")
+
+    def _remove_worker(self, worker: Worker, now: float, *, counts_as_loss: bool, reason: str) -> None:
+        self._forget_peer(worker)
+        for job_id in [*worker.running, *worker.finished]:
+            job = self.jobs.get(job_id)
+            if job is not None and job.worker is worker:
+                self._run_again(job, now, counts_as_loss, reason)
+
+    def _run_again(self, job: Job, now: float, counts_as_loss: bool, reason: str) -> None:
+        """The job's worker is gone: requeue it, or give up on a poison job."""
+        job.worker = None
+        self._detached.pop(job.job_id, None)
+        if job.state is JobState.FINISHED:  # its end is already with the client
+            self._drop(job)
+            return
+        job.losses += counts_as_loss
+        if job.losses >= job.spec.max_attempts:
+            self._transition(job, JobEvent.GIVE_UP, now)
+            message = (f"{reason}; the job's worker was lost {job.losses} times in a row, "
+                       f"so it is not run again (a job that crashes its workers?)")
+            self._event("job-lost", job=job.job_id, why=message)
+            self._finish_for_client(job, p.Finished(job.job_id, job.attempt, 255, "lost", message))
+            return
+        self._transition(job, JobEvent.WORKER_LOST, now)
+        self._event("job-requeued", job=job.job_id, attempt=job.attempt, why=reason)
+        if job.owner is not None:
+            self._send(job.owner.identity, p.Requeued(job.job_id, job.attempt, reason))
+        self._enqueue(job)
+
+    def _forget_client(self, client: Client, now: float, why: str) -> None:
+        self._forget_peer(client)
+        self._event(why.replace(" ", "-"), client=client.name, jobs=len(client.jobs))
+        for job_id in list(client.jobs):
+            job = self.jobs.get(job_id)
+            if job is not None:
+                self._client_gone(job, now)
+
+    def _client_gone(self, job: Job, now: float) -> None:
+        """Nobody waits for ``job`` any more: drop it, or kill it on its worker."""
+        self._transition(job, JobEvent.CLIENT_LOST, now)
+        if job.worker is not None:
+            kind = p.Release(job.job_id, job.attempt) if job.state is JobState.FINISHED else \
+                p.Kill(job.job_id, job.attempt, "its client is gone")
+            self._send(job.worker.identity, kind)
+        if job.state is JobState.LOST:
+            self._event("job-lost", job=job.job_id, why="its client is gone")
+        self._drop(job)
+
+    def _reattach_expired(self, job: Job, now: float) -> None:
+        """After a restart, one side of a running job never came back."""
+        del self._detached[job.job_id]
+        if job.owner is None:
+            self._client_gone(job, now)
+        else:
+            self._run_again(job, now, True, "its worker did not come back after the server restarted")
+
+    def _forget_peer(self, peer: Client | Worker) -> None:
+        self.peers.pop(peer.identity, None)
+        self._last_seen.pop(peer.identity, None)
+        if self.sessions.get(peer.session) is peer:
+            del self.sessions[peer.session]
+        if isinstance(peer, Worker):
+            self._clear_tokens(peer)
+
+    # --- the queue and the matching ------------------------------------------------------
+
+    def _ticket(self, previous: int) -> int:
+        if previous > 0:
+            return previous
+        self._last_ticket += 1
+        return self._last_ticket
+
+    def _enqueue(self, job: Job) -> None:
+        job.heap_seq = next(self._heap_seq)
+        entry = (-job.spec.priority, job.ticket, job.heap_seq, job.job_id)
+        heapq.heappush(self._queues.setdefault(job.tag_key, []), entry)
+
+    def _head(self, key: frozenset[str]) -> tuple[int, int, int, str] | None:
+        """The best still-valid entry of one queue (stale entries are dropped)."""
+        heap = self._queues[key]
+        while heap:
+            entry = heap[0]
+            job = self.jobs.get(entry[3])
+            if job is not None and job.state in WAITING and job.heap_seq == entry[2]:
+                return entry
+            heapq.heappop(heap)
+        return None
+
+    def _best_job_for(self, worker: Worker) -> Job | None:
+        best: tuple[int, int, int, str] | None = None
+        best_key = None
+        for key in list(self._queues):
+            if key <= worker.tags:
+                head = self._head(key)
+                if head is None:
+                    del self._queues[key]
+                elif best is None or head < best:
+                    best, best_key = head, key
+        if best is None or best_key is None:
+            return None
+        heapq.heappop(self._queues[best_key])
+        return self.jobs[best[3]]
+
+    def _dispatch(self, now: float) -> None:
+        """Give waiting jobs to ready slots, the longest-waiting slot first."""
+        if now < self.hold_until or not self._waiting:
+            return
+        self._holding = False
+        for token, worker in list(self._ready.items()):
+            if not self._waiting:
+                return
+            if token not in self._ready:
+                continue
+            job = self._best_job_for(worker)
+            if job is not None:
+                del self._ready[token]
+                worker.tokens.remove(token)
+                self._assign(job, worker, now)
+
+    def _assign(self, job: Job, worker: Worker, now: float) -> None:
+        self._transition(job, JobEvent.ASSIGN, now)
+        job.attempt += 1
+        self._attach_worker(job, worker)
+        self._send(worker.identity, p.Assign(job.job_id, job.attempt, job.spec))
+
+    def _refresh_ready(self, worker: Worker) -> None:
+        """Keep one ready token per free slot (none while draining)."""
+        wanted = 0 if worker.draining or worker.identity not in self.peers else max(0, worker.free)
+        while len(worker.tokens) > wanted:
+            self._ready.pop(worker.tokens.pop(), None)
+        while len(worker.tokens) < wanted:
+            token = next(self._token)
+            worker.tokens.append(token)
+            self._ready[token] = worker
+
+    def _clear_tokens(self, worker: Worker) -> None:
+        for token in worker.tokens:
+            self._ready.pop(token, None)
+        worker.tokens.clear()
+
+    def _cancel(self, job: Job, signum: int, now: float) -> None:
+        self._transition(job, JobEvent.CANCEL, now)
+        self._event("job-cancelled", job=job.job_id, signal=signum)
+        self._finish_for_client(job, p.Finished(job.job_id, job.attempt, 128 + signum, "cancelled",
+                                                "cancelled while queued"))
+
+    def _finish_for_client(self, job: Job, finished: p.Finished) -> None:
+        if job.owner is not None:
+            self._send(job.owner.identity, finished)
+        self._drop(job)
+
+    def _drop(self, job: Job) -> None:
+        if job.worker is not None:
+            job.worker.finished.discard(job.job_id)
+        self.jobs.pop(job.job_id, None)
+        self._detached.pop(job.job_id, None)
+        if job.owner is not None:
+            job.owner.jobs.discard(job.job_id)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _transition(self, job: Job, event: JobEvent, now: float) -> None:
+        """The only place a job changes state; keeps the waiting count."""
+        old = job.state
+        job.state = next_state(job.job_id, old, event)
+        self._waiting += (job.state in WAITING) - (old in WAITING)
+        if job.state is not JobState.FINISHED:
+            job.since = now
+
+    def _seen(self, identity: bytes, now: float) -> None:
+        self._last_seen[identity] = now
+        self._last_seen.move_to_end(identity)
+
+    def _send(self, peer: bytes, message: p.Message | bytes) -> None:
+        self._out.append(Send(peer, message))
+
+    def _flush(self) -> list[Send]:
+        out, self._out = self._out, []
+        return out
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        self.events.append((kind, fields))
+
+    def _reject(self, peer: bytes, reason: str, *, fatal: bool) -> None:
+        self._event("rejected", peer=peer.hex(), why=reason)
+        self._send(peer, p.Refused(reason) if fatal else p.Error(reason))
+
+    def _refuse_role(self, peer: Client | Worker, message: p.Message, role: str) -> None:
+        kind = type(message).__name__
+        self._event("rejected", peer=peer.name, why=f"a {role} may not send {kind}")
+        self._send(peer.identity, p.Error(f"a {role} may not send {kind}"))
+
+    # --- status ------------------------------------------------------------------------------
+
+    def _worker_infos(self, now: float) -> list[p.WorkerInfo]:
+        infos = []
+        for w in self.peers.values():
+            if isinstance(w, Worker):
+                state = "draining" if w.draining else ("busy" if w.running else "idle")
+                infos.append(p.WorkerInfo(w.name, w.host, state, w.slots, sorted(w.tags), sorted(w.running),
+                                          round(now - w.since, 3), w.software, w.pid))
+        return infos
+
+    def _job_infos(self, now: float) -> list[p.JobInfo]:
+        infos = []
+        for job in sorted(self.jobs.values(), key=lambda j: (-j.spec.priority, j.ticket)):
+            state = job.state.value if job.state else "new"
+            worker = job.worker.name if job.worker else ""
+            infos.append(p.JobInfo(job.job_id, job.spec.argv, state, worker, job.spec.tags, job.spec.priority,
+                                   job.attempt, round(now - job.since, 3), self._why_waiting(job)))
+        return infos
+
+    def _why_waiting(self, job: Job) -> str:
+        if job.state not in WAITING:
+            return ""
+        workers = [w for w in self.peers.values() if isinstance(w, Worker)]
+        if not workers:
+            return "no worker is connected"
+        able = [w for w in workers if job.tag_key <= w.tags]
+        if not able:
+            return f"no connected worker has tags {','.join(sorted(job.tag_key))}"
+        if all(w.draining for w in able):
+            return "every worker that could run it is draining"
+        return "every worker that could run it is busy"
+
+
+def _validate_submit(msg: p.Submit) -> str:
+    """Why this submission is refused ('' if it is fine)."""
+    if not msg.job_id or len(msg.job_id) > MAX_JOB_ID or not msg.job_id.isprintable():
+        return f"job id must be 1 to {MAX_JOB_ID} printable characters"
+    spec = msg.spec
+    if not spec.argv or not spec.argv[0]:
+        return "empty command line"
+    if sum(len(a) for a in spec.argv) > MAX_ARGV_BYTES:
+        return f"command line longer than {MAX_ARGV_BYTES} bytes"
+    if spec.max_attempts < 1:
+        return "max_attempts must be at least 1"
+    if spec.timeout is not None and spec.timeout <= 0:
+        return "timeout must be positive"
+    if msg.attempt < 0 or msg.ticket < 0 or any(o < 0 for o in msg.offsets) or len(msg.offsets) != 2:
+        return "negative attempt, ticket or offset"
+    return ""

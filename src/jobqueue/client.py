@@ -1,0 +1,242 @@
+"""The client side of the protocol, shared by ``jq`` and the Python API.
+
+:class:`ClientJob` is one job's protocol state (no I/O): it turns server
+messages into calls on a :class:`JobIO` (the job's stdio, wherever that is)
+and produces the messages to send.  :class:`Session` is one connection to
+the server carrying any number of jobs; after a reconnection it re-submits
+them, so that the server (even a restarted one) re-attaches each to its
+worker or queues it again in its original order.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import IO, Protocol
+
+from . import config
+from . import protocol as p
+from .connection import Connection, Security
+
+#: Stdin kept in memory for a replay; beyond it the spool moves to a temp file.
+SPOOL_MEMORY = 4 << 20
+
+
+def new_job_id() -> str:
+    """Short and random (40 bits): ``jobqueue cancel`` takes it by hand."""
+    return os.urandom(5).hex()
+
+
+class Spool:
+    """All stdin sent to a job so far, kept for a replay when the job is requeued."""
+
+    def __init__(self) -> None:
+        self._memory = bytearray()
+        self._file: IO[bytes] | None = None
+        self.size = 0
+
+    def append(self, data: bytes) -> None:
+        if self._file is None and self.size + len(data) > SPOOL_MEMORY:
+            self._file = tempfile.TemporaryFile(prefix="jq-stdin-")
+            os.pwrite(self._file.fileno(), self._memory, 0)
+            self._memory = bytearray()
+        if self._file is not None:
+            os.pwrite(self._file.fileno(), data, self.size)
+        else:
+            self._memory += data
+        self.size += len(data)
+
+    def read(self, offset: int, n: int) -> bytes:
+        if self._file is not None:
+            return os.pread(self._file.fileno(), n, offset)
+        return bytes(self._memory[offset:offset + n])
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class JobIO(Protocol):
+    """Where a job's events go (jq's terminal, or the API's buffers)."""
+
+    def write(self, job: ClientJob, fd: int, data: bytes, end: int) -> None:
+        """New output; call ``job.written(fd, end)`` once it is consumed."""
+
+    def queued(self, job: ClientJob, msg: p.Queued) -> None: ...
+    def started(self, job: ClientJob, msg: p.Started) -> None: ...
+    def requeued(self, job: ClientJob, msg: p.Requeued) -> None: ...
+    def finished(self, job: ClientJob, msg: p.Finished) -> None: ...
+    def failed(self, job: ClientJob, reason: str) -> None: ...
+
+
+class ClientJob:
+    def __init__(self, spec: p.JobSpec, io: JobIO, job_id: str | None = None) -> None:
+        self.job_id = job_id or new_job_id()
+        self.spec = spec
+        self.io = io
+        self.ticket = 0
+        self.attempt = 0
+        self.running = False
+        self.ended: p.Finished | None = None
+        self.received = [0, 0]  # stdout/stderr bytes received in this attempt
+        self.spool = Spool()
+        self.stdin_eof = False  # our stdin reached EOF (all of it is in the spool)
+        self.stdin_sent = 0
+        self.stdin_acked = 0
+        self.eof_sent = False
+        self.outbox: list[p.Message] = []
+
+    # --- to the server ---------------------------------------------------------------
+
+    def submit_message(self) -> p.Submit:
+        return p.Submit(self.job_id, self.spec, self.ticket, self.attempt, self.running, list(self.received))
+
+    def wants_stdin(self) -> bool:
+        """Room to read more of our stdin (read-ahead bounded by the window)."""
+        return not self.stdin_eof and self.ended is None and self.spool.size - self.stdin_acked < p.WINDOW
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            self.spool.append(data)
+        else:
+            self.stdin_eof = True
+        self._send_stdin()
+
+    def written(self, fd: int, end: int) -> None:
+        """Output up to ``end`` is consumed: acknowledge it (opens the window)."""
+        if self.running and self.ended is None:
+            self.outbox.append(p.Ack(self.job_id, self.attempt, fd, end))
+
+    def signal(self, signum: int) -> None:
+        if self.ended is None:
+            self.outbox.append(p.Signal(self.job_id, signum))
+
+    def resize(self, rows: int, cols: int) -> None:
+        if self.running and self.ended is None:
+            self.outbox.append(p.Resize(self.job_id, rows, cols))
+
+    def _send_stdin(self) -> None:
+        if not self.running or self.ended is not None:
+            return
+        while self.stdin_sent < self.spool.size and self.stdin_sent - self.stdin_acked < p.WINDOW:
+            data = self.spool.read(self.stdin_sent, p.CHUNK_SIZE)
+            last = self.stdin_eof and self.stdin_sent + len(data) == self.spool.size
+            self.outbox.append(p.Input(self.job_id, self.attempt, self.stdin_sent, data, last))
+            self.stdin_sent += len(data)
+            self.eof_sent = last
+        if self.stdin_eof and not self.eof_sent and self.stdin_sent == self.spool.size:
+            self.outbox.append(p.Input(self.job_id, self.attempt, self.stdin_sent, b"", True))
+            self.eof_sent = True
+
+    # --- from the server -------------------------------------------------------------------
+
+    def handle(self, msg: p.Message) -> None:
+        if isinstance(msg, p.Output):
+            self._on_output(msg)
+        elif isinstance(msg, p.Ack):
+            if msg.attempt == self.attempt and msg.fd == p.STDIN:
+                self.stdin_acked = max(self.stdin_acked, msg.offset)
+                self.stdin_sent = max(self.stdin_sent, self.stdin_acked)
+                self._send_stdin()
+        elif isinstance(msg, p.Started):
+            self._on_started(msg)
+        elif isinstance(msg, p.Queued):
+            self.ticket = msg.ticket
+            self.io.queued(self, msg)
+        elif isinstance(msg, p.Requeued):
+            if msg.attempt == self.attempt:
+                self.running = False
+                self.io.requeued(self, msg)
+        elif isinstance(msg, p.Finished):
+            self._on_finished(msg)
+        elif isinstance(msg, p.Error):
+            self.io.failed(self, msg.reason)
+
+    def _on_started(self, msg: p.Started) -> None:
+        if msg.resumed and msg.attempt == self.attempt:
+            self.stdin_sent = self.stdin_acked  # the worker's Ack tells where it stands
+        elif msg.attempt > self.attempt or not self.running:
+            self.attempt = msg.attempt
+            self.received = [0, 0]
+            self.stdin_sent = self.stdin_acked = 0
+            self.eof_sent = False
+        self.running = True
+        self.io.started(self, msg)
+        self._send_stdin()
+
+    def _on_output(self, msg: p.Output) -> None:
+        if msg.attempt != self.attempt or msg.fd not in (p.STDOUT, p.STDERR) or self.ended is not None:
+            return
+        have = self.received[msg.fd - 1]
+        end = msg.offset + len(msg.data)
+        if msg.offset > have or end <= have:
+            return  # a gap (re-sent after a resume) or a duplicate
+        self.received[msg.fd - 1] = end
+        self.io.write(self, msg.fd, msg.data[have - msg.offset:], end)
+
+    def _on_finished(self, msg: p.Finished) -> None:
+        if self.ended is not None or msg.attempt < self.attempt:
+            return
+        self.ended = msg
+        self.spool.close()
+        if msg.reason not in ("cancelled", "lost"):  # a worker holds the end until released
+            self.outbox.append(p.Release(self.job_id, msg.attempt))
+        self.io.finished(self, msg)
+
+
+class Session:
+    """One connection to the server carrying any number of jobs."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        security: Security | None = None,
+        connect_timeout: float = config.CONNECT_TIMEOUT,
+        grace: float = config.SERVER_GRACE,
+        name: str = "jq",
+    ) -> None:
+        self.id = os.urandom(8).hex()
+        self.name = name
+        self.jobs: dict[str, ClientJob] = {}
+        self.conn = Connection(endpoint, self._hello, p.decode_to_client, connect_timeout=connect_timeout,
+                               grace=grace, security=security)
+        self.conn.on_connect = self._restore
+
+    def _hello(self) -> p.ClientHello:
+        from . import __version__
+
+        return p.ClientHello(p.PROTOCOL_VERSION, self.id, self.name, os.uname().nodename, os.getpid(), __version__)
+
+    def _restore(self) -> list[p.Message]:
+        """After (re)connecting: every unfinished job again (new, queued or running)."""
+        return [job.submit_message() for job in self.jobs.values() if job.ended is None]
+
+    def open(self, now: float) -> None:
+        self.conn.open(now)
+
+    def submit(self, job: ClientJob) -> None:
+        self.jobs[job.job_id] = job
+        if self.conn.socket is not None:
+            self.conn.send(job.submit_message())
+
+    def receive(self, now: float) -> None:
+        for msg in self.conn.receive(now):
+            job_id = getattr(msg, "job_id", "")
+            job = self.jobs.get(job_id)
+            if job is not None:
+                job.handle(msg)
+        self.flush()
+
+    def flush(self) -> None:
+        for job in list(self.jobs.values()):
+            for msg in job.outbox:
+                self.conn.send(msg)
+            job.outbox.clear()
+            if job.ended is not None:
+                del self.jobs[job.job_id]
+
+    def close(self) -> None:
+        if self.conn.socket is not None and self.conn.welcomed:
+            self.conn.send(p.Bye())
+        self.conn.close(linger=1000)

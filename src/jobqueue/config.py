@@ -1,0 +1,69 @@
+"""Defaults, addresses and durations shared by every command (kept import-light:
+``jq`` loads it on every job)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+DEFAULT_PORT = 3821
+DEFAULT_CLIENT_ADDRESS = f"localhost:{DEFAULT_PORT}"
+DEFAULT_BIND_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
+ENV_SERVER = "JOBQUEUE_SERVER"
+
+#: Liveness defaults (ZeroMQ Guide, Paranoid Pirate): a heartbeat a second, a
+#: peer is lost after ``LIVENESS`` silent intervals.  The server's values win:
+#: it sends them to every peer in its Welcome.
+HEARTBEAT = 1.0
+LIVENESS = 5
+#: How long jq waits for a first answer from the server.
+CONNECT_TIMEOUT = 10.0
+#: How long a connected peer keeps trying when the server went away.
+SERVER_GRACE = 600.0
+#: Grace between SIGTERM and SIGKILL when the worker stops a job.
+KILL_GRACE = 3.0
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message says what to do."""
+
+
+def server_address(given: str | None) -> str:
+    """The address to connect to: the option, else $JOBQUEUE_SERVER, else the default."""
+    return given or os.environ.get(ENV_SERVER) or DEFAULT_CLIENT_ADDRESS
+
+
+def endpoint(address: str, *, bind: bool = False) -> str:
+    """``HOST:PORT`` or a ZeroMQ endpoint (``tcp://``, ``ipc://``) -> endpoint."""
+    if "://" in address:
+        if not address.startswith(("tcp://", "ipc://")):
+            raise UsageError(f"unsupported address {address!r}: use HOST:PORT, tcp://HOST:PORT or ipc:///PATH")
+        return address
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"bad address {address!r}: expected HOST:PORT (e.g. localhost:{DEFAULT_PORT})")
+    host = host or ("127.0.0.1" if bind else "localhost")
+    if bind and host == "localhost":
+        host = "127.0.0.1"
+    if bind and host in ("0.0.0.0", ""):
+        host = "*"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"tcp://{host}:{port}"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def duration(text: str) -> float:
+    """``90``, ``90s``, ``1.5m``, ``2h``, ``250ms`` -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise UsageError(f"bad duration {text!r}: use a number of seconds or e.g. 90s, 10m, 2h")
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return duration(value) if value else default

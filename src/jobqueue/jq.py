@@ -1,0 +1,461 @@
+"""``jq``: run a command line on the first ready worker as if it ran here.
+
+This module is the terminal shell around :mod:`jobqueue.client`: it parses
+the command line, forwards stdin, stdout, stderr and signals, and exits with
+the job's exit code (255 for jq's own failures, as ssh does).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import config
+
+USAGE = """\
+usage: jq [OPTIONS] [--] COMMAND [ARG...]
+
+Run COMMAND on the first ready jobqueue worker, as if it ran here: stdin,
+stdout and stderr are forwarded, signals are delivered to the job, and jq
+exits with the job's exit code (255 for jq's own errors).
+
+options:
+  -s, --server ADDRESS     server address (HOST:PORT, tcp://..., ipc://...);
+                           default $JOBQUEUE_SERVER, else localhost:3821
+  -C, --chdir DIR          run in DIR on the worker (default: current directory)
+  -e, --env NAME=VALUE     set a variable for the job (repeatable)
+  -t, --tty                allocate a pseudo-terminal on the worker
+      --tag TAG            run only on a worker with this tag (repeatable)
+      --priority N         higher runs first (default 0)
+      --timeout DURATION   kill the job when it runs longer (exit 124)
+      --queue-timeout DURATION
+                           give up if the job has not started by then (exit 255)
+      --max-attempts N     give up after its worker was lost N times (default 3)
+      --connect-timeout DURATION
+                           wait this long for the server (default 10s)
+      --key FILE           this client's secret key (CURVE); $JOBQUEUE_KEY
+      --server-key FILE    the server's public key; $JOBQUEUE_SERVER_KEY
+  -v, --verbose            print the job id and where it runs on stderr
+  -h, --help               show this help
+  -V, --version            show the version
+
+DURATION: seconds, or a number with ms, s, m, h or d (90, 90s, 10m, 2h).
+"""
+
+#: Signals delivered to the job's process group (SIGWINCH becomes a resize).
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@dataclass
+class JqOptions:
+    argv: list[str]
+    server: str | None = None
+    chdir: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    tty: bool = False
+    tags: list[str] = field(default_factory=list)
+    priority: int = 0
+    timeout: float | None = None
+    queue_timeout: float | None = None
+    max_attempts: int = 3
+    connect_timeout: float = config.CONNECT_TIMEOUT
+    key: str | None = None
+    server_key: str | None = None
+    verbose: bool = False
+
+
+class Exit(Exception):
+    """Leave jq now with ``code`` (after printing ``message``, if any)."""
+
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_VALUED = {
+    "-s": "server", "--server": "server", "-C": "chdir", "--chdir": "chdir", "-e": "env", "--env": "env",
+    "--tag": "tags", "--priority": "priority", "--timeout": "timeout", "--queue-timeout": "queue_timeout",
+    "--max-attempts": "max_attempts", "--connect-timeout": "connect_timeout", "--key": "key",
+    "--server-key": "server_key",
+}
+_FLAGS = {"-t": "tty", "--tty": "tty", "-v": "verbose", "--verbose": "verbose"}
+
+
+def parse_args(args: list[str]) -> JqOptions:
+    """Options up to the first non-option word; the rest is the command, verbatim."""
+    values: dict[str, Any] = {"env": {}, "tags": []}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if name in ("-h", "--help"):
+            raise Exit(0, USAGE)
+        if name in ("-V", "--version"):
+            from . import __version__
+
+            raise Exit(0, f"jq (jobqueue) {__version__}")
+        if name in _FLAGS and not eq:
+            values[_FLAGS[name]] = True
+            i += 1
+            continue
+        if name not in _VALUED:
+            raise config.UsageError(f"unknown option {arg!r} (see jq --help)")
+        if eq:
+            value = inline
+        elif i + 1 < len(args):
+            i += 1
+            value = args[i]
+        else:
+            raise config.UsageError(f"option {name} needs a value (see jq --help)")
+        _set_option(values, _VALUED[name], name, value)
+        i += 1
+    command = args[i:]
+    if not command:
+        raise config.UsageError("no command given: usage: jq [OPTIONS] [--] COMMAND [ARG...]")
+    return JqOptions(argv=command, **values)
+
+
+def _set_option(values: dict[str, Any], key: str, name: str, value: str) -> None:
+    if key == "env":
+        var, eq, val = value.partition("=")
+        if not eq or not var:
+            raise config.UsageError(f"{name} takes NAME=VALUE, got {value!r}")
+        values["env"][var] = val
+    elif key == "tags":
+        values["tags"].append(value)
+    elif key in ("priority", "max_attempts"):
+        try:
+            values[key] = int(value)
+        except ValueError:
+            raise config.UsageError(f"{name} takes a whole number, got {value!r}") from None
+        if key == "max_attempts" and values[key] < 1:
+            raise config.UsageError(f"{name} must be at least 1")
+    elif key in ("timeout", "queue_timeout", "connect_timeout"):
+        values[key] = config.duration(value)
+    else:
+        values[key] = value
+
+
+class Writer(threading.Thread):
+    """Writes one output fd in its own thread, so a slow reader stalls only the
+    job's stream (by not acknowledging it), never jq's heartbeats."""
+
+    def __init__(self, fd: int, on_written: Any) -> None:
+        super().__init__(daemon=True, name=f"jq-writer-{fd}")
+        self.fd = fd
+        self.queue: deque[tuple[Any, bytes, int] | None] = deque()
+        self.ready = threading.Condition()
+        self.on_written = on_written
+        self.broken = False
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def put(self, job: Any, data: bytes, end: int) -> None:
+        with self.ready:
+            self.idle.clear()
+            self.queue.append((job, data, end))
+            self.ready.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.ready:
+                while not self.queue:
+                    self.idle.set()
+                    self.ready.wait()
+                item = self.queue.popleft()
+            if item is None:
+                self.idle.set()
+                return
+            job, data, end = item
+            self._write_all(data)
+            self.on_written(job, self.fd, end)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and not self.broken:
+            try:
+                n = os.write(self.fd, view)
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno not in (errno.EPIPE, errno.EBADF):
+                    raise
+                self.broken = True  # nobody reads any more: drop the rest, like a closed pipe
+                return
+            view = view[n:]
+
+    def flush(self, timeout: float) -> bool:
+        return self.idle.wait(timeout)
+
+
+class Terminal:
+    """The job's stdio is this process's: the :class:`~jobqueue.client.JobIO` of jq."""
+
+    def __init__(self, options: JqOptions) -> None:
+        self.options = options
+        self.result: int | None = None
+        self.message = ""
+        self.has_started = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        for s in (self._wake_r, self._wake_w):
+            s.setblocking(False)
+        self._written: deque[tuple[Any, int, int]] = deque()
+        self._writers: dict[int, Writer] = {}
+        self.signals: deque[int] = deque()
+        self.queue_timed_out = False
+
+    # JobIO
+    def write(self, job: Any, fd: int, data: bytes, end: int) -> None:
+        writer = self._writers.get(fd)
+        if writer is None:
+            writer = self._writers[fd] = Writer(fd, self._on_written)
+            writer.start()
+        writer.put(job, data, end)
+
+    def _on_written(self, job: Any, fd: int, end: int) -> None:
+        self._written.append((job, fd, end))
+        self.wake()
+
+    def wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except BlockingIOError:
+            pass
+
+    def queued(self, job: Any, msg: Any) -> None:
+        if self.options.verbose:
+            self.note(f"job {job.job_id} queued ({msg.position} waiting)")
+
+    def started(self, job: Any, msg: Any) -> None:
+        self.has_started = True
+        if self.options.verbose or msg.resumed:
+            what = "re-attached to" if msg.resumed else "started"
+            self.note(f"job {job.job_id} {what} on worker {msg.worker} ({msg.host}), attempt {msg.attempt}")
+
+    def requeued(self, job: Any, msg: Any) -> None:
+        self.has_started = False
+        self.note(f"job {job.job_id}: {msg.reason}; running it again from the start on the next ready worker")
+
+    def finished(self, job: Any, msg: Any) -> None:
+        if self.queue_timed_out and msg.reason == "cancelled":
+            self.result, self.message = 255, (
+                f"job {job.job_id} did not start within {self.options.queue_timeout:g}s (--queue-timeout); "
+                "cancelled it")
+        elif msg.reason in ("failed", "lost"):
+            self.result, self.message = 255, msg.message
+        else:
+            self.result = msg.status
+            if msg.reason in ("not-found", "not-executable"):
+                self.message = msg.message
+
+    def failed(self, job: Any, reason: str) -> None:
+        self.result, self.message = 255, f"the server rejected the job: {reason}"
+
+    def note(self, text: str) -> None:
+        try:
+            os.write(2, f"jq: {text}\n".encode())
+        except OSError:
+            pass
+
+    # signals
+    def install(self) -> None:
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (*FORWARDED, signal.SIGWINCH):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals.append(signum)
+
+    def drain_wakeups(self) -> list[tuple[Any, int, int]]:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        done = []
+        while self._written:
+            done.append(self._written.popleft())
+        return done
+
+    @property
+    def wake_fd(self) -> int:
+        return self._wake_r.fileno()
+
+    def flush(self, timeout: float) -> None:
+        for writer in self._writers.values():
+            writer.flush(timeout)
+
+
+def main(args: list[str] | None = None) -> int:
+    try:
+        options = parse_args(sys.argv[1:] if args is None else args)
+        return run(options)
+    except Exit as e:
+        if e.message:
+            stream = sys.stdout if e.code == 0 else sys.stderr
+            print(e.message if e.code == 0 else f"jq: {e.message}", file=stream)
+        return e.code
+    except config.UsageError as e:
+        print(f"jq: {e}", file=sys.stderr)
+        return 255
+
+
+def build_spec(options: JqOptions) -> Any:
+    from . import protocol as p
+
+    env = dict(os.environ)
+    env.update(options.env)
+    cwd = options.chdir or os.getcwd()
+    rows = cols = 0
+    if options.tty:
+        try:
+            cols, rows = os.get_terminal_size(0)
+        except OSError:
+            pass
+    return p.JobSpec(
+        argv=options.argv, env=env, cwd=cwd, tags=options.tags, priority=options.priority,
+        timeout=options.timeout, tty=options.tty, rows=rows, cols=cols, max_attempts=options.max_attempts,
+    )
+
+
+def run(options: JqOptions) -> int:
+    from .client import ClientJob, Session
+    from .connection import Refused, ServerLost
+    from .security import client_security
+
+    endpoint = config.endpoint(config.server_address(options.server))
+    security = client_security(options.key, options.server_key)
+    term = Terminal(options)
+    session = Session(endpoint, security=security, connect_timeout=options.connect_timeout)
+    job = ClientJob(build_spec(options), term)
+    session.jobs[job.job_id] = job
+    restore = _raw_terminal() if options.tty else None
+    term.install()
+    try:
+        code = _loop(session, job, term, options)
+    except ServerLost as e:
+        code, term.message = 255, str(e)
+    except Refused as e:
+        code, term.message = 255, f"the server refused: {e}"
+    finally:
+        if restore is not None:
+            restore()
+    term.flush(5.0)
+    session.close()
+    if term.message:
+        term.note(term.message)
+    return code
+
+
+def _loop(session: Any, job: Any, term: Terminal, options: JqOptions) -> int:
+    import zmq
+
+    now = time.monotonic()
+    session.open(now)
+    queue_deadline = now + options.queue_timeout if options.queue_timeout else None
+    stdin_open = _stdin_usable()
+    poller = zmq.Poller()
+    while term.result is None:
+        now = time.monotonic()
+        timeout = session.conn.next_wakeup(now)
+        if queue_deadline is not None:
+            timeout = min(timeout, max(0.0, queue_deadline - now))
+        poller = zmq.Poller()
+        poller.register(session.conn.socket, zmq.POLLIN)
+        poller.register(term.wake_fd, zmq.POLLIN)
+        reading = stdin_open and job.running and job.wants_stdin()
+        if reading:
+            poller.register(0, zmq.POLLIN)
+        try:
+            events = dict(poller.poll(int(timeout * 1000)))
+        except zmq.ZMQError as e:
+            if e.errno != errno.EINTR:
+                raise
+            events = {}
+        now = time.monotonic()
+        if term.wake_fd in events:
+            for owner, fd, end in term.drain_wakeups():
+                owner.written(fd, end)
+            _forward_signals(session, job, term)
+        if reading and 0 in events:
+            stdin_open = _read_stdin(job)
+        if session.conn.socket in events:
+            session.receive(now)
+        if queue_deadline is not None and not term.has_started and now >= queue_deadline:
+            queue_deadline = None
+            term.queue_timed_out = True
+            job.signal(signal.SIGTERM)
+        session.flush()
+        session.conn.tick(now)
+    return term.result
+
+
+def _read_stdin(job: Any) -> bool:
+    """Read a chunk of our stdin into the job; False at EOF."""
+    from . import protocol as p
+
+    try:
+        data = os.read(0, p.CHUNK_SIZE)
+    except BlockingIOError:
+        return True
+    except OSError:
+        data = b""
+    job.feed(data)
+    return bool(data)
+
+
+def _stdin_usable() -> bool:
+    try:
+        os.fstat(0)
+    except OSError:
+        return False
+    return True
+
+
+def _forward_signals(session: Any, job: Any, term: Terminal) -> None:
+    while term.signals:
+        signum = term.signals.popleft()
+        if signum == signal.SIGWINCH:
+            try:
+                cols, rows = os.get_terminal_size(0)
+            except OSError:
+                continue
+            job.resize(rows, cols)
+        elif not session.conn.ever_welcomed:
+            # Not connected yet: the cancel goes out with the submission; do not wait.
+            job.signal(signum)
+            term.result = 128 + signum
+        else:
+            job.signal(signum)
+
+
+def _raw_terminal() -> Any:
+    """Put our terminal in raw mode; returns the function that restores it."""
+    import atexit
+    import termios
+    import tty
+
+    if not os.isatty(0):
+        return None
+    saved = termios.tcgetattr(0)
+    tty.setraw(0)
+
+    def restore() -> None:
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+    atexit.register(restore)
+    return restore

@@ -1,0 +1,461 @@
+"""The whole jobqueue wire protocol: every message as a typed structure.
+
+Transport: each message is one ZeroMQ frame holding a MessagePack array whose
+first element is the message's tag (msgspec tagged structs, ``array_like``).
+Workers and clients talk only to the server (DEALER -> ROUTER); the server
+relays job traffic between a job's client and its worker.
+
+Design points that make the system survive faults (see README "Guarantees"):
+
+* Job ids are chosen by the client, and every peer carries a *session* id that
+  survives reconnection, so a restarted server can rebuild its whole state from
+  what clients (their jobs) and workers (the jobs they run) tell it again.
+* Every byte stream of a job (stdin = fd 0, stdout = 1, stderr = 2) carries
+  byte offsets; receivers acknowledge offsets (:class:`Ack`).  The sender keeps
+  unacknowledged bytes, so a stream resumes after a reconnection without loss
+  or duplication, and the window of unacknowledged bytes is the flow control.
+* Every job message carries the job's ``attempt``; a requeued job restarts at
+  the next attempt and messages of an older attempt are dropped.
+
+Decoding validates: :func:`decode` raises :class:`ProtocolError` with a
+message that says what was wrong, so bad input is refused at the edge.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+#: Bumped on every incompatible change.  Hellos carry it first so a mismatch
+#: can be reported even when the rest of the message does not decode.
+PROTOCOL_VERSION = 1
+
+#: Largest message a socket accepts (ZMQ_MAXMSGSIZE); bigger ones drop the peer.
+MAX_MESSAGE_SIZE = 1 << 20
+#: Largest payload of one Output/Input message.
+CHUNK_SIZE = 128 * 1024
+#: Unacknowledged bytes a sender may have in flight per stream (flow control).
+WINDOW = 2 * 1024 * 1024
+
+STDIN, STDOUT, STDERR = 0, 1, 2
+
+Role = Literal["client", "worker"]
+
+
+class ProtocolError(Exception):
+    """A message that does not follow this protocol."""
+
+
+class Message(msgspec.Struct, array_like=True, tag=True, tag_field="t"):
+    """Base of every message."""
+
+
+# --- sessions -----------------------------------------------------------------
+
+
+class ClientHello(Message, tag="hello"):
+    """First message of a client connection; re-sent after every reconnection."""
+
+    version: int
+    session: str
+    name: str = ""
+    host: str = ""
+    pid: int = 0
+    software: str = ""
+
+
+class JobSpec(msgspec.Struct, array_like=True):
+    """What to run and where.  ``env`` may hold secrets: never log it."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    tags: list[str] = []
+    priority: int = 0
+    timeout: float | None = None  # run-time limit in seconds, enforced by the worker
+    tty: bool = False
+    rows: int = 0
+    cols: int = 0
+    max_attempts: int = 3
+
+
+class ActiveJob(msgspec.Struct, array_like=True):
+    """A job a worker still holds when it (re)connects: running, or finished
+    but not yet released by its client (its :class:`Finished` is re-sent)."""
+
+    job_id: str
+    attempt: int
+    argv: list[str]
+    tags: list[str]
+    finished: bool = False
+
+
+class WorkerHello(Message, tag="whello"):
+    """First message of a worker connection; re-sent after every reconnection.
+
+    ``jobs`` lists what the worker still holds, so a restarted server learns
+    which jobs are running where."""
+
+    version: int
+    session: str
+    name: str
+    host: str
+    pid: int
+    software: str
+    slots: int
+    tags: list[str] = []
+    jobs: list[ActiveJob] = []
+    draining: bool = False
+
+
+class Welcome(Message, tag="welcome"):
+    """Server's answer to a hello: the liveness settings every peer follows."""
+
+    server_id: str
+    heartbeat: float
+    liveness: int
+
+
+class Ping(Message, tag="ping"):
+    """Heartbeat from a peer; the server answers :class:`Pong`."""
+
+
+class Pong(Message, tag="pong"):
+    """Heartbeat answer from the server."""
+
+
+class Unknown(Message, tag="unknown"):
+    """The server does not know this connection (it restarted): say hello again."""
+
+
+class Refused(Message, tag="refused"):
+    """Fatal refusal (version mismatch, role not allowed, ...).  Do not retry."""
+
+    reason: str
+
+
+class Error(Message, tag="error"):
+    """A message was rejected; the connection stays usable."""
+
+    reason: str
+    job_id: str = ""
+
+
+class Bye(Message, tag="bye"):
+    """A client leaves politely (its jobs, if any, are dropped)."""
+
+
+# --- job lifecycle --------------------------------------------------------------
+
+
+class Submit(Message, tag="submit"):
+    """Client -> server: queue a job, or re-attach to it after a reconnection.
+
+    ``ticket`` is 0 for a new job, else the ticket an earlier server gave
+    (keeps queue order across server restarts).  ``attempt`` > 0 with
+    ``running`` says the job had started on a worker; ``offsets`` are the
+    stdout/stderr bytes the client already has."""
+
+    job_id: str
+    spec: JobSpec
+    ticket: int = 0
+    attempt: int = 0
+    running: bool = False
+    offsets: list[int] = msgspec.field(default_factory=lambda: [0, 0])
+
+
+class Queued(Message, tag="queued"):
+    job_id: str
+    ticket: int
+    position: int
+
+
+class Assign(Message, tag="assign"):
+    """Server -> worker: run this job (only sent to a worker with a free slot)."""
+
+    job_id: str
+    attempt: int
+    spec: JobSpec
+
+
+class Reject(Message, tag="reject"):
+    """Worker -> server: cannot take this assignment now (no free slot)."""
+
+    job_id: str
+    attempt: int
+    reason: str
+
+
+class Started(Message, tag="started"):
+    """The job's process runs.  Worker -> server carries the pid; server ->
+    client adds the worker's name and host."""
+
+    job_id: str
+    attempt: int
+    pid: int = 0
+    worker: str = ""
+    host: str = ""
+    resumed: bool = False
+
+
+class Output(Message, tag="out"):
+    """Bytes the job wrote on ``fd`` (1 or 2), starting at byte ``offset``."""
+
+    job_id: str
+    attempt: int
+    fd: int
+    offset: int
+    data: bytes
+
+
+class Input(Message, tag="in"):
+    """Bytes for the job's stdin starting at ``offset``; ``eof`` closes it."""
+
+    job_id: str
+    attempt: int
+    offset: int
+    data: bytes
+    eof: bool = False
+
+
+class Ack(Message, tag="ack"):
+    """Receiver has consumed stream ``fd`` of the job up to ``offset``.
+
+    Client -> worker for fds 1 and 2 (written to the client's stdout/stderr);
+    worker -> client for fd 0 (written to the job's stdin)."""
+
+    job_id: str
+    attempt: int
+    fd: int
+    offset: int
+
+
+class Resume(Message, tag="resume"):
+    """Server -> worker: the client re-attached; re-send output from these
+    offsets (and the worker answers with its stdin :class:`Ack`)."""
+
+    job_id: str
+    attempt: int
+    offsets: list[int]
+
+
+class Signal(Message, tag="signal"):
+    """Deliver signal ``signum`` to the job's process group.  For a queued job
+    the server cancels it instead."""
+
+    job_id: str
+    signum: int
+
+
+class Resize(Message, tag="resize"):
+    """The client's terminal changed size (``-t`` jobs)."""
+
+    job_id: str
+    rows: int
+    cols: int
+
+
+class Finished(Message, tag="finished"):
+    """The job ended.  ``status`` is what jq exits with.
+
+    ``reason``: ``exited``, ``signaled``, ``timeout``, ``not-found`` (127),
+    ``not-executable`` (126), ``failed`` (could not start: 255), ``cancelled``,
+    ``lost`` (its worker was lost too often: 255), ``killed`` (client gone)."""
+
+    job_id: str
+    attempt: int
+    status: int
+    reason: str
+    message: str = ""
+    offsets: list[int] = msgspec.field(default_factory=lambda: [0, 0])
+
+
+class Release(Message, tag="release"):
+    """Client -> server -> worker: the client has the job's end; forget it."""
+
+    job_id: str
+    attempt: int
+
+
+class Requeued(Message, tag="requeued"):
+    """Server -> client: the job's worker was lost; it runs again from scratch."""
+
+    job_id: str
+    attempt: int
+    reason: str
+
+
+class Kill(Message, tag="kill"):
+    """Server -> worker: stop this job now (its client is gone, or the attempt
+    is stale); the worker kills its process group and frees the slot."""
+
+    job_id: str
+    attempt: int
+    reason: str
+
+
+class Goodbye(Message, tag="goodbye"):
+    """Worker -> server: stopping now; requeue my jobs at once."""
+
+    reason: str = ""
+
+
+class Drain(Message, tag="drain"):
+    """Worker -> server: take no more jobs from me.  Server -> worker: drain."""
+
+
+# --- control (jobqueue status / cancel / drain) -------------------------------------
+
+
+class StatusRequest(Message, tag="status"):
+    version: int
+
+
+class WorkerInfo(msgspec.Struct):
+    name: str
+    host: str
+    state: str  # idle, busy, draining
+    slots: int
+    tags: list[str]
+    jobs: list[str]
+    since: float  # seconds in the current state
+    software: str
+    pid: int
+
+
+class JobInfo(msgspec.Struct):
+    job_id: str
+    argv: list[str]
+    state: str
+    worker: str
+    tags: list[str]
+    priority: int
+    attempt: int
+    seconds: float  # waiting (queued) or running time
+    why: str = ""  # why a queued job waits
+
+
+class StatusReply(Message, tag="statusr"):
+    server_id: str
+    software: str
+    workers: list[WorkerInfo]
+    jobs: list[JobInfo]
+
+
+class CancelRequest(Message, tag="cancel"):
+    version: int
+    job_ids: list[str]
+    signum: int
+
+
+class DrainRequest(Message, tag="drainr"):
+    version: int
+    workers: list[str]
+
+
+class ControlReply(Message, tag="controlr"):
+    done: list[str]
+    unknown: list[str]
+
+
+ToServer = Union[
+    ClientHello,
+    WorkerHello,
+    Ping,
+    Bye,
+    Submit,
+    Input,
+    Ack,
+    Signal,
+    Resize,
+    Release,
+    Started,
+    Output,
+    Finished,
+    Reject,
+    Goodbye,
+    Drain,
+    StatusRequest,
+    CancelRequest,
+    DrainRequest,
+]
+ToClient = Union[
+    Welcome,
+    Pong,
+    Unknown,
+    Refused,
+    Error,
+    Queued,
+    Started,
+    Output,
+    Ack,
+    Requeued,
+    Finished,
+    StatusReply,
+    ControlReply,
+]
+ToWorker = Union[
+    Welcome, Pong, Unknown, Refused, Error, Assign, Input, Ack, Signal, Resize, Resume, Release, Kill, Drain
+]
+
+_encoder = msgspec.msgpack.Encoder()
+_server_decoder = msgspec.msgpack.Decoder(ToServer)
+_client_decoder = msgspec.msgpack.Decoder(ToClient)
+_worker_decoder = msgspec.msgpack.Decoder(ToWorker)
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def _decode(decoder: msgspec.msgpack.Decoder, data: bytes, side: str) -> Message:
+    try:
+        message: Message = decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise ProtocolError(_explain(data, str(e), side)) from None
+    return message
+
+
+def decode_to_server(data: bytes) -> Message:
+    return _decode(_server_decoder, data, "server")
+
+
+def decode_to_client(data: bytes) -> Message:
+    return _decode(_client_decoder, data, "client")
+
+
+def decode_to_worker(data: bytes) -> Message:
+    return _decode(_worker_decoder, data, "worker")
+
+
+def _explain(data: bytes, error: str, side: str) -> str:
+    """Turn a decode failure into a message that says what to do; a hello of
+    another protocol version gets a version-mismatch message naming both."""
+    peer_version = hello_version(data)
+    if peer_version is not None and peer_version != PROTOCOL_VERSION:
+        return version_mismatch(peer_version)
+    return f"malformed message for the {side} ({len(data)} bytes): {error}"
+
+
+def hello_version(data: bytes) -> int | None:
+    """The protocol version in a (possibly incompatible) hello, if any."""
+    try:
+        raw = msgspec.msgpack.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if (
+        isinstance(raw, list)
+        and len(raw) >= 2
+        and raw[0] in ("hello", "whello", "status", "cancel", "drainr")
+        and isinstance(raw[1], int)
+    ):
+        return raw[1]
+    return None
+
+
+def version_mismatch(peer_version: int) -> str:
+    return (
+        f"protocol version mismatch: server speaks version {PROTOCOL_VERSION}, "
+        f"peer speaks version {peer_version}; install the same jobqueue release everywhere"
+    )

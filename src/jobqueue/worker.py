@@ -1,0 +1,600 @@
+"""jobqueue-worker: pulls jobs from the server and runs them.
+
+One process serves ``slots`` jobs at once.  Each job runs in its own process
+group (session) with pipes (or a pseudo-terminal for ``-t``) for its stdio.
+Output is read only while the client's window has room (back-pressure), and
+kept until the client acknowledges it, so it can be re-sent after the server
+restarts.  When a job's leader exits, the rest of its process group is
+killed: no orphan outlives its job.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from . import config
+from . import protocol as p
+from .connection import Connection, Refused, Security, ServerLost
+from .logs import Logger
+
+READ_SIZE = p.CHUNK_SIZE
+
+
+@dataclass
+class WorkerOptions:
+    endpoint: str
+    name: str
+    slots: int = 1
+    tags: list[str] = field(default_factory=list)
+    max_jobs: int = 0  # 0: no limit
+    idle_timeout: float = 0.0  # 0: never
+    kill_grace: float = config.KILL_GRACE
+    grace: float = config.SERVER_GRACE
+    security: Security | None = None
+    log_format: str = "text"
+
+
+class OutStream:
+    """One output stream of a job: bytes read so far, and those not yet acknowledged."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.open = True
+        self.offset = 0  # bytes read from the job so far
+        self.acked = 0
+        self.pending: deque[tuple[int, bytes]] = deque()  # (offset, data), unacknowledged
+
+    @property
+    def in_flight(self) -> int:
+        return self.offset - self.acked
+
+    def add(self, data: bytes) -> int:
+        start = self.offset
+        self.pending.append((start, data))
+        self.offset += len(data)
+        return start
+
+    def ack(self, offset: int) -> None:
+        self.acked = max(self.acked, min(offset, self.offset))
+        while self.pending and self.pending[0][0] + len(self.pending[0][1]) <= self.acked:
+            self.pending.popleft()
+
+    def since(self, offset: int) -> list[tuple[int, bytes]]:
+        """Unacknowledged chunks from ``offset`` on (for a re-send)."""
+        self.ack(offset)
+        out = []
+        for start, data in self.pending:
+            if start + len(data) > offset:
+                cut = max(0, offset - start)
+                out.append((start + cut, data[cut:]))
+        return out
+
+
+class Job:
+    """A job running (or finished, until released) on this worker."""
+
+    def __init__(self, assign: p.Assign) -> None:
+        self.job_id = assign.job_id
+        self.attempt = assign.attempt
+        self.spec = assign.spec
+        self.pid = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.streams: dict[int, OutStream] = {}
+        self.stdin_fd: int | None = None
+        self.stdin_buf = bytearray()
+        self.stdin_offset = 0  # bytes received for stdin (next expected offset)
+        self.stdin_written = 0
+        self.stdin_eof = False
+        self.exit_status: int | None = None
+        self.reason = ""
+        self.finished: p.Finished | None = None
+        self.started = time.monotonic()
+        self.deadline = self.started + self.spec.timeout if self.spec.timeout else None
+        self.kill_at: float | None = None  # SIGKILL time after a SIGTERM
+        self.kill_reason = ""
+
+    @property
+    def done(self) -> bool:
+        """Process reaped and every output stream at EOF."""
+        return self.exit_status is not None and not any(s.open for s in self.streams.values())
+
+
+class Worker:
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self.log = Logger("worker", options.log_format)
+        self.session = os.urandom(8).hex()
+        self.jobs: dict[str, Job] = {}
+        self.fd_owner: dict[int, tuple[Job, int]] = {}  # fd -> (job, stream fd or 0 for stdin)
+        self.jobs_started = 0
+        self.draining = False
+        self.stopping = False
+        self.idle_since = time.monotonic()
+        self.conn = Connection(
+            options.endpoint, self._hello, p.decode_to_worker,
+            connect_timeout=float("inf"), grace=options.grace, security=options.security,
+        )
+        self.poller = zmq.Poller()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._signals: list[int] = []
+        self._handlers = {
+            p.Welcome: self._on_welcome,
+            p.Assign: self._on_assign,
+            p.Input: self._on_input,
+            p.Ack: self._on_ack,
+            p.Signal: self._on_signal,
+            p.Resize: self._on_resize,
+            p.Resume: self._on_resume,
+            p.Release: self._on_release,
+            p.Kill: self._on_kill,
+            p.Drain: self._on_drain,
+            p.Error: self._on_error,
+        }
+
+    # --- session -----------------------------------------------------------------------
+
+    def _hello(self) -> p.WorkerHello:
+        held = [p.ActiveJob(j.job_id, j.attempt, j.spec.argv, j.spec.tags, j.finished is not None)
+                for j in self.jobs.values()]
+        return p.WorkerHello(
+            p.PROTOCOL_VERSION, self.session, self.options.name, socket.gethostname(), os.getpid(),
+            _software(), self.options.slots, self.options.tags, held, self.draining,
+        )
+
+    def _on_welcome(self, msg: p.Welcome) -> None:
+        self.log.event("connected", server=self.conn.endpoint, server_id=msg.server_id)
+        # After a reconnection the server learnt our jobs from the hello; re-send ends
+        # whose Release we may have missed.
+        for job in self.jobs.values():
+            if job.finished is not None:
+                self.conn.send(job.finished)
+
+    def _on_error(self, msg: p.Error) -> None:
+        self.log.event("server-error", reason=msg.reason, job=msg.job_id)
+
+    # --- main loop ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        now = time.monotonic()
+        self.conn.open(now)
+        self.log.event("started", name=self.options.name, slots=self.options.slots,
+                       tags=self.options.tags, server=self.options.endpoint)
+        try:
+            while not self._should_exit():
+                self._poll_once()
+        except Refused as e:
+            self.log.event("refused", reason=str(e))
+            print(f"jobqueue-worker: the server refused this worker: {e}", file=sys.stderr)
+            self._kill_all("server refused the worker")
+            return 1
+        except ServerLost as e:
+            print(f"jobqueue-worker: {e}", file=sys.stderr)
+            self._kill_all("server lost")
+            return 1
+        finally:
+            self.conn.close(linger=2000)
+        return 0
+
+    def _should_exit(self) -> bool:
+        if self.stopping:
+            return not self.jobs
+        if self.draining or (self.options.max_jobs and self.jobs_started >= self.options.max_jobs):
+            return not self.jobs
+        if self.options.idle_timeout and not self.jobs:
+            return time.monotonic() - self.idle_since >= self.options.idle_timeout
+        return False
+
+    def _poll_once(self) -> None:
+        now = time.monotonic()
+        timeout = self._next_timeout(now)
+        self._register()
+        try:
+            events = dict(self.poller.poll(int(timeout * 1000)))
+        except zmq.ZMQError as e:
+            if e.errno != errno.EINTR:
+                raise
+            events = {}
+        now = time.monotonic()
+        if self._wake_r.fileno() in events:
+            self._drain_wakeups()
+        if self.conn.socket in events:
+            for message in self.conn.receive(now):
+                handler = self._handlers.get(type(message))
+                if handler is not None:
+                    handler(message)  # type: ignore[operator]
+        for fd in events:
+            owner = self.fd_owner.get(fd) if isinstance(fd, int) else None
+            if owner is not None:
+                job, which = owner
+                if which == p.STDIN:
+                    self._write_stdin(job)
+                else:
+                    self._read_output(job, which)
+        self._reap(now)
+        self._timers(now)
+        self.conn.tick(now)
+
+    def _next_timeout(self, now: float) -> float:
+        timeout = self.conn.next_wakeup(now)
+        for job in self.jobs.values():
+            for when in (job.deadline, job.kill_at):
+                if when is not None:
+                    timeout = min(timeout, max(0.0, when - now))
+            if job.exit_status is None and job.proc is not None:
+                timeout = min(timeout, 0.5)  # SIGCHLD wakes us; this is a safety net
+        if self.options.idle_timeout and not self.jobs:
+            timeout = min(timeout, max(0.0, self.idle_since + self.options.idle_timeout - now))
+        return timeout
+
+    def _register(self) -> None:
+        self.poller = zmq.Poller()
+        if self.conn.socket is not None:
+            self.poller.register(self.conn.socket, zmq.POLLIN)
+        self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        for fd, (job, which) in self.fd_owner.items():
+            if which == p.STDIN:
+                if job.stdin_buf or (job.stdin_eof and job.stdin_fd is not None):
+                    self.poller.register(fd, zmq.POLLOUT)
+            elif job.streams[which].in_flight < p.WINDOW:
+                self.poller.register(fd, zmq.POLLIN)
+
+    # --- signals -------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(signum, self._on_os_signal)
+
+    def _on_os_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        signals, self._signals = self._signals, []
+        for signum in signals:
+            if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) and not self.stopping:
+                self._stop_politely(signal.Signals(signum).name)
+            elif signum == signal.SIGUSR1:
+                self._drain("SIGUSR1")
+
+    def _stop_politely(self, why: str) -> None:
+        """Tell the server first (it requeues our jobs at once), then kill them."""
+        self.stopping = True
+        self.log.event("stopping", why=why, jobs=len(self.jobs))
+        self.conn.send(p.Goodbye(why))
+        self._kill_all(f"worker stopping ({why})")
+        for job in list(self.jobs.values()):
+            if job.exit_status is not None:
+                self._forget(job)
+
+    def _drain(self, why: str) -> None:
+        if not self.draining:
+            self.draining = True
+            self.log.event("draining", why=why, jobs=len(self.jobs))
+            self.conn.send(p.Drain())
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def _on_assign(self, msg: p.Assign) -> None:
+        running = sum(1 for j in self.jobs.values() if j.finished is None)
+        if self.stopping or self.draining or running >= self.options.slots or msg.job_id in self.jobs:
+            self.conn.send(p.Reject(msg.job_id, msg.attempt, "no free slot"))
+            return
+        job = Job(msg)
+        self.jobs[job.job_id] = job
+        self.jobs_started += 1
+        failure = self._spawn(job)
+        if failure is not None:
+            status, reason, message = failure
+            self.log.event("job-failed", job=job.job_id, reason=reason, why=message)
+            job.exit_status = status
+            self._finish(job, status, reason, message)
+            return
+        self.log.event("job-started", job=job.job_id, attempt=job.attempt, pid=job.pid)
+        self.conn.send(p.Started(job.job_id, job.attempt, job.pid))
+        if self.options.max_jobs and self.jobs_started >= self.options.max_jobs:
+            self._drain(f"ran its {self.options.max_jobs} jobs (--max-jobs)")
+
+    def _spawn(self, job: Job) -> tuple[int, str, str] | None:
+        """Start the job's process; on failure (status, reason, message)."""
+        spec = job.spec
+        where = f"on worker {self.options.name} ({socket.gethostname()})"
+        if not os.path.isdir(spec.cwd):
+            return 255, "failed", f"directory {spec.cwd} does not exist {where}; use -C DIR to choose another"
+        try:
+            if spec.tty:
+                self._spawn_tty(job)
+            else:
+                self._spawn_pipes(job)
+        except FileNotFoundError:
+            return 127, "not-found", f"{spec.argv[0]}: command not found {where}"
+        except PermissionError:
+            return 126, "not-executable", f"{spec.argv[0]}: permission denied {where}"
+        except OSError as e:
+            return 126, "not-executable", f"{spec.argv[0]}: {e.strerror} {where}"
+        return None
+
+    def _spawn_pipes(self, job: Job) -> None:
+        proc = subprocess.Popen(
+            job.spec.argv, cwd=job.spec.cwd, env=job.spec.env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, bufsize=0,
+        )
+        assert proc.stdin and proc.stdout and proc.stderr
+        job.proc, job.pid = proc, proc.pid
+        job.stdin_fd = proc.stdin.fileno()
+        self._own(job, job.stdin_fd, p.STDIN)
+        for which, stream in ((p.STDOUT, proc.stdout), (p.STDERR, proc.stderr)):
+            job.streams[which] = OutStream(stream.fileno())
+            self._own(job, stream.fileno(), which)
+
+    def _spawn_tty(self, job: Job) -> None:
+        master, slave = os.openpty()
+        if job.spec.rows and job.spec.cols:
+            _set_winsize(master, job.spec.rows, job.spec.cols)
+        try:
+            proc = subprocess.Popen(
+                job.spec.argv, cwd=job.spec.cwd, env=job.spec.env, stdin=slave, stdout=slave, stderr=slave,
+                start_new_session=True, preexec_fn=_take_controlling_tty,
+            )
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        job.proc, job.pid = proc, proc.pid
+        job.stdin_fd = os.dup(master)
+        self._own(job, job.stdin_fd, p.STDIN)
+        job.streams[p.STDOUT] = OutStream(master)
+        job.streams[p.STDERR] = OutStream(-1)
+        job.streams[p.STDERR].open = False
+        self._own(job, master, p.STDOUT)
+
+    def _own(self, job: Job, fd: int, which: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd_owner[fd] = (job, which)
+
+    def _disown(self, fd: int | None) -> None:
+        if fd is not None and fd >= 0 and self.fd_owner.pop(fd, None) is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _read_output(self, job: Job, which: int) -> None:
+        stream = job.streams[which]
+        while stream.open and stream.in_flight < p.WINDOW:
+            try:
+                data = os.read(stream.fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as e:  # EIO: the pty's last holder closed it
+                if e.errno != errno.EIO:
+                    raise
+                data = b""
+            if not data:
+                stream.open = False
+                self._disown(stream.fd)
+                self._maybe_finish(job)
+                return
+            start = stream.add(data)
+            self.conn.send(p.Output(job.job_id, job.attempt, which, start, data))
+
+    def _on_input(self, msg: p.Input) -> None:
+        job = self._job(msg.job_id, msg.attempt)
+        if job is None or job.finished is not None:
+            return
+        if msg.offset > job.stdin_offset:
+            self.log.event("input-gap", job=job.job_id, have=job.stdin_offset, got=msg.offset)
+            return
+        data = msg.data[job.stdin_offset - msg.offset:]
+        job.stdin_offset += len(data)
+        if job.stdin_fd is None:  # the job closed its stdin: swallow, but acknowledge
+            job.stdin_written = job.stdin_offset
+            self.conn.send(p.Ack(job.job_id, job.attempt, p.STDIN, job.stdin_written))
+        else:
+            job.stdin_buf += data
+        job.stdin_eof = job.stdin_eof or msg.eof
+        self._write_stdin(job)
+
+    def _write_stdin(self, job: Job) -> None:
+        fd = job.stdin_fd
+        if fd is None:
+            return
+        written = 0
+        try:
+            while job.stdin_buf:
+                n = os.write(fd, job.stdin_buf[: 1 << 16])
+                del job.stdin_buf[:n]
+                written += n
+        except BlockingIOError:
+            pass
+        except OSError:  # EPIPE: the job closed its stdin
+            written += len(job.stdin_buf)
+            job.stdin_buf.clear()
+            self._close_stdin(job)
+        if written:
+            job.stdin_written += written
+            self.conn.send(p.Ack(job.job_id, job.attempt, p.STDIN, job.stdin_written))
+        if job.stdin_eof and not job.stdin_buf and job.stdin_fd is not None:
+            self._close_stdin(job)
+
+    def _close_stdin(self, job: Job) -> None:
+        if job.spec.tty and job.stdin_fd is not None:
+            os.write(job.stdin_fd, b"\x04")  # EOF on a terminal is ^D
+        self._disown(job.stdin_fd)
+        job.stdin_fd = None
+
+    def _on_ack(self, msg: p.Ack) -> None:
+        job = self._job(msg.job_id, msg.attempt)
+        if job is not None and msg.fd in job.streams:
+            job.streams[msg.fd].ack(msg.offset)
+
+    def _on_signal(self, msg: p.Signal) -> None:
+        job = self.jobs.get(msg.job_id)
+        if job is not None and job.exit_status is None and job.pid:
+            self.log.event("job-signal", job=job.job_id, signal=msg.signum)
+            _killpg(job.pid, msg.signum)
+
+    def _on_resize(self, msg: p.Resize) -> None:
+        job = self.jobs.get(msg.job_id)
+        if job is not None and job.spec.tty and job.streams[p.STDOUT].open:
+            _set_winsize(job.streams[p.STDOUT].fd, msg.rows, msg.cols)
+
+    def _on_resume(self, msg: p.Resume) -> None:
+        """The client re-attached: re-send what it lacks, tell it where stdin stands."""
+        job = self._job(msg.job_id, msg.attempt)
+        if job is None:
+            return
+        self.log.event("job-resumed", job=job.job_id, offsets=msg.offsets)
+        for which, offset in zip((p.STDOUT, p.STDERR), msg.offsets):
+            stream = job.streams.get(which)
+            for start, data in stream.since(offset) if stream else []:
+                for i in range(0, len(data), p.CHUNK_SIZE):
+                    self.conn.send(p.Output(job.job_id, job.attempt, which, start + i, data[i:i + p.CHUNK_SIZE]))
+        self.conn.send(p.Ack(job.job_id, job.attempt, p.STDIN, job.stdin_offset - len(job.stdin_buf)))
+        if job.finished is not None:
+            self.conn.send(job.finished)
+
+    def _on_release(self, msg: p.Release) -> None:
+        job = self.jobs.get(msg.job_id)
+        if job is not None and job.attempt == msg.attempt and job.finished is not None:
+            self._forget(job)
+
+    def _on_kill(self, msg: p.Kill) -> None:
+        job = self.jobs.get(msg.job_id)
+        if job is None or job.attempt != msg.attempt:
+            return
+        self.log.event("job-kill", job=job.job_id, why=msg.reason)
+        if job.finished is not None:
+            self._forget(job)
+        else:
+            self._terminate(job, msg.reason, release=True)
+
+    def _on_drain(self, msg: p.Drain) -> None:
+        self._drain("server asked")
+
+    def _job(self, job_id: str, attempt: int) -> Job | None:
+        job = self.jobs.get(job_id)
+        return job if job is not None and job.attempt == attempt else None
+
+    # --- ending --------------------------------------------------------------------------------
+
+    def _terminate(self, job: Job, why: str, *, release: bool = False) -> None:
+        """SIGTERM the job's group now, SIGKILL after the grace."""
+        if job.exit_status is None and job.kill_at is None and job.pid:
+            job.kill_reason = why
+            job.kill_at = time.monotonic() + self.options.kill_grace
+            _killpg(job.pid, signal.SIGTERM)
+        if release:
+            job.reason = job.reason or "killed"
+
+    def _kill_all(self, why: str) -> None:
+        for job in self.jobs.values():
+            self._terminate(job, why)
+
+    def _timers(self, now: float) -> None:
+        for job in list(self.jobs.values()):
+            if job.deadline is not None and now >= job.deadline and job.exit_status is None:
+                job.deadline = None
+                job.reason = "timeout"
+                self.log.event("job-timeout", job=job.job_id, limit=job.spec.timeout)
+                self._terminate(job, "run time limit reached")
+            if job.kill_at is not None and now >= job.kill_at and job.exit_status is None:
+                job.kill_at = None
+                _killpg(job.pid, signal.SIGKILL)
+
+    def _reap(self, now: float) -> None:
+        for job in list(self.jobs.values()):
+            if job.proc is None or job.exit_status is not None:
+                continue
+            try:
+                info = os.waitid(os.P_PID, job.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                info = None
+            if info is None:
+                continue
+            _killpg(job.pid, signal.SIGKILL)  # the leader ended: so do the rest of its group
+            _, status = os.waitpid(job.pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            job.proc.returncode = code
+            job.exit_status = code if code >= 0 else 128 - code
+            if not job.reason:
+                job.reason = "exited" if code >= 0 else "signaled"
+            for which, stream in job.streams.items():
+                if stream.open:
+                    self._read_output(job, which)
+            self._maybe_finish(job)
+
+    def _maybe_finish(self, job: Job) -> None:
+        if job.done and job.finished is None:
+            assert job.exit_status is not None
+            status = 124 if job.reason == "timeout" else job.exit_status
+            self._finish(job, status, job.reason, job.kill_reason)
+
+    def _finish(self, job: Job, status: int, reason: str, message: str) -> None:
+        self._disown(job.stdin_fd)
+        job.stdin_fd = None
+        offsets = [job.streams[fd].offset if fd in job.streams else 0 for fd in (p.STDOUT, p.STDERR)]
+        job.finished = p.Finished(job.job_id, job.attempt, status, reason, message, offsets)
+        self.log.event("job-finished", job=job.job_id, status=status, reason=reason,
+                       ran=round(time.monotonic() - job.started, 3))
+        if self.stopping:
+            self._forget(job)
+            return
+        self.conn.send(job.finished)
+        if job.reason == "killed":
+            self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        for stream in job.streams.values():
+            if stream.open:
+                self._disown(stream.fd)
+        self._disown(job.stdin_fd)
+        self.jobs.pop(job.job_id, None)
+        if not self.jobs:
+            self.idle_since = time.monotonic()
+
+
+def _killpg(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _take_controlling_tty() -> None:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _set_winsize(fd: int, rows: int, cols: int) -> None:
+    try:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    except OSError:
+        pass
+
+
+def _software() -> str:
+    from . import __version__
+
+    return __version__

@@ -1,0 +1,199 @@
+"""End-to-end: the core promises of jq, against a real server and workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from tests.conftest import Cluster, wait_for
+
+
+def test_exit_codes_and_separate_streams(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker()
+    for code in (0, 1, 42):
+        r = cluster.jq("sh", "-c", f"echo out; echo err >&2; exit {code}")
+        assert (r.returncode, r.stdout, r.stderr) == (code, b"out\n", b"err\n")
+
+
+def test_not_found_127_not_executable_126(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker()
+    r = cluster.jq("no-such-command-xyz")
+    assert r.returncode == 127
+    assert b"no-such-command-xyz: command not found" in r.stderr
+    script = cluster.tmp / "noexec.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    os.chmod(script, 0o644)
+    r = cluster.jq(str(script))
+    assert r.returncode == 126
+
+
+def test_killed_by_signal_is_128_plus_n(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker()
+    assert cluster.jq("sh", "-c", "kill -KILL $$").returncode == 137
+    assert cluster.jq("sh", "-c", "kill -TERM $$").returncode == 143
+
+
+def test_stdin_eof_reaches_job(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker()
+    data = b"x" * 123457
+    r = cluster.jq("wc", "-c", input=data)
+    assert r.returncode == 0
+    assert r.stdout.strip() == b"123457"
+
+
+def test_all_byte_values_both_ways(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker()
+    data = bytes(range(256)) * 1000
+    r = cluster.jq("sh", "-c", "cat; cat /dev/null >&2", input=data)
+    assert r.returncode == 0 and r.stdout == data
+    r = cluster.jq("sh", "-c", "cat >&2", input=data)
+    assert r.returncode == 0 and r.stderr == data and r.stdout == b""
+
+
+def test_argv_passed_verbatim(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker()
+    r = cluster.jq("printf", "[%s]", "-la", "a b", "", "*", "$HOME")
+    assert r.stdout == b"[-la][a b][][*][$HOME]"
+
+
+def test_cwd_and_env_follow_jq(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker()
+    sub = cluster.tmp / "sub"
+    sub.mkdir()
+    env = cluster.env(JQ_TEST_VAR="from-jq")
+    r = cluster.jq("sh", "-c", 'pwd; echo "$JQ_TEST_VAR $EXTRA"', "-e", env=env, cwd=str(sub))
+    assert r.stdout.decode().splitlines()[0] == str(sub)
+    r = cluster.jq("-e", "EXTRA=yes", "-C", str(cluster.tmp), "sh", "-c", 'pwd; echo "$JQ_TEST_VAR $EXTRA"',
+                   env=env, cwd=str(sub))
+    assert r.stdout.decode().splitlines() == [str(cluster.tmp), "from-jq yes"]
+
+
+def test_missing_directory_is_255_naming_worker(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker(name="wdir")
+    r = cluster.jq("-C", "/nonexistent/dir", "true")
+    assert r.returncode == 255
+    assert b"/nonexistent/dir" in r.stderr and b"wdir" in r.stderr
+
+
+def test_output_is_streamed_not_buffered(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker()
+    proc = cluster.popen_jq("sh", "-c", "echo first; sleep 30")
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line == b"first\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 143
+
+
+def test_sigint_is_forwarded_to_a_job_that_traps_it(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker()
+    proc = cluster.popen_jq("sh", "-c", "trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 0.05; done")
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=10)
+    assert out == b"got-int\n"
+    assert proc.returncode == 7
+
+
+def test_cancel_while_queued(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker()
+    busy = cluster.popen_jq("sh", "-c", "echo busy; sleep 30")
+    assert busy.stdout is not None and busy.stdout.readline() == b"busy\n"
+    waiting = cluster.popen_jq("echo", "never")
+    wait_for(lambda: any(j["state"] == "queued" for j in cluster.jobs()), 10, "job to be queued")
+    waiting.send_signal(signal.SIGINT)
+    out, _ = waiting.communicate(timeout=10)
+    assert waiting.returncode == 130 and out == b""
+    busy.send_signal(signal.SIGTERM)
+    assert busy.wait(timeout=10) == 143
+
+
+def test_server_unreachable_is_255(cluster: Cluster) -> None:
+    r = cluster.jq("--connect-timeout", "0.5", "true")
+    assert r.returncode == 255
+    assert r.stderr.startswith(b"jq: ") and b"cannot reach the server" in r.stderr
+
+
+def test_usage_errors_are_255(cluster: Cluster) -> None:
+    for args in (["--bogus", "true"], [], ["--timeout", "soon", "true"]):
+        r = cluster.jq(*args)
+        assert r.returncode == 255, args
+        assert r.stderr.startswith(b"jq: ")
+
+
+def test_semaphore_two_workers_six_sleeps(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker(name="a")
+    cluster.worker(name="b")
+    start = time.monotonic()
+    procs = [cluster.popen_jq("sleep", "1") for _ in range(6)]
+    for proc in procs:
+        assert proc.wait(timeout=30) == 0
+    elapsed = time.monotonic() - start
+    assert 2.9 <= elapsed < 6, elapsed
+
+
+def test_requeue_after_worker_sigkill(cluster: Cluster) -> None:
+    cluster.server()
+    first = cluster.worker(name="first")
+    marker = cluster.tmp / "ran-once"
+    data = os.urandom(300_000)
+    script = f"if [ ! -e {marker} ]; then touch {marker}; echo started; sleep 60; fi; cat | wc -c"
+    proc = cluster.popen_jq("sh", "-c", script, stdin=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(data)
+    proc.stdin.close()
+    assert proc.stdout.readline() == b"started\n"
+    cluster.worker(name="second")
+    os.kill(first.pid, signal.SIGKILL)
+    out = proc.stdout.read()
+    assert proc.wait(timeout=20) == 0
+    assert out.strip() == str(len(data)).encode()
+    assert proc.stderr is not None and b"running it again" in proc.stderr.read()
+
+
+def test_client_sigkill_leaves_no_orphan(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker(name="w")
+    pidfile = cluster.tmp / "pid"
+    proc = cluster.popen_jq("sh", "-c", f"echo $$ > {pidfile}; echo up; exec sleep 60")
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    os.kill(proc.pid, signal.SIGKILL)
+    pid = int(pidfile.read_text())
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, 10, "the job to be killed")
+    cluster.wait_worker("w", state="idle")
+
+
+def test_fifo_order(cluster: Cluster) -> None:
+    cluster.server()
+    order = cluster.tmp / "order"
+    procs = []
+    for i in range(5):
+        procs.append(cluster.popen_jq("sh", "-c", f"echo {i} >> {order}"))
+        wait_for(lambda n=i + 1: len(cluster.jobs()) == n, 10, "job queued")
+    cluster.worker()
+    for proc in procs:
+        assert proc.wait(timeout=20) == 0
+    assert order.read_text().split() == ["0", "1", "2", "3", "4"]
