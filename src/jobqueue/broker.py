@@ -27,6 +27,7 @@ from .jobstate import TERMINAL, WAITING, JobEvent, JobState, next_state
 
 MAX_JOB_ID = 64
 MAX_ARGV_BYTES = 256 * 1024
+MAX_TERMINAL = 10_000
 
 
 @dataclass(slots=True)
@@ -58,6 +59,8 @@ class Worker(Peer):
     slots: int = 1
     tags: frozenset[str] = frozenset()
     draining: bool = False
+    #: Set when the server's --spawn started this worker (autoscaling).
+    spawn_id: str = ""
     #: Jobs occupying a slot (job id -> attempt), including ones being killed.
     running: dict[str, int] = field(default_factory=dict)
     #: Jobs that ended here but whose client has not released them yet.
@@ -82,6 +85,8 @@ class Job:
     losses: int = 0
     worker: Worker | None = None
     heap_seq: int = 0
+    #: Seconds it waited in the queue before its current attempt was assigned.
+    waited: float = 0.0
     #: After a restart: when to give up waiting for the missing side.
     deadline: float | None = None
 
@@ -170,7 +175,7 @@ class Broker:
             return self._flush()
         handler = self._handlers.get(type(message))
         if handler is not None:
-            if not isinstance(message, (p.ClientHello, p.WorkerHello)) or self._check_hello(peer, message, role):
+            if self._allowed(peer, message, role):
                 handler(peer, message, now)
             return self._flush()
         known = self.peers.get(peer)
@@ -216,7 +221,24 @@ class Broker:
             candidates.append(self.hold_until)
         return min(candidates) if candidates else None
 
+    def waiting_tag_sets(self) -> dict[frozenset[str], int]:
+        """How many jobs wait, per tag set (read-only, for the autoscaler)."""
+        counts: dict[frozenset[str], int] = {}
+        for job in self.jobs.values():
+            if job.state in WAITING:
+                counts[job.tag_key] = counts.get(job.tag_key, 0) + 1
+        return counts
+
     # --- sessions ------------------------------------------------------------------
+
+    def _allowed(self, peer: bytes, message: p.Message, role: p.Role | None) -> bool:
+        """A hello must match its key's role; status, cancel and drain need a client key."""
+        if isinstance(message, (p.ClientHello, p.WorkerHello)):
+            return self._check_hello(peer, message, role)
+        if role not in (None, "client"):
+            self._reject(peer, f"a {role} key may not send {type(message).__name__}", fatal=True)
+            return False
+        return True
 
     def _check_hello(self, peer: bytes, hello: p.ClientHello | p.WorkerHello, role: p.Role | None) -> bool:
         wanted = "client" if isinstance(hello, p.ClientHello) else "worker"
@@ -235,6 +257,7 @@ class Broker:
         elif old is None:
             client = Client(peer, hello.session, hello.name, hello.host, hello.pid, hello.software, now)
             self.peers[peer] = self.sessions[hello.session] = client
+            self._event("client-joined", client=client.name, host=client.host, pid=client.pid)
         else:
             self._reject(peer, "session id already used by a worker", fatal=True)
             return
@@ -252,11 +275,11 @@ class Broker:
         else:
             worker = Worker(
                 peer, hello.session, hello.name, hello.host, hello.pid, hello.software, now,
-                slots=max(1, hello.slots), tags=frozenset(hello.tags),
+                slots=max(1, hello.slots), tags=frozenset(hello.tags), spawn_id=hello.spawn_id,
             )
             self.peers[peer] = self.sessions[hello.session] = worker
             self._event("worker-joined", worker=worker.name, host=worker.host, slots=worker.slots,
-                        tags=sorted(worker.tags))
+                        tags=sorted(worker.tags), **({"spawn": worker.spawn_id} if worker.spawn_id else {}))
         self._seen(peer, now)
         self._welcome(peer)
         self._sync_worker_jobs(worker, hello.jobs, now)
@@ -406,9 +429,15 @@ class Broker:
         self._to_worker(client, msg.job_id, msg.attempt, msg)
 
     def _on_resize(self, client: Client, msg: p.Resize, now: float) -> None:
+        if not (0 <= msg.rows <= MAX_TERMINAL and 0 <= msg.cols <= MAX_TERMINAL):
+            self._send(client.identity, p.Error(f"terminal size must be 0 to {MAX_TERMINAL}", msg.job_id))
+            return
         self._to_worker(client, msg.job_id, None, msg)
 
     def _on_signal(self, client: Client, msg: p.Signal, now: float) -> None:
+        if not _valid_signal(msg.signum):
+            self._send(client.identity, p.Error(f"no signal number {msg.signum}", msg.job_id))
+            return
         job = self._owned_job(client, msg.job_id)
         if job is not None:
             self._signal_job(job, msg.signum, now)
@@ -417,11 +446,14 @@ class Broker:
         if job.state in WAITING:
             self._cancel(job, signum, now)
         elif job.state is JobState.RUNNING and job.worker is not None:
+            self._event("job-signal", job=job.job_id, worker=job.worker.name, signal=signum)
             self._send(job.worker.identity, p.Signal(job.job_id, signum))
 
     def _on_release(self, client: Client, msg: p.Release, now: float) -> None:
         job = self._owned_job(client, msg.job_id)
         if job is not None and job.state is JobState.FINISHED:
+            if job.worker is not None:
+                self._send(job.worker.identity, p.Release(job.job_id, job.attempt))
             self._drop(job)
 
     # --- worker messages -------------------------------------------------------------
@@ -440,7 +472,7 @@ class Broker:
         if job is None or job.state is not JobState.RUNNING:
             return
         self._event("job-started", job=job.job_id, worker=worker.name, attempt=job.attempt,
-                    waited=round(now - job.since, 3))
+                    waited=round(job.waited + now - job.since, 3))
         job.since = now
         if job.owner is not None:
             self._send(job.owner.identity, p.Started(job.job_id, job.attempt, msg.pid, worker.name, worker.host))
@@ -499,7 +531,7 @@ class Broker:
         unknown: list[str] = []
         for job_id in msg.job_ids:
             job = self.jobs.get(job_id)
-            if job is None or job.state in TERMINAL:
+            if job is None or job.state in TERMINAL or not _valid_signal(msg.signum or _signal.SIGTERM):
                 unknown.append(job_id)
             else:
                 self._signal_job(job, msg.signum or _signal.SIGTERM, now)
@@ -646,6 +678,7 @@ class Broker:
                 self._assign(job, worker, now)
 
     def _assign(self, job: Job, worker: Worker, now: float) -> None:
+        job.waited = now - job.since
         self._transition(job, JobEvent.ASSIGN, now)
         job.attempt += 1
         self._attach_worker(job, worker)
@@ -667,8 +700,9 @@ class Broker:
         worker.tokens.clear()
 
     def _cancel(self, job: Job, signum: int, now: float) -> None:
+        waited = round(now - job.since, 3)
         self._transition(job, JobEvent.CANCEL, now)
-        self._event("job-cancelled", job=job.job_id, signal=signum)
+        self._event("job-cancelled", job=job.job_id, signal=signum, waited=waited)
         self._finish_for_client(job, p.Finished(job.job_id, job.attempt, 128 + signum, "cancelled",
                                                 "cancelled while queued"))
 
@@ -752,6 +786,10 @@ class Broker:
         return "every worker that could run it is busy"
 
 
+def _valid_signal(signum: int) -> bool:
+    return 0 < signum < _signal.NSIG
+
+
 def _validate_submit(msg: p.Submit) -> str:
     """Why this submission is refused ('' if it is fine)."""
     if not msg.job_id or len(msg.job_id) > MAX_JOB_ID or not msg.job_id.isprintable():
@@ -761,10 +799,15 @@ def _validate_submit(msg: p.Submit) -> str:
         return "empty command line"
     if sum(len(a) for a in spec.argv) > MAX_ARGV_BYTES:
         return f"command line longer than {MAX_ARGV_BYTES} bytes"
+    if not (0 <= spec.rows <= MAX_TERMINAL and 0 <= spec.cols <= MAX_TERMINAL):
+        return f"terminal size must be 0 to {MAX_TERMINAL}"
     if spec.max_attempts < 1:
         return "max_attempts must be at least 1"
-    if spec.timeout is not None and spec.timeout <= 0:
-        return "timeout must be positive"
+    if spec.timeout is not None and not (0 < spec.timeout < float("inf")):
+        return "timeout must be a positive number of seconds"
+    texts = [*spec.argv, spec.cwd, *spec.env, *spec.env.values()]
+    if any("\0" in t for t in texts) or any("=" in k or not k for k in spec.env):
+        return "NUL byte in the command line, directory or environment, or a bad variable name"
     if msg.attempt < 0 or msg.ticket < 0 or any(o < 0 for o in msg.offsets) or len(msg.offsets) != 2:
         return "negative attempt, ticket or offset"
     return ""

@@ -32,9 +32,56 @@ def _server_parser(prog: str = "jobqueue-server") -> argparse.ArgumentParser:
     parser.add_argument("--restart-hold", type=config.duration, default=None,
                         help="after start, wait this long before dispatching, so that after a restart "
                              "workers and clients re-announce their jobs first (default 2 heartbeats)")
+    parser.add_argument("--key", default=None, help="the server's secret key file (CURVE; see jobqueue keygen)")
+    parser.add_argument("--clients", metavar="KEYS", default=None,
+                        help="public keys allowed to submit jobs: a directory of *.pub files or one file, "
+                             "one key per line")
+    parser.add_argument("--workers", metavar="KEYS", default=None,
+                        help="public keys allowed to run jobs (same forms as --clients)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback address without CURVE keys (trusted networks only)")
+    parser.add_argument("--ipc-mode", metavar="OCTAL", type=_octal_mode, default=0o700,
+                        help="permissions of an ipc:// socket file (default 700: only this user may connect)")
+    _spawn_arguments(parser)
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--metrics", metavar="ADDRESS", default=None,
+                        help="serve Prometheus metrics on HOST:PORT (:PORT: every interface)")
     _common(parser)
     return parser
+
+
+def _spawn_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("autoscaling", "start workers when jobs wait that no worker can take")
+    group.add_argument("--spawn", metavar="COMMAND", default=None,
+                       help="run COMMAND (with sh -c, in the background) to add a worker, e.g. "
+                            "'sbatch examples/slurm/worker.sbatch'; it gets $JOBQUEUE_SERVER, "
+                            "$JOBQUEUE_SPAWN_TAGS and $JOBQUEUE_SPAWN_ID (the worker reads the last itself)")
+    group.add_argument("--spawn-max", metavar="N", type=int, default=4,
+                       help="at most N spawned workers starting or connected at once (default 4)")
+    group.add_argument("--spawn-tags", metavar="TAG[,TAG...]", action="append", default=[],
+                       help="tags the spawned workers advertise (repeatable): only jobs whose tags are all "
+                            "among them make the server spawn (default: untagged jobs only)")
+    group.add_argument("--spawn-timeout", metavar="DURATION", type=config.duration, default=300.0,
+                       help="a spawned worker not connected after this long counts as failed, and spawning "
+                            "backs off (default 5m; allow for the batch system's queueing)")
+    group.add_argument("--spawn-address", metavar="ADDRESS", default=None,
+                       help="the address spawned workers connect to (default: the bound address)")
+
+
+def _spawn_policy(args: argparse.Namespace) -> Any:
+    """The autoscaling policy from the --spawn options (None without --spawn)."""
+    if args.spawn is None:
+        return None
+    from .autoscale import SpawnPolicy
+
+    if not args.spawn.strip():
+        raise config.UsageError("--spawn needs a command, e.g. --spawn 'jobqueue-worker --once'")
+    if args.spawn_max < 1:
+        raise config.UsageError(f"--spawn-max must be at least 1, got {args.spawn_max}")
+    if args.spawn_timeout <= 0:
+        raise config.UsageError("--spawn-timeout must be positive")
+    tags = frozenset(t for tag in args.spawn_tags for t in tag.split(",") if t)
+    return SpawnPolicy(args.spawn, max_workers=args.spawn_max, tags=tags, timeout=args.spawn_timeout)
 
 
 def _worker_parser(prog: str = "jobqueue-worker") -> argparse.ArgumentParser:
@@ -67,13 +114,32 @@ def server_main(argv: list[str] | None = None, prog: str = "jobqueue-server") ->
 
 
 def _run_server(args: argparse.Namespace) -> int:
+    from .security import server_keys
     from .server import Server, ServerOptions
 
     if args.heartbeat <= 0 or args.liveness < 1:
         raise config.UsageError("--heartbeat must be positive and --liveness at least 1")
     options = ServerOptions(config.endpoint(args.address, bind=True), args.heartbeat, args.liveness,
-                            args.log_format, args.restart_hold)
+                            args.log_format, args.restart_hold,
+                            ipc_mode=args.ipc_mode, keys=server_keys(args.key, args.clients, args.workers),
+                            insecure=args.insecure,
+                            spawn=_spawn_policy(args), spawn_address=_spawn_address(args.spawn_address),
+                            metrics=args.metrics)
     return Server(options).run()
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"expected permissions in octal such as 700 or 770, got {text!r}")
+    return mode
+
+
+def _spawn_address(address: str | None) -> str | None:
+    return config.endpoint(address) if address else None
 
 
 def worker_main(argv: list[str] | None = None, prog: str = "jobqueue-worker") -> int:
@@ -126,26 +192,56 @@ def _request(address: str | None, message: Any, timeout: float, key: str | None,
     import zmq
 
     from . import protocol as p
+    from .connection import AuthFailed, HandshakeWatch
     from .security import client_security
 
     endpoint = config.endpoint(config.server_address(address))
     security = client_security(key, server_key)
     sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    watch = None
     if security is not None:
         security.apply_client(sock)
+        watch = HandshakeWatch(sock, endpoint, security, "client")
     sock.connect(endpoint)
     try:
         sock.send(p.encode(message))
-        if not sock.poll(int(timeout * 1000)):
+        if not _wait_reply(sock, watch, timeout):
+            hint = "" if security else " (and if it uses CURVE keys, did you give --key and --server-key)"
             raise config.UsageError(f"no answer from the server at {endpoint} in {timeout:g}s: "
-                                    "is jobqueue-server running there?")
+                                    f"is jobqueue-server running there{hint}?")
         reply = p.decode_to_client(sock.recv())
+    except AuthFailed as e:
+        raise config.UsageError(str(e)) from None
     finally:
+        if watch is not None:
+            watch.close(sock)
         sock.close()
     if isinstance(reply, (p.Refused, p.Error)):
         raise config.UsageError(f"the server refused: {reply.reason}")
     return reply
+
+
+def _wait_reply(sock: Any, watch: Any, timeout: float) -> bool:
+    """Whether a reply came within ``timeout``; a failed CURVE handshake raises at once."""
+    import time
+
+    import zmq
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if watch is None:
+            return bool(sock.poll(int(max(left, 0) * 1000)))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(watch.monitor, zmq.POLLIN)
+        events = dict(poller.poll(int(max(left, 0) * 1000)))
+        if sock in events:
+            return True
+        watch.check()
+        if left <= 0:
+            return False
 
 
 def _control_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -153,8 +249,8 @@ def _control_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("-s", "--server", default=None,
                         help="server address (default $JOBQUEUE_SERVER, else localhost:3821)")
     parser.add_argument("--timeout", type=config.duration, default=5.0, help="wait this long for the server")
-    parser.add_argument("--key", default=None)
-    parser.add_argument("--server-key", default=None)
+    parser.add_argument("--key", default=None, help="our secret key file (CURVE); $JOBQUEUE_KEY")
+    parser.add_argument("--server-key", default=None, help="the server's public key file; $JOBQUEUE_SERVER_KEY")
     return parser
 
 
@@ -182,6 +278,7 @@ def status_main(argv: list[str]) -> int:
             out: dict[str, Any] = {"server": reply.server_id, "version": reply.software}
             if show_workers:
                 out["workers"] = msgspec.to_builtins(workers)
+                out["spawning"] = msgspec.to_builtins(reply.spawning)
             if show_jobs:
                 out["jobs"] = msgspec.to_builtins(jobs)
             print(json.dumps(out, indent=2))
@@ -189,7 +286,9 @@ def status_main(argv: list[str]) -> int:
         if show_workers:
             _print_table(["WORKER", "HOST", "STATE", "SLOTS", "JOBS", "SINCE", "TAGS"], [
                 [w.name, w.host, w.state, str(w.slots), ",".join(w.jobs) or "-", _age(w.since),
-                 ",".join(w.tags) or "-"] for w in workers])
+                 ",".join(w.tags) or "-"] for w in workers] + [
+                [f"({s.spawn_id})", "-", "starting", "-", "-", _age(s.seconds), "spawned by --spawn"]
+                for s in reply.spawning])
         if show_workers and show_jobs:
             print()
         if show_jobs:
@@ -308,7 +407,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def keygen_main(argv: list[str]) -> int:
-    print("jobqueue keygen: not available yet", file=sys.stderr)
-    return EXIT_ERROR
+    parser = argparse.ArgumentParser(prog="jobqueue keygen", description="Write a CURVE key pair: the secret "
+                                     "key at PATH (mode 0600) and the public key at PATH.pub.")
+    parser.add_argument("path", metavar="PATH")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from .security import keygen
+
+        secret, public = keygen(args.path)
+        print(f"secret key: {secret} (keep it private)\npublic key: {public}")
+        return 0
+
+    return _guard("jobqueue keygen", body)
 
 

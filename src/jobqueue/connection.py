@@ -27,6 +27,10 @@ class Refused(Exception):
     """The server refused this peer for good (version, role, authentication)."""
 
 
+class AuthFailed(Refused):
+    """The CURVE handshake failed: a key the server does not list, or wrong keys."""
+
+
 class Connection:
     def __init__(
         self,
@@ -49,6 +53,7 @@ class Connection:
         self.heartbeat = config.HEARTBEAT
         self.liveness = config.LIVENESS
         self.socket: zmq.Socket | None = None
+        self._handshakes: HandshakeWatch | None = None
         self.welcomed = False  # the current connection got its Welcome
         self.ever_welcomed = False
         self.server_id = ""
@@ -75,6 +80,7 @@ class Connection:
         sock.setsockopt(zmq.RCVHWM, 10000)
         if self.security is not None:
             self.security.apply_client(sock)
+            self._handshakes = HandshakeWatch(sock, self.endpoint, self.security, self._role())
         sock.connect(self.endpoint)
         self.socket = sock
         self.welcomed = False
@@ -83,7 +89,13 @@ class Connection:
         for message in self.on_connect():
             self.send(message)
 
+    def _role(self) -> str:
+        return "worker" if isinstance(self._hello(), p.WorkerHello) else "client"
+
     def close(self, linger: int = 0) -> None:
+        if self._handshakes is not None and self.socket is not None:
+            self._handshakes.close(self.socket)
+            self._handshakes = None
         if self.socket is not None:
             self.socket.close(linger=linger)
             self.socket = None
@@ -140,11 +152,14 @@ class Connection:
         if self.socket is None:
             self.open(now)
             return
+        if self._handshakes is not None:
+            self._handshakes.check()
         silent = now - self._last_heard
         if not self.ever_welcomed and now - self._connected_at > self.connect_timeout:
             raise ServerLost(
                 f"cannot reach the server at {self.endpoint} "
-                f"(no answer in {self.connect_timeout:g}s): is jobqueue-server running there?"
+                f"(no answer in {self.connect_timeout:g}s): is jobqueue-server running there"
+                f"{'' if self.security else ' (and if it uses CURVE keys, did you give --key and --server-key)'}?"
             )
         if silent > self.heartbeat * self.liveness:
             if self._lost_since is None:
@@ -180,6 +195,59 @@ class Security:
         sock.curve_publickey = self.public
         sock.curve_secretkey = self.secret
         sock.curve_serverkey = self.server_public
+
+
+class HandshakeWatch:
+    """Turns failed CURVE handshakes, seen by a socket monitor, into :class:`AuthFailed`
+    (libzmq would otherwise stay silent, or retry forever)."""
+
+    #: Connections the server closed mid-handshake before we blame the server key.
+    CLOSED_LIMIT = 3
+
+    def __init__(self, sock: zmq.Socket, endpoint: str, security: Security, role: str) -> None:
+        self.endpoint, self.security, self.role = endpoint, security, role
+        self.monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        self.closed = 0
+
+    def close(self, sock: zmq.Socket) -> None:
+        sock.disable_monitor()
+        self.monitor.close(linger=0)
+
+    def check(self) -> None:
+        """Raise :class:`AuthFailed` if the handshake failed for good."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            kind, value = event["event"], int(event["value"])
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.closed = 0
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                raise AuthFailed(self._not_listed(value))
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                raise AuthFailed(self._protocol(value))
+            else:
+                self.closed += 1
+                if self.closed >= self.CLOSED_LIMIT:
+                    raise AuthFailed(f"authentication failed: the server at {self.endpoint} closed the "
+                                     "connection during the CURVE handshake: is --server-key "
+                                     "($JOBQUEUE_SERVER_KEY) that server's public key?")
+
+    def _not_listed(self, status: int) -> str:
+        public = self.security.public.decode()
+        if status == 400:
+            return (f"authentication failed: the server at {self.endpoint} does not accept our key "
+                    f"{public}: ask its admin to add it to --{self.role}s (or check --key)")
+        return f"authentication failed: the server at {self.endpoint} could not check our key (ZAP {status})"
+
+    def _protocol(self, code: int) -> str:
+        if code == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return (f"authentication failed: the server at {self.endpoint} does not use CURVE keys: "
+                    "leave out --key and --server-key ($JOBQUEUE_KEY, $JOBQUEUE_SERVER_KEY)")
+        return (f"authentication failed: CURVE handshake with {self.endpoint} failed (protocol error "
+                f"{code:#x}): is --server-key ($JOBQUEUE_SERVER_KEY) that server's public key?")
 
 
 def monotonic() -> float:

@@ -50,6 +50,9 @@ options:
 DURATION: seconds, or a number with ms, s, m, h or d (90, 90s, 10m, 2h).
 """
 
+#: How long jq keeps trying when the server went away (default 10 minutes).
+ENV_SERVER_GRACE = "JOBQUEUE_SERVER_GRACE"
+
 #: Signals delivered to the job's process group (SIGWINCH becomes a resize).
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -242,8 +245,8 @@ class Terminal:
 
     def started(self, job: Any, msg: Any) -> None:
         self.has_started = True
-        if self.options.verbose or msg.resumed:
-            what = "re-attached to" if msg.resumed else "started"
+        if self.options.verbose:
+            what = "re-attached (the server restarted)" if msg.resumed else "started"
             self.note(f"job {job.job_id} {what} on worker {msg.worker} ({msg.host}), attempt {msg.attempt}")
 
     def requeued(self, job: Any, msg: Any) -> None:
@@ -334,20 +337,21 @@ def build_spec(options: JqOptions) -> Any:
 
 def run(options: JqOptions) -> int:
     from .client import ClientJob, Session
-    from .connection import Refused, ServerLost
+    from .connection import AuthFailed, Refused, ServerLost
     from .security import client_security
 
     endpoint = config.endpoint(config.server_address(options.server))
     security = client_security(options.key, options.server_key)
     term = Terminal(options)
-    session = Session(endpoint, security=security, connect_timeout=options.connect_timeout)
+    grace = config.env_float(ENV_SERVER_GRACE, config.SERVER_GRACE)
+    session = Session(endpoint, security=security, connect_timeout=options.connect_timeout, grace=grace)
     job = ClientJob(build_spec(options), term)
     session.jobs[job.job_id] = job
     restore = _raw_terminal() if options.tty else None
     term.install()
     try:
         code = _loop(session, job, term, options)
-    except ServerLost as e:
+    except (ServerLost, AuthFailed) as e:
         code, term.message = 255, str(e)
     except Refused as e:
         code, term.message = 255, f"the server refused: {e}"

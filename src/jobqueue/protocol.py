@@ -107,6 +107,7 @@ class WorkerHello(Message, tag="whello"):
     tags: list[str] = []
     jobs: list[ActiveJob] = []
     draining: bool = False
+    spawn_id: str = ""  # $JOBQUEUE_SPAWN_ID: the server's --spawn started this worker
 
 
 class Welcome(Message, tag="welcome"):
@@ -336,11 +337,19 @@ class JobInfo(msgspec.Struct):
     why: str = ""  # why a queued job waits
 
 
+class SpawnInfo(msgspec.Struct):
+    """A worker the server's --spawn started that has not connected yet."""
+
+    spawn_id: str
+    seconds: float  # since its command was run
+
+
 class StatusReply(Message, tag="statusr"):
     server_id: str
     software: str
     workers: list[WorkerInfo]
     jobs: list[JobInfo]
+    spawning: list[SpawnInfo] = []
 
 
 class CancelRequest(Message, tag="cancel"):

@@ -11,17 +11,22 @@ import errno
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from . import __version__
 from . import protocol as p
-from .broker import Broker, Send
+from .autoscale import ENV_SERVER, ENV_SPAWN_ID, ENV_SPAWN_TAGS, Autoscaler, SpawnPolicy, WorkerView
+from .broker import Broker, Send, Worker
 from .logs import Logger
+from .security import ServerKeys, check_bind
 
 #: Messages queued per peer before the server drops (flow control keeps
 #: well-behaved peers far below this).
@@ -38,6 +43,14 @@ class ServerOptions:
     log_format: str = "text"
     restart_hold: float | None = None
     ipc_mode: int = 0o700
+    #: CURVE keys (None: no encryption, loopback or ipc only unless ``insecure``).
+    keys: ServerKeys | None = None
+    insecure: bool = False
+    #: Autoscaling (--spawn); ``spawn_address`` is the address spawned workers use.
+    spawn: SpawnPolicy | None = None
+    spawn_address: str | None = None
+    #: Serve Prometheus metrics on this HOST:PORT (None: no metrics).
+    metrics: str | None = None
 
 
 class Server:
@@ -50,8 +63,31 @@ class Server:
             time.monotonic(), server_id=self.server_id, software=__version__, heartbeat=options.heartbeat,
             liveness=options.liveness, restart_hold=options.restart_hold, wall_clock_ns=time.time_ns(),
         )
+        self.in_clear = check_bind(options.endpoint, options.keys is not None, options.insecure)
+        self.authenticator = self._start_authenticator() if options.keys is not None else None
+        #: Under CURVE, the key (ZAP User-Id) each routing id first spoke with.
+        self._identity_users: dict[bytes, str] = {}
         self.socket = self._bind()
+        self.metrics = _start_metrics(self.broker, options.metrics) if options.metrics else None
+        self.spawner = Spawner(options.spawn, self._spawn_address(), self.log) if options.spawn else None
         self._stop = False
+
+    def _spawn_address(self) -> str:
+        """Where spawned workers connect: --spawn-address, else the bound endpoint
+        (a wildcard host replaced by this host's name)."""
+        if self.options.spawn_address:
+            return self.options.spawn_address
+        bound = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        for wildcard in ("//0.0.0.0:", "//[::]:", "//*:"):
+            bound = bound.replace(wildcard, f"//{socket.getfqdn()}:")
+        return bound
+
+    def _start_authenticator(self) -> KeyAuthenticator:
+        assert self.options.keys is not None
+        auth = KeyAuthenticator(self.options.keys.roles, self.log, self.context)
+        auth.start()
+        auth.configure_curve_callback("jobqueue", auth)
+        return auth
 
     def _bind(self) -> zmq.Socket:
         sock = self.context.socket(zmq.ROUTER)
@@ -60,6 +96,11 @@ class Server:
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         sock.setsockopt(zmq.RCVHWM, SEND_HWM)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.options.keys is not None:
+            sock.curve_server = True
+            sock.curve_secretkey = self.options.keys.secret
+            sock.curve_publickey = self.options.keys.public
+            sock.zap_domain = b"jobqueue"
         endpoint = self.options.endpoint
         if endpoint.startswith("ipc://"):
             path = endpoint[len("ipc://"):]
@@ -78,11 +119,16 @@ class Server:
             signal.signal(signum, self._on_stop)
         self.log.event("listening", endpoint=self.socket.getsockopt_string(zmq.LAST_ENDPOINT),
                        server_id=self.server_id, version=__version__, heartbeat=self.options.heartbeat,
-                       liveness=self.options.liveness)
+                       liveness=self.options.liveness, curve="on" if self.options.keys else "off")
+        if self.in_clear:
+            self.log.event("warning", why="--insecure: serving a network address without CURVE; anyone who "
+                           "can reach it can run commands on every worker and read their jobs")
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         while not self._stop:
             deadline = self.broker.next_deadline()
+            if self.spawner is not None:
+                deadline = _earliest(deadline, self.spawner.next_wakeup())
             timeout = 1000.0 if deadline is None else max(0.0, (deadline - time.monotonic()) * 1000)
             try:
                 ready = poller.poll(int(min(timeout, 1000.0)))
@@ -93,8 +139,13 @@ class Server:
             if ready:
                 self._receive_batch()
             self._deliver(self.broker.tick(time.monotonic()))
+            if self.spawner is not None:
+                self.spawner.step(time.monotonic(), self.broker)
+            self._forget_identities()
         self.log.event("stopped", server_id=self.server_id)
         self.socket.close(linger=0)
+        if self.authenticator is not None:
+            self.authenticator.stop()
         return 0
 
     def _on_stop(self, signum: int, frame: Any) -> None:
@@ -103,21 +154,48 @@ class Server:
     def _receive_batch(self) -> None:
         for _ in range(BATCH):
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                frames, role = self._recv()
             except zmq.Again:
                 return
             now = time.monotonic()
+            if not frames:
+                continue
             if len(frames) != 2:
                 self.log.event("rejected", peer=frames[0].hex(), why=f"{len(frames) - 1} frames, expected 1")
                 self._deliver([Send(frames[0], p.Error("one frame per message, please"))])
                 continue
-            self._deliver(self.broker.receive(frames[0], frames[1], now))
+            self._deliver(self.broker.receive(frames[0], frames[1], now, role))
+
+    def _recv(self) -> tuple[list[bytes], p.Role | None]:
+        """A message and the role of the key that sent it (None: CURVE off); no frames: refused."""
+        if self.authenticator is None:
+            return self.socket.recv_multipart(zmq.NOBLOCK), None
+        parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        frames = [part.bytes for part in parts]
+        user = str(parts[-1].get("User-Id"))
+        first = self._identity_users.setdefault(frames[0], user)
+        if first != user:  # a peer chose a routing id another key is using: drop it
+            self.log.event("rejected", peer=frames[0].hex(), why="routing id already used by another key")
+            self._deliver([Send(frames[0], p.Refused("this routing id belongs to another key"))])
+            return [], None
+        return frames, "worker" if user.startswith("worker ") else "client"
+
+    def _forget_identities(self) -> None:
+        """Drop the key of routing ids the broker no longer knows (keeps the table small)."""
+        if len(self._identity_users) > 2 * len(self.broker.peers) + 1000:
+            self._identity_users = {i: u for i, u in self._identity_users.items() if i in self.broker.peers}
 
     def _deliver(self, sends: list[Send]) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(self.broker.events, time.monotonic())
         for kind, fields in self.broker.events:
             self.log.event(kind, **fields)
+            if kind == "worker-joined" and "spawn" in fields and self.spawner is not None:
+                self.spawner.arrived(fields["spawn"], time.monotonic())
         self.broker.events.clear()
         for send in sends:
+            if isinstance(send.message, p.StatusReply) and self.spawner is not None:
+                self.spawner.annotate(send.message, time.monotonic())
             data = send.message if isinstance(send.message, bytes) else p.encode(send.message)
             try:
                 self.socket.send_multipart([send.peer, data], zmq.NOBLOCK)
@@ -127,6 +205,91 @@ class Server:
                 if e.errno != errno.EHOSTUNREACH:
                     raise
                 # the peer is gone; its liveness timer will notice
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+#: Least time between two autoscaling decisions.
+SPAWN_STEP = 0.2
+
+
+class Spawner:
+    """Runs the --spawn command when the :class:`~jobqueue.autoscale.Autoscaler`
+    says so: through ``sh -c``, in the background, in its own session, its
+    output in the server's log (stderr); reaped as it ends."""
+
+    def __init__(self, policy: SpawnPolicy, address: str, log: Logger) -> None:
+        self.policy = policy
+        self.address = address
+        self.log = log
+        self.autoscaler = Autoscaler(policy, id_prefix=os.urandom(3).hex())
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._next_step = 0.0
+        self._due = False
+
+    def step(self, now: float, broker: Broker) -> None:
+        self._reap(now)
+        if now < self._next_step:
+            self._due = True
+            return
+        self._next_step, self._due = now + SPAWN_STEP, False
+        workers = [WorkerView(w.tags, w.free, w.draining, w.spawn_id)
+                   for w in broker.peers.values() if isinstance(w, Worker)]
+        for spawn_id in self.autoscaler.step(now, broker.waiting_tag_sets(), workers):
+            self._run(spawn_id, now)
+        self._log_events()
+
+    def next_wakeup(self) -> float | None:
+        return self._next_step if self._due else self.autoscaler.next_deadline()
+
+    def arrived(self, spawn_id: str, now: float) -> None:
+        self.autoscaler.arrived(spawn_id, now)
+        self._log_events()
+
+    def annotate(self, reply: p.StatusReply, now: float) -> None:
+        """Add the starting workers, and why autoscaling has not served each waiting job."""
+        reply.spawning = [p.SpawnInfo(spawn_id, seconds) for spawn_id, seconds in self.autoscaler.starting(now)]
+        for job in reply.jobs:
+            if job.why:
+                job.why = f"{job.why}; {self.autoscaler.why_waiting(job.tags, now)}"
+
+    def _run(self, spawn_id: str, now: float) -> None:
+        env = dict(os.environ)
+        env.update({ENV_SERVER: self.address, ENV_SPAWN_ID: spawn_id,
+                    ENV_SPAWN_TAGS: ",".join(sorted(self.policy.tags))})
+        try:
+            proc = subprocess.Popen(["/bin/sh", "-c", self.policy.command], env=env, stdin=subprocess.DEVNULL,
+                                    stdout=sys.stderr.fileno(), start_new_session=True)
+        except OSError as e:
+            self.log.event("spawn-error", spawn=spawn_id, why=f"cannot run /bin/sh: {e}")
+            self.autoscaler.exited(spawn_id, 127, now)
+            return
+        self.procs[spawn_id] = proc
+        self.log.event("spawn", spawn=spawn_id, pid=proc.pid, command=self.policy.command)
+
+    def _reap(self, now: float) -> None:
+        for spawn_id, proc in list(self.procs.items()):
+            status = proc.poll()
+            if status is not None:
+                del self.procs[spawn_id]
+                self.log.event("spawn-exited", spawn=spawn_id, pid=proc.pid, status=status)
+                self.autoscaler.exited(spawn_id, status, now)
+        self._log_events()
+
+    def _log_events(self) -> None:
+        for kind, fields in self.autoscaler.events:
+            self.log.event(kind, **fields)
+        self.autoscaler.events.clear()
+
+
+def _start_metrics(broker: Broker, address: str) -> Any:
+    from .metrics import Metrics  # imports prometheus_client: only with --metrics
+
+    metrics = Metrics(broker)
+    metrics.serve(address)
+    return metrics
 
 
 def _remove_stale_ipc(path: str) -> None:
@@ -141,3 +304,25 @@ def _remove_stale_ipc(path: str) -> None:
     else:
         probe.close()
         print(f"jobqueue-server: another server is listening on {path}", file=sys.stderr)
+
+
+class KeyAuthenticator(ThreadAuthenticator):
+    """ZAP handler: only listed public keys get in, and the ZAP User-Id is
+    ``"ROLE KEY"``, so that every message tells the role of its sender."""
+
+    def __init__(self, roles: dict[bytes, str], log: Logger, context: zmq.Context) -> None:
+        super().__init__(context)
+        self.roles = roles
+        self.server_log = log
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """The credentials check (pyzmq's ``configure_curve_callback`` protocol)."""
+        if key in self.roles:
+            return True
+        # public keys are no secret, but a prefix is enough to tell them apart
+        self.server_log.event("rejected", key=key[:8].decode() + "...", why="unknown CURVE key")
+        return False
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        key = z85.encode(client_public_key)
+        return f"{self.roles[key]} {key.decode()}"

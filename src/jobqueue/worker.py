@@ -155,6 +155,7 @@ class Worker:
         return p.WorkerHello(
             p.PROTOCOL_VERSION, self.session, self.options.name, socket.gethostname(), os.getpid(),
             _software(), self.options.slots, self.options.tags, held, self.draining,
+            spawn_id=os.environ.get("JOBQUEUE_SPAWN_ID", ""),  # set by the server's --spawn
         )
 
     def _on_welcome(self, msg: p.Welcome) -> None:
@@ -179,6 +180,8 @@ class Worker:
         try:
             while not self._should_exit():
                 self._poll_once()
+            if not self.stopping:  # leaving on its own (idle, --max-jobs, drained): the server forgets it at once
+                self.conn.send(p.Goodbye("done"))
         except Refused as e:
             self.log.event("refused", reason=str(e))
             print(f"jobqueue-worker: the server refused this worker: {e}", file=sys.stderr)
@@ -333,6 +336,8 @@ class Worker:
             return 126, "not-executable", f"{spec.argv[0]}: permission denied {where}"
         except OSError as e:
             return 126, "not-executable", f"{spec.argv[0]}: {e.strerror} {where}"
+        except (ValueError, TypeError) as e:
+            return 255, "failed", f"cannot start {spec.argv[0]} {where}: {e}"
         return None
 
     def _spawn_pipes(self, job: Job) -> None:
@@ -340,13 +345,13 @@ class Worker:
             job.spec.argv, cwd=job.spec.cwd, env=job.spec.env, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, bufsize=0,
         )
-        assert proc.stdin and proc.stdout and proc.stderr
         job.proc, job.pid = proc, proc.pid
-        job.stdin_fd = proc.stdin.fileno()
+        job.stdin_fd = _take_fd(proc, "stdin")
         self._own(job, job.stdin_fd, p.STDIN)
-        for which, stream in ((p.STDOUT, proc.stdout), (p.STDERR, proc.stderr)):
-            job.streams[which] = OutStream(stream.fileno())
-            self._own(job, stream.fileno(), which)
+        for which, name in ((p.STDOUT, "stdout"), (p.STDERR, "stderr")):
+            fd = _take_fd(proc, name)
+            job.streams[which] = OutStream(fd)
+            self._own(job, fd, which)
 
     def _spawn_tty(self, job: Job) -> None:
         master, slave = os.openpty()
@@ -576,10 +581,20 @@ class Worker:
             self.idle_since = time.monotonic()
 
 
+def _take_fd(proc: subprocess.Popen[bytes], name: str) -> int:
+    """Own one of Popen's pipe fds outright: Popen's file object would close it
+    again when collected, by then perhaps another job's reused fd number."""
+    pipe = getattr(proc, name)
+    fd = os.dup(pipe.fileno())
+    pipe.close()
+    setattr(proc, name, None)
+    return fd
+
+
 def _killpg(pgid: int, signum: int) -> None:
     try:
         os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
+    except (OSError, ValueError, OverflowError):
         pass
 
 
@@ -590,7 +605,7 @@ def _take_controlling_tty() -> None:
 def _set_winsize(fd: int, rows: int, cols: int) -> None:
     try:
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-    except OSError:
+    except (OSError, struct.error):
         pass
 
 

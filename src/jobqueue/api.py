@@ -1,0 +1,412 @@
+"""The Python API: :func:`run` and :class:`Executor` mirror :func:`subprocess.run`
+and :class:`concurrent.futures.Executor`, with the jobs run by jobqueue workers.
+
+An executor keeps ONE connection to the server (a :class:`~jobqueue.client.Session`,
+the client side ``jq`` uses too) for any number of jobs.  A background thread runs
+its poll loop; other threads hand it submissions and cancellations through a
+queue and wake it through a socket pair.  Output is collected in memory
+(``capture_output=True``) or written to this process's stdout/stderr fds.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import errno
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Union
+
+import zmq
+
+from . import config
+from . import protocol as p
+from .client import ClientJob, Session, new_job_id
+from .connection import Refused, ServerLost
+from .security import client_security
+
+StrPath = Union[str, "os.PathLike[str]"]
+Command = Union[StrPath, Sequence[StrPath]]
+Completed = subprocess.CompletedProcess  # of bytes, or of None without capture_output
+
+__all__ = ["run", "Executor", "JobqueueError"]
+
+
+class JobqueueError(Exception):
+    """jobqueue itself failed (what ``jq`` reports with exit 255): the server is
+    unreachable or refused us, the job could not start or was lost, or the
+    executor is shut down.  The message says what to do."""
+
+
+def run(
+    args: Command,
+    *,
+    input: bytes | None = None,
+    capture_output: bool = False,
+    check: bool = False,
+    timeout: float | None = None,
+    server: str | None = None,
+    tags: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
+    cwd: StrPath | None = None,
+    priority: int = 0,
+    connect_timeout: float = config.CONNECT_TIMEOUT,
+) -> Completed:
+    """Run ``args`` on a worker like :func:`subprocess.run` runs it here.
+
+    ``timeout`` is the job's run-time limit, enforced by the worker (it kills
+    the job; this raises :class:`subprocess.TimeoutExpired`).  ``input=None``
+    gives the job an empty stdin.  A job killed by signal N has returncode -N."""
+    executor = Executor(server=server, tags=tags, connect_timeout=connect_timeout)
+    try:
+        future = executor.submit(args, input=input, capture_output=capture_output, check=check, timeout=timeout,
+                                 env=env, cwd=cwd, priority=priority)
+        result: Completed = future.result()
+    except BaseException:
+        executor._abandon()  # e.g. KeyboardInterrupt: the server kills the job
+        raise
+    executor.shutdown()
+    return result
+
+
+class _JobIO:
+    """One API job: its future, its input, and its output (the JobIO of a ClientJob)."""
+
+    def __init__(self, executor: Executor, future: concurrent.futures.Future[Completed], args: Any,
+                 input: bytes | None, capture_output: bool, check: bool, timeout: float | None) -> None:
+        self.job_id = new_job_id()
+        self.executor = executor
+        self.future = future
+        self.args = args
+        self.input = memoryview(bytes(input)) if input else memoryview(b"")
+        self.capture = capture_output
+        self.check = check
+        self.timeout = timeout
+        self.output = {p.STDOUT: bytearray(), p.STDERR: bytearray()}
+        self.unwritten = 0  # chunks handed to a writer thread, not yet written
+        self.ended: p.Finished | None = None
+        self.marked_running = False
+
+    # JobIO
+    def write(self, job: ClientJob, fd: int, data: bytes, end: int) -> None:
+        if self.capture:
+            self.output[fd] += data
+            job.written(fd, end)
+        else:
+            self.unwritten += 1
+            self.executor._writer(fd).put(job, data, end)
+
+    def queued(self, job: ClientJob, msg: p.Queued) -> None:
+        pass
+
+    def started(self, job: ClientJob, msg: p.Started) -> None:
+        if job.received == [0, 0]:  # a new attempt starts from scratch
+            for buffer in self.output.values():
+                buffer.clear()
+        if not self.marked_running:
+            self.marked_running = True
+            if not self.future.set_running_or_notify_cancel():
+                job.signal(signal.SIGTERM)  # cancelled while the server was assigning it
+
+    def requeued(self, job: ClientJob, msg: p.Requeued) -> None:
+        pass
+
+    def finished(self, job: ClientJob, msg: p.Finished) -> None:
+        self.ended = msg
+        self.executor._settle_when_written(self)
+
+    def failed(self, job: ClientJob, reason: str) -> None:
+        job.ended = p.Finished(job.job_id, job.attempt, 255, "failed")  # the server will not run it
+        self.executor._resolve(self, JobqueueError(f"the server rejected the job: {reason}"))
+
+    # the outcome
+    def outcome(self) -> Completed | BaseException:
+        """What the future gets, as subprocess.run would return or raise it."""
+        msg = self.ended
+        assert msg is not None
+        out = bytes(self.output[p.STDOUT]) if self.capture else None
+        err = bytes(self.output[p.STDERR]) if self.capture else None
+        if msg.reason == "timeout":
+            return subprocess.TimeoutExpired(self.args, self.timeout or 0.0, out, err)
+        if msg.reason in ("failed", "lost"):
+            return JobqueueError(msg.message or f"the job failed ({msg.reason})")
+        if msg.reason == "not-found":
+            return FileNotFoundError(errno.ENOENT, msg.message)
+        if msg.reason == "not-executable":
+            return PermissionError(errno.EACCES, msg.message)
+        code = msg.status
+        if msg.reason in ("signaled", "cancelled", "killed") and msg.status > 128:
+            code = 128 - msg.status  # subprocess's convention: -N for signal N
+        if self.check and code != 0:
+            return subprocess.CalledProcessError(code, self.args, out, err)
+        return subprocess.CompletedProcess(self.args, code, out, err)
+
+
+class Executor(concurrent.futures.Executor):
+    """A :class:`concurrent.futures.Executor` whose work items are command lines
+    run by jobqueue workers, all over one connection to the server.
+
+    ``submit(args, **options)`` takes the keyword options of :func:`run` (except
+    ``server``; ``tags`` add to the executor's) and returns a future of a
+    :class:`subprocess.CompletedProcess`.  ``shutdown(cancel_futures=True)``
+    cancels the jobs that have not started (the server drops them)."""
+
+    def __init__(self, server: str | None = None, *, tags: Iterable[str] = (),
+                 connect_timeout: float = config.CONNECT_TIMEOUT, key: str | None = None,
+                 server_key: str | None = None) -> None:
+        self.endpoint = config.endpoint(config.server_address(server))
+        self.tags = list(tags)
+        self._session = Session(self.endpoint, security=client_security(key, server_key),
+                                connect_timeout=connect_timeout, name="jobqueue.api")
+        self._lock = threading.Lock()
+        self._live: dict[str, _JobIO] = {}  # submitted and not yet settled
+        self._requests: queue.SimpleQueue[tuple[str, ClientJob]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._written: deque[tuple[ClientJob, int, int]] = deque()
+        self._writers: dict[int, Any] = {}
+        self._feeding: dict[str, ClientJob] = {}
+        self._thread: threading.Thread | None = None
+        self._shutdown = False
+        self._abandoned = False
+        self._broken = ""
+        _executors.add(self)
+
+    # --- the caller's side (any thread) ---------------------------------------------------
+
+    def submit(  # type: ignore[override]
+        self,
+        args: Command,
+        /,
+        *,
+        input: bytes | None = None,
+        capture_output: bool = False,
+        check: bool = False,
+        timeout: float | None = None,
+        tags: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+        cwd: StrPath | None = None,
+        priority: int = 0,
+    ) -> concurrent.futures.Future[Completed]:
+        spec = p.JobSpec(
+            argv=_argv(args), env=dict(os.environ if env is None else env),
+            cwd=os.fspath(cwd) if cwd is not None else os.getcwd(), tags=[*self.tags, *tags],
+            priority=priority, timeout=_positive_timeout(timeout),
+        )
+        future: concurrent.futures.Future[Completed] = concurrent.futures.Future()
+        io = _JobIO(self, future, args, input, capture_output, check, timeout)
+        job = ClientJob(spec, io, io.job_id)
+        with self._lock:
+            if self._broken:
+                raise JobqueueError(f"this executor cannot submit any more: {self._broken}")
+            if self._shutdown:
+                raise JobqueueError("cannot submit a job after shutdown(): create a new Executor")
+            self._live[job.job_id] = io
+            self._requests.put(("submit", job))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="jobqueue-executor", daemon=True)
+                self._thread.start()
+        future.add_done_callback(lambda f: self._on_future_done(f, job))
+        self._wake()
+        return future
+
+    def map(  # type: ignore[override]
+        self, commands: Iterable[Command], /, **options: Any
+    ) -> Iterator[Completed]:
+        """Run every command (all submitted at once); yield the results in order."""
+        futures = [self.submit(command, **options) for command in commands]
+
+        def results() -> Iterator[Completed]:
+            for future in futures:
+                yield future.result()
+
+        return results()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more submissions; with ``cancel_futures`` the jobs not started yet are
+        cancelled.  The connection closes once every job has ended."""
+        with self._lock:
+            self._shutdown = True
+            live = list(self._live.values())
+        if cancel_futures:
+            for io in live:
+                io.future.cancel()
+        self._wake()
+        if wait and self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _abandon(self) -> None:
+        """Close the connection now: the server kills or drops every job of ours."""
+        with self._lock:
+            self._shutdown = self._abandoned = True
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _on_future_done(self, future: concurrent.futures.Future[Completed], job: ClientJob) -> None:
+        if future.cancelled():  # by the caller: have the server drop (or signal) the job
+            self._requests.put(("cancel", job))
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is pending already (or the loop is gone)
+
+    # --- the loop thread ---------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        session = self._session
+        try:
+            session.open(time.monotonic())
+            while not self._done():
+                self._poll_once(session)
+        except (ServerLost, Refused) as e:
+            reason = str(e) if isinstance(e, ServerLost) else f"the server refused: {e}"
+            self._break(reason)
+        except Exception as e:  # a bug: do not leave futures waiting forever
+            self._break(f"internal error in the jobqueue executor: {e!r}")
+            raise
+        finally:
+            session.close()
+            if self._abandoned:
+                self._break("the executor was abandoned; the server kills its jobs")
+
+    def _done(self) -> bool:
+        with self._lock:
+            return self._abandoned or (self._shutdown and not self._live)
+
+    def _poll_once(self, session: Session) -> None:
+        now = time.monotonic()
+        poller = zmq.Poller()
+        poller.register(session.conn.socket, zmq.POLLIN)
+        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        events = dict(poller.poll(int(session.conn.next_wakeup(now) * 1000)))
+        now = time.monotonic()
+        if self._wake_r.fileno() in events:
+            self._drain_wakeups()
+        self._take_requests(session)
+        if session.conn.socket in events:
+            session.receive(now)
+        self._feed_inputs()
+        session.flush()
+        session.conn.tick(now)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._written:
+            job, fd, end = self._written.popleft()
+            job.written(fd, end)
+            io: _JobIO = job.io  # type: ignore[assignment]
+            io.unwritten -= 1
+            self._settle_when_written(io)
+
+    def _take_requests(self, session: Session) -> None:
+        while True:
+            try:
+                kind, job = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            io: _JobIO = job.io  # type: ignore[assignment]
+            if kind == "submit":
+                if io.future.cancelled():
+                    self._resolve(io, None)
+                    continue
+                session.submit(job)
+                self._feeding[job.job_id] = job
+            elif kind == "cancel" and job.job_id in session.jobs:
+                job.signal(signal.SIGTERM)  # queued: the server drops it; started: it is signalled
+
+    def _feed_inputs(self) -> None:
+        """Hand each job its input as its stdin window allows, then EOF."""
+        for job_id, job in list(self._feeding.items()):
+            io: _JobIO = job.io  # type: ignore[assignment]
+            while io.input and job.wants_stdin():
+                job.feed(bytes(io.input[:p.CHUNK_SIZE]))
+                io.input = io.input[p.CHUNK_SIZE:]
+            if not io.input or job.ended is not None:
+                if job.ended is None:
+                    job.feed(b"")
+                del self._feeding[job_id]
+
+    def _writer(self, fd: int) -> Any:
+        writer = self._writers.get(fd)
+        if writer is None:
+            from .jq import Writer
+
+            writer = self._writers[fd] = Writer(fd, self._on_written)
+            writer.start()
+        return writer
+
+    def _on_written(self, job: ClientJob, fd: int, end: int) -> None:
+        """In a writer thread: the chunk is out; the loop acknowledges it."""
+        self._written.append((job, fd, end))
+        self._wake()
+
+    def _settle_when_written(self, io: _JobIO) -> None:
+        if io.ended is not None and not io.unwritten:
+            self._resolve(io, io.outcome())
+
+    def _resolve(self, io: _JobIO, outcome: Completed | BaseException | None) -> None:
+        """Give the future its outcome (``None``: it was cancelled) and forget the job."""
+        with self._lock:
+            if self._live.pop(io.job_id, None) is None:
+                return  # settled already
+        if not io.marked_running:
+            io.marked_running = True
+            if not io.future.set_running_or_notify_cancel():
+                return  # cancelled: waiters are notified
+        if outcome is None:
+            return
+        try:
+            if isinstance(outcome, BaseException):
+                io.future.set_exception(outcome)
+            else:
+                io.future.set_result(outcome)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+    def _break(self, reason: str) -> None:
+        """The connection is gone for good: fail every job still waiting."""
+        with self._lock:
+            self._broken = reason
+            live = list(self._live.values())
+        for io in live:
+            self._resolve(io, JobqueueError(reason))
+
+
+_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    """At exit, wait for the jobs of executors not shut down (as ThreadPoolExecutor does)."""
+    for executor in list(_executors):
+        executor.shutdown(wait=True)
+
+
+def _argv(args: Command) -> list[str]:
+    argv = [os.fspath(args)] if isinstance(args, (str, os.PathLike)) else [os.fspath(a) for a in args]
+    if not argv or not argv[0]:
+        raise ValueError("empty command line: give the program to run, e.g. ['echo', 'hi']")
+    return argv
+
+
+def _positive_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+    return timeout

@@ -1,0 +1,82 @@
+"""A TCP relay of the tests' own: forwards, records, and can freeze (a silent
+network cut: no FIN, no RST, bytes simply stop)."""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+
+
+class Relay:
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = int(self.listener.getsockname()[1])
+        self.frozen = threading.Event()
+        self.recorded = bytearray()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.listener.close()
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.listener, selectors.EVENT_READ)
+        peers: dict[socket.socket, socket.socket] = {}
+        while not self._stop.is_set():
+            if self.frozen.is_set():  # hold every byte: the sockets stay open and silent
+                self._stop.wait(0.05)
+                continue
+            for key, _ in sel.select(timeout=0.05):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self.listener:
+                    inside, _ = self.listener.accept()
+                    try:
+                        outside = socket.create_connection(self.target)
+                    except OSError:
+                        inside.close()
+                        continue
+                    peers[inside], peers[outside] = outside, inside
+                    sel.register(inside, selectors.EVENT_READ)
+                    sel.register(outside, selectors.EVENT_READ)
+                else:
+                    self._forward(sock, peers, sel)
+        for sock in list(peers):
+            sock.close()
+        sel.close()
+
+    def _forward(self, sock: socket.socket, peers: dict[socket.socket, socket.socket],
+                 sel: selectors.BaseSelector) -> None:
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            data = b""
+        other = peers.get(sock)
+        if not data or other is None:
+            for s in (sock, other):
+                if s is not None and s in peers:
+                    sel.unregister(s)
+                    peers.pop(s)
+                    s.close()
+            return
+        self.recorded += data
+        try:
+            other.sendall(data)
+        except OSError:
+            pass
