@@ -73,7 +73,7 @@ class Worker(Peer):
         return self.slots - len(self.running)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Job:
     job_id: str
     spec: p.JobSpec
