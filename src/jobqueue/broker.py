@@ -30,12 +30,16 @@ MAX_ARGV_BYTES = 256 * 1024
 MAX_TERMINAL = 10_000
 
 
+#: A frame as received: relayed messages go out as the very frame that came in.
+Frame = bytes | memoryview
+
+
 @dataclass(slots=True)
 class Send:
     """Send ``message`` (a struct, or an already encoded frame) to ``peer``."""
 
     peer: bytes
-    message: p.Message | bytes
+    message: p.Message | Frame
 
 
 @dataclass(eq=False)
@@ -135,6 +139,7 @@ class Broker:
         self._holding = True
         #: Offsets of clients that re-attached before their job's worker did.
         self._client_offsets: dict[str, list[int]] = {}
+        self._frame: Frame = b""
         self._handlers: dict[type, Handler] = {
             p.ClientHello: self._on_client_hello,
             p.WorkerHello: self._on_worker_hello,
@@ -165,9 +170,10 @@ class Broker:
 
     # --- the two entry points ---------------------------------------------------
 
-    def receive(self, peer: bytes, data: bytes, now: float, role: p.Role | None = None) -> list[Send]:
+    def receive(self, peer: bytes, data: Frame, now: float, role: p.Role | None = None) -> list[Send]:
         """Handle one frame from ``peer``.  ``role`` is the role its
         authenticated key allows (None: no authentication, any role)."""
+        self._frame = data
         try:
             message = p.decode_to_server(data)
         except p.ProtocolError as e:
@@ -412,7 +418,7 @@ class Broker:
             return None
         return job
 
-    def _to_worker(self, client: Client, job_id: str, attempt: int | None, data: p.Message | bytes) -> None:
+    def _to_worker(self, client: Client, job_id: str, attempt: int | None, data: p.Message | Frame) -> None:
         job = self._owned_job(client, job_id)
         if job is None or job.worker is None or job.state is not JobState.RUNNING:
             return
@@ -420,13 +426,13 @@ class Broker:
             self._send(job.worker.identity, data)
 
     def _on_input(self, client: Client, msg: p.Input, now: float) -> None:
-        self._to_worker(client, msg.job_id, msg.attempt, msg)
+        self._to_worker(client, msg.job_id, msg.attempt, self._frame)
 
     def _on_client_ack(self, client: Client, msg: p.Ack, now: float) -> None:
         if msg.fd not in (p.STDOUT, p.STDERR):
             self._send(client.identity, p.Error("a client acknowledges fds 1 and 2 only", msg.job_id))
             return
-        self._to_worker(client, msg.job_id, msg.attempt, msg)
+        self._to_worker(client, msg.job_id, msg.attempt, self._frame)
 
     def _on_resize(self, client: Client, msg: p.Resize, now: float) -> None:
         if not (0 <= msg.rows <= MAX_TERMINAL and 0 <= msg.cols <= MAX_TERMINAL):
@@ -480,12 +486,12 @@ class Broker:
     def _on_output(self, worker: Worker, msg: p.Output, now: float) -> None:
         job = self._worker_job(worker, msg.job_id, msg.attempt)
         if job is not None and job.owner is not None and msg.fd in (p.STDOUT, p.STDERR):
-            self._send(job.owner.identity, msg)
+            self._send(job.owner.identity, self._frame)
 
     def _on_worker_ack(self, worker: Worker, msg: p.Ack, now: float) -> None:
         job = self._worker_job(worker, msg.job_id, msg.attempt)
         if job is not None and job.owner is not None and msg.fd == p.STDIN:
-            self._send(job.owner.identity, msg)
+            self._send(job.owner.identity, self._frame)
 
     def _on_finished(self, worker: Worker, msg: p.Finished, now: float) -> None:
         held = worker.running.pop(msg.job_id, None)
@@ -733,7 +739,7 @@ class Broker:
         self._last_seen[identity] = now
         self._last_seen.move_to_end(identity)
 
-    def _send(self, peer: bytes, message: p.Message | bytes) -> None:
+    def _send(self, peer: bytes, message: p.Message | Frame) -> None:
         self._out.append(Send(peer, message))
 
     def _flush(self) -> list[Send]:

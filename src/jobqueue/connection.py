@@ -19,6 +19,10 @@ from . import config
 from . import protocol as p
 
 
+#: Frames at least this big are handed to ZeroMQ without a copy.
+COPY_THRESHOLD = 64 * 1024
+
+
 class ServerLost(Exception):
     """The server did not answer in time; the message says what to do."""
 
@@ -105,8 +109,9 @@ class Connection:
         (socket full while the server is away: the stream offsets recover it)."""
         if self.socket is None:
             return False
-        try:
-            self.socket.send(p.encode(message), zmq.NOBLOCK)
+        data = p.encode(message)
+        try:  # big frames (stream chunks) go without a copy
+            self.socket.send(data, zmq.NOBLOCK, copy=len(data) < COPY_THRESHOLD)
         except zmq.Again:
             return False
         return True
@@ -232,8 +237,9 @@ class HandshakeWatch:
                 self.closed += 1
                 if self.closed >= self.CLOSED_LIMIT:
                     raise AuthFailed(f"authentication failed: the server at {self.endpoint} closed the "
-                                     "connection during the CURVE handshake: is --server-key "
-                                     "($JOBQUEUE_SERVER_KEY) that server's public key?")
+                                     "connection during the CURVE handshake: either --server-key "
+                                     "($JOBQUEUE_SERVER_KEY) is not that server's public key, or the "
+                                     "server uses no keys")
 
     def _not_listed(self, status: int) -> str:
         public = self.security.public.decode()

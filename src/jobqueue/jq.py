@@ -204,6 +204,12 @@ class Writer(threading.Thread):
     def flush(self, timeout: float) -> bool:
         return self.idle.wait(timeout)
 
+    def close(self) -> None:
+        """End the thread once everything queued is written."""
+        with self.ready:
+            self.queue.append(None)
+            self.ready.notify()
+
 
 class Terminal:
     """The job's stdio is this process's: the :class:`~jobqueue.client.JobIO` of jq."""
@@ -245,6 +251,9 @@ class Terminal:
 
     def started(self, job: Any, msg: Any) -> None:
         self.has_started = True
+        if self.options.tty:  # the window may have changed since the job was submitted
+            self.signals.append(signal.SIGWINCH)
+            self.wake()
         if self.options.verbose:
             what = "re-attached (the server restarted)" if msg.resumed else "started"
             self.note(f"job {job.job_id} {what} on worker {msg.worker} ({msg.host}), attempt {msg.attempt}")
@@ -423,10 +432,20 @@ def _read_stdin(job: Any) -> bool:
 
 
 def _stdin_usable() -> bool:
+    """Whether fd 0 is open; a pipe there is grown so one read takes a whole chunk."""
+    import stat
+
     try:
-        os.fstat(0)
+        mode = os.fstat(0).st_mode
     except OSError:
         return False
+    if stat.S_ISFIFO(mode):
+        import fcntl
+
+        try:
+            fcntl.fcntl(0, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        except OSError:
+            pass
     return True
 
 

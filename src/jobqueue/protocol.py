@@ -34,13 +34,17 @@ PROTOCOL_VERSION = 1
 #: Largest message a socket accepts (ZMQ_MAXMSGSIZE); bigger ones drop the peer.
 MAX_MESSAGE_SIZE = 1 << 20
 #: Largest payload of one Output/Input message.
-CHUNK_SIZE = 128 * 1024
+CHUNK_SIZE = 256 * 1024
 #: Unacknowledged bytes a sender may have in flight per stream (flow control).
 WINDOW = 2 * 1024 * 1024
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 
 Role = Literal["client", "worker"]
+
+
+#: What a frame arrives as (a memoryview when the server avoids copying it).
+Buffer = bytes | memoryview
 
 
 class ProtocolError(Exception):
@@ -418,7 +422,7 @@ def encode(message: Message) -> bytes:
     return _encoder.encode(message)
 
 
-def _decode(decoder: msgspec.msgpack.Decoder, data: bytes, side: str) -> Message:
+def _decode(decoder: msgspec.msgpack.Decoder, data: Buffer, side: str) -> Message:
     try:
         message: Message = decoder.decode(data)
     except msgspec.DecodeError as e:
@@ -426,19 +430,19 @@ def _decode(decoder: msgspec.msgpack.Decoder, data: bytes, side: str) -> Message
     return message
 
 
-def decode_to_server(data: bytes) -> Message:
+def decode_to_server(data: Buffer) -> Message:
     return _decode(_server_decoder, data, "server")
 
 
-def decode_to_client(data: bytes) -> Message:
+def decode_to_client(data: Buffer) -> Message:
     return _decode(_client_decoder, data, "client")
 
 
-def decode_to_worker(data: bytes) -> Message:
+def decode_to_worker(data: Buffer) -> Message:
     return _decode(_worker_decoder, data, "worker")
 
 
-def _explain(data: bytes, error: str, side: str) -> str:
+def _explain(data: Buffer, error: str, side: str) -> str:
     """Turn a decode failure into a message that says what to do; a hello of
     another protocol version gets a version-mismatch message naming both."""
     peer_version = hello_version(data)
@@ -447,7 +451,7 @@ def _explain(data: bytes, error: str, side: str) -> str:
     return f"malformed message for the {side} ({len(data)} bytes): {error}"
 
 
-def hello_version(data: bytes) -> int | None:
+def hello_version(data: Buffer) -> int | None:
     """The protocol version in a (possibly incompatible) hello, if any."""
     try:
         raw = msgspec.msgpack.decode(data)

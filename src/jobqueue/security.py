@@ -8,11 +8,9 @@ authorized_keys).  ``jobqueue keygen PATH`` writes the secret key at ``PATH``
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
-from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 import zmq
 from zmq.utils import z85
@@ -42,20 +40,20 @@ def client_security(key: str | None, server_key: str | None) -> Security | None:
 # --- key files ------------------------------------------------------------------------------
 
 
-def keygen(path: str) -> tuple[Path, Path]:
+def keygen(path: str) -> tuple[str, str]:
     """Write a new key pair: the secret key at ``path`` (0600), the public one at ``path.pub``."""
-    secret_path, public_path = Path(path), Path(path + ".pub")
+    secret_path, public_path = path, path + ".pub"
     for existing in (secret_path, public_path):
-        if existing.exists():
+        if os.path.lexists(existing):
             raise UsageError(f"{existing} exists already: remove it first or choose another PATH")
     public, secret = zmq.curve_keypair()
     _write_new(secret_path, f"# jobqueue CURVE secret key: keep it private (mode 0600)\n"
                             f"{secret.decode()}\n", 0o600)
-    _write_new(public_path, f"{public.decode()} {secret_path.name}\n", 0o644)
+    _write_new(public_path, f"{public.decode()} {os.path.basename(secret_path)}\n", 0o644)
     return secret_path, public_path
 
 
-def _write_new(path: Path, text: str, mode: int) -> None:
+def _write_new(path: str, text: str, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "w") as f:
         f.write(text)
@@ -90,7 +88,8 @@ def _single_key(path: str) -> bytes:
 def read_keys(path: str) -> list[bytes]:
     """Every key (z85 bytes) in a key file; a clear error on anything else."""
     try:
-        lines = Path(path).read_text().splitlines()
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read the key file {path}: {e}") from None
     keys = []
@@ -117,15 +116,15 @@ def _is_key(word: str) -> bool:
 def authorized_keys(source: str) -> list[bytes]:
     """The public keys in ``source``: a directory of ``*.pub`` files, or one key file."""
     if os.path.isdir(source):
-        return [key for pub in sorted(Path(source).glob("*.pub")) for key in read_keys(str(pub))]
+        pubs = sorted(name for name in os.listdir(source) if name.endswith(".pub"))
+        return [key for name in pubs for key in read_keys(os.path.join(source, name))]
     return read_keys(source)
 
 
 # --- the server side --------------------------------------------------------------------------
 
 
-@dataclass
-class ServerKeys:
+class ServerKeys(NamedTuple):
     """The server's key pair and the role of every authorized public key (z85)."""
 
     public: bytes
@@ -162,6 +161,8 @@ def is_local_endpoint(endpoint: str) -> bool:
     host = endpoint.split("://", 1)[-1].rpartition(":")[0].strip("[]")
     if host in LOOPBACK_NAMES:
         return True
+    import ipaddress
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -166,12 +166,14 @@ class Server:
                 continue
             self._deliver(self.broker.receive(frames[0], frames[1], now, role))
 
-    def _recv(self) -> tuple[list[bytes], p.Role | None]:
-        """A message and the role of the key that sent it (None: CURVE off); no frames: refused."""
-        if self.authenticator is None:
-            return self.socket.recv_multipart(zmq.NOBLOCK), None
+    def _recv(self) -> tuple[list[Any], p.Role | None]:
+        """A message (routing id as bytes, then the frames' buffers, not copied: a job's
+        stream data is relayed as received) and the role of the key that sent it
+        (None: CURVE off); no frames: refused."""
         parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-        frames = [part.bytes for part in parts]
+        frames: list[Any] = [parts[0].bytes, *(part.buffer for part in parts[1:])]
+        if self.authenticator is None:
+            return frames, None
         user = str(parts[-1].get("User-Id"))
         first = self._identity_users.setdefault(frames[0], user)
         if first != user:  # a peer chose a routing id another key is using: drop it
@@ -196,9 +198,10 @@ class Server:
         for send in sends:
             if isinstance(send.message, p.StatusReply) and self.spawner is not None:
                 self.spawner.annotate(send.message, time.monotonic())
-            data = send.message if isinstance(send.message, bytes) else p.encode(send.message)
+            message = send.message
+            data = p.encode(message) if isinstance(message, p.Message) else message
             try:
-                self.socket.send_multipart([send.peer, data], zmq.NOBLOCK)
+                self.socket.send_multipart([send.peer, data], zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 self.log.event("dropped", peer=send.peer.hex(), why="peer's queue is full")
             except zmq.ZMQError as e:

@@ -32,6 +32,7 @@ from .connection import Connection, Refused, Security, ServerLost
 from .logs import Logger
 
 READ_SIZE = p.CHUNK_SIZE
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 @dataclass
@@ -377,6 +378,8 @@ class Worker:
 
     def _own(self, job: Job, fd: int, which: int) -> None:
         os.set_blocking(fd, False)
+        if not job.spec.tty:
+            _grow_pipe(fd)
         self.fd_owner[fd] = (job, which)
 
     def _disown(self, fd: int | None) -> None:
@@ -589,6 +592,14 @@ def _take_fd(proc: subprocess.Popen[bytes], name: str) -> int:
     pipe.close()
     setattr(proc, name, None)
     return fd
+
+
+def _grow_pipe(fd: int) -> None:
+    """A 1 MiB pipe lets one read take a whole chunk: fewer, larger messages."""
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+        pass  # above /proc/sys/fs/pipe-max-size: keep the default
 
 
 def _killpg(pgid: int, signum: int) -> None:
