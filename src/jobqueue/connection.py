@@ -18,7 +18,6 @@ import zmq
 from . import config
 from . import protocol as p
 
-
 #: Frames at least this big are handed to ZeroMQ without a copy.
 COPY_THRESHOLD = 64 * 1024
 
