@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["run", "Executor", "__version__"]
+__all__ = ["run", "Executor", "JobqueueError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("run", "Executor"):
+    if name in ("run", "Executor", "JobqueueError"):
         from . import api
 
         return getattr(api, name)

@@ -124,6 +124,8 @@ class _JobIO:
         self.executor._settle_when_written(self)
 
     def failed(self, job: ClientJob, reason: str) -> None:
+        if job.ended is not None:
+            return  # e.g. a signal that crossed the job's end
         job.ended = p.Finished(job.job_id, job.attempt, 255, "failed")  # the server will not run it
         self.executor._resolve(self, JobqueueError(f"the server rejected the job: {reason}"))
 
@@ -162,10 +164,14 @@ class Executor(concurrent.futures.Executor):
     def __init__(self, server: str | None = None, *, tags: Iterable[str] = (),
                  connect_timeout: float = config.CONNECT_TIMEOUT, key: str | None = None,
                  server_key: str | None = None) -> None:
-        self.endpoint = config.endpoint(config.server_address(server))
+        try:
+            self.endpoint = config.endpoint(config.server_address(server))
+            security = client_security(key, server_key)
+        except config.UsageError as e:
+            raise JobqueueError(str(e)) from None
         self.tags = list(tags)
-        self._session = Session(self.endpoint, security=client_security(key, server_key),
-                                connect_timeout=connect_timeout, name="jobqueue.api")
+        self._session = Session(self.endpoint, security=security, connect_timeout=connect_timeout,
+                                name="jobqueue.api")
         self._lock = threading.Lock()
         self._live: dict[str, _JobIO] = {}  # submitted and not yet settled
         self._requests: queue.SimpleQueue[tuple[str, ClientJob]] = queue.SimpleQueue()
@@ -281,6 +287,10 @@ class Executor(concurrent.futures.Executor):
             session.close()
             if self._abandoned:
                 self._break("the executor was abandoned; the server kills its jobs")
+            for writer in self._writers.values():
+                writer.close()
+            self._wake_r.close()
+            self._wake_w.close()
 
     def _done(self) -> bool:
         with self._lock:
@@ -291,7 +301,12 @@ class Executor(concurrent.futures.Executor):
         poller = zmq.Poller()
         poller.register(session.conn.socket, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
-        events = dict(poller.poll(int(session.conn.next_wakeup(now) * 1000)))
+        try:
+            events = dict(poller.poll(int(session.conn.next_wakeup(now) * 1000)))
+        except zmq.ZMQError as e:
+            if e.errno != errno.EINTR:
+                raise
+            events = {}
         now = time.monotonic()
         if self._wake_r.fileno() in events:
             self._drain_wakeups()

@@ -284,10 +284,10 @@ def status_main(argv: list[str]) -> int:
             print(json.dumps(out, indent=2))
             return 0
         if show_workers:
-            _print_table(["WORKER", "HOST", "STATE", "SLOTS", "JOBS", "SINCE", "TAGS"], [
+            _print_table(["WORKER", "HOST", "STATE", "SLOTS", "JOBS", "SINCE", "TAGS", "VERSION"], [
                 [w.name, w.host, w.state, str(w.slots), ",".join(w.jobs) or "-", _age(w.since),
-                 ",".join(w.tags) or "-"] for w in workers] + [
-                [f"({s.spawn_id})", "-", "starting", "-", "-", _age(s.seconds), "spawned by --spawn"]
+                 ",".join(w.tags) or "-", w.software or "-"] for w in workers] + [
+                [f"({s.spawn_id})", "-", "starting", "-", "-", _age(s.seconds), "spawned by --spawn", "-"]
                 for s in reply.spawning])
         if show_workers and show_jobs:
             print()

@@ -226,6 +226,9 @@ class Terminal:
         self._writers: dict[int, Writer] = {}
         self.signals: deque[int] = deque()
         self.queue_timed_out = False
+        #: Restores our terminal after -t made it raw (when the job started, so
+        #: that Ctrl-C still cancels a queued job).
+        self.restore_terminal: Any = None
 
     # JobIO
     def write(self, job: Any, fd: int, data: bytes, end: int) -> None:
@@ -252,6 +255,8 @@ class Terminal:
     def started(self, job: Any, msg: Any) -> None:
         self.has_started = True
         if self.options.tty:  # the window may have changed since the job was submitted
+            if self.restore_terminal is None:
+                self.restore_terminal = _raw_terminal() or (lambda: None)
             self.signals.append(signal.SIGWINCH)
             self.wake()
         if self.options.verbose:
@@ -356,7 +361,6 @@ def run(options: JqOptions) -> int:
     session = Session(endpoint, security=security, connect_timeout=options.connect_timeout, grace=grace)
     job = ClientJob(build_spec(options), term)
     session.jobs[job.job_id] = job
-    restore = _raw_terminal() if options.tty else None
     term.install()
     try:
         code = _loop(session, job, term, options)
@@ -365,8 +369,8 @@ def run(options: JqOptions) -> int:
     except Refused as e:
         code, term.message = 255, f"the server refused: {e}"
     finally:
-        if restore is not None:
-            restore()
+        if term.restore_terminal is not None:
+            term.restore_terminal()
     term.flush(5.0)
     session.close()
     if term.message:
@@ -475,7 +479,7 @@ def _raw_terminal() -> Any:
     if not os.isatty(0):
         return None
     saved = termios.tcgetattr(0)
-    tty.setraw(0)
+    tty.setraw(0, termios.TCSADRAIN)  # keep what was typed while the job was queued
 
     def restore() -> None:
         termios.tcsetattr(0, termios.TCSADRAIN, saved)

@@ -13,6 +13,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+import jobqueue
 from tests.conftest import BIN, Cluster, free_port, wait_for
 
 
@@ -38,11 +41,11 @@ def job_id_of(proc: subprocess.Popen[bytes]) -> str:
 
 
 def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for a reaper does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
 
 
 def barrier_script(tmp: Path) -> Path:
@@ -68,7 +71,9 @@ def test_tags_job_waits_for_a_matching_worker_and_status_filters(cluster: Cluste
     assert jobs[0]["job_id"] == job_id and jobs[0]["state"] == "queued"
     assert jobs[0]["why"] == "no connected worker has tags big,gpu"
     table = control(cluster, "status").stdout
-    assert job_id in table and "no connected worker has tags big,gpu" in table and "plain" in table
+    assert job_id in table and "no connected worker has tags big,gpu" in table
+    plain = next(line.split() for line in table.splitlines() if line.startswith("plain "))
+    assert plain[2:4] == ["idle", "1"] and plain[-1] == jobqueue.__version__  # state, slots, version
 
     cluster.worker("--tag", "gpu", name="gpu-only")  # lacks "big": still waits
     assert status_json(cluster, "--jobs")["jobs"][0]["state"] == "queued"
@@ -88,13 +93,16 @@ def test_tags_job_waits_for_a_matching_worker_and_status_filters(cluster: Cluste
 
 def test_slots_run_two_jobs_at_once_in_one_worker(cluster: Cluster) -> None:
     cluster.server()
-    worker = cluster.worker("-j", "2", name="two")
+    worker = cluster.worker("-j", "3", name="three")
     script = barrier_script(cluster.tmp)
     a = cluster.popen_jq(str(script), "a", "b")
     b = cluster.popen_jq(str(script), "b", "a")
     assert a.wait(timeout=20) == 0 and b.wait(timeout=20) == 0  # each waited for the other: concurrent
     info = status_json(cluster, "--workers")["workers"][0]
-    assert info["slots"] == 2 and info["pid"] == worker.pid
+    assert info["slots"] == 3 and info["pid"] == worker.pid
+    cluster.worker("--jobs", "auto", name="auto")
+    slots = {w["name"]: w["slots"] for w in status_json(cluster, "--workers")["workers"]}
+    assert slots == {"three": 3, "auto": os.cpu_count()}
 
 
 def test_max_jobs_and_once_exit_zero_after_their_jobs(cluster: Cluster) -> None:
@@ -115,11 +123,13 @@ def test_max_jobs_and_once_exit_zero_after_their_jobs(cluster: Cluster) -> None:
 
 def test_idle_timeout_exits_zero(cluster: Cluster) -> None:
     cluster.server()
-    worker = cluster.worker("--idle-timeout", "0.5", name="idle")
-    assert cluster.jq("true").returncode == 0
+    job = cluster.popen_jq("true")
+    wait_for(cluster.jobs, 10, "the job to be queued")  # so the worker gets it as soon as it joins
+    worker = cluster.worker("--idle-timeout", "1", name="idle", wait=False)
+    assert job.wait(timeout=15) == 0
     job_end = time.monotonic()
     assert worker.wait(timeout=15) == 0
-    assert time.monotonic() - job_end >= 0.4  # idle time counts from the job's end
+    assert time.monotonic() - job_end >= 0.5  # idle time counts from the job's end
 
 
 def test_timeout_kills_the_job_and_its_children_exit_124(cluster: Cluster) -> None:
@@ -130,8 +140,13 @@ def test_timeout_kills_the_job_and_its_children_exit_124(cluster: Cluster) -> No
     r = cluster.jq("--timeout", "0.5s", "sh", "-c", f"sleep 60 & echo $! $$ > {pids}; wait")
     assert r.returncode == 124, r.stderr
     assert time.monotonic() - start < 10
-    for pid in map(int, pids.read_text().split()):
-        wait_for(lambda pid=pid: not alive(pid), 5, f"process {pid} to be gone")
+    job_pids = [int(pid) for pid in pids.read_text().split()]
+    wait_for(lambda: not any(alive(pid) for pid in job_pids), 5, f"processes {job_pids} to be gone")
+
+    stubborn = cluster.tmp / "stubborn"  # ignores SIGTERM: SIGKILLed after the worker's --kill-grace 1
+    r = cluster.jq("--timeout", "0.3", "sh", "-c", f"trap '' TERM; echo $$ > {stubborn}; while :; do sleep 0.05; done")
+    assert r.returncode == 124
+    assert not alive(int(stubborn.read_text()))
 
 
 def test_queue_timeout_is_255_with_a_message(cluster: Cluster) -> None:
@@ -148,7 +163,7 @@ def test_priority_then_fifo(cluster: Cluster) -> None:
     procs = []
     for label, priority in (("a0", 0), ("b5", 5), ("c1", 1), ("d5", 5), ("e0", 0)):
         procs.append(cluster.popen_jq("--priority", str(priority), "sh", "-c", f"echo {label} >> {order}"))
-        wait_for(lambda n=len(procs): len(cluster.jobs()) == n, 10, "job queued")
+        wait_for(lambda: len(cluster.jobs()) == len(procs), 10, "job queued")
     assert [j["priority"] for j in cluster.jobs()] == [5, 5, 1, 0, 0]
     cluster.worker()
     for proc in procs:
@@ -165,16 +180,16 @@ def test_cancel_a_queued_and_a_running_job(cluster: Cluster) -> None:
     queued = cluster.popen_jq("-v", "echo", "never")
     queued_id = job_id_of(queued)
 
-    assert control(cluster, "cancel", queued_id).returncode == 0
+    assert control(cluster, "cancel", "--signal", "INT", queued_id).returncode == 0
     out, err = queued.communicate(timeout=10)
-    assert queued.returncode == 143 and out == b""
+    assert queued.returncode == 130 and out == b""
     assert running.poll() is None  # the other job runs on
 
-    assert control(cluster, "cancel", "--signal", "INT", running_id).returncode == 0
-    assert running.wait(timeout=10) == 130
+    assert control(cluster, "cancel", running_id).returncode == 0  # SIGTERM
+    assert running.wait(timeout=10) == 143
     wrong = control(cluster, "cancel", running_id)  # gone now
     assert wrong.returncode == 1 and f"no job {running_id}" in wrong.stderr
-    assert cluster.jobs() == []
+    wait_for(lambda: cluster.jobs() == [], 10, "both jobs to be forgotten")
 
 
 def test_drain_finishes_the_running_job_then_exits_zero(cluster: Cluster) -> None:
@@ -219,7 +234,8 @@ def test_metrics_and_json_log_lines(cluster: Cluster) -> None:
 
     def settled() -> dict[str, float] | None:
         samples = scrape(port)
-        return samples if samples.get("jobqueue_workers_connected") == 1 else None
+        idle = samples.get("jobqueue_workers_connected") == 1 and samples.get("jobqueue_jobs_running") == 0
+        return samples if idle else None
 
     samples = wait_for(settled, 10, "gauges to refresh")
     assert samples['jobqueue_jobs_finished_total{outcome="succeeded"}'] == 1
