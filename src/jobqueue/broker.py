@@ -494,8 +494,8 @@ class Broker:
             self._send(job.owner.identity, self._frame)
 
     def _on_finished(self, worker: Worker, msg: p.Finished, now: float) -> None:
-        held = worker.running.pop(msg.job_id, None)
         job = self._worker_job(worker, msg.job_id, msg.attempt)
+        held = worker.running.pop(msg.job_id, None)
         if job is None:
             if held is not None:  # a job we had it kill: it need not keep it
                 self._send(worker.identity, p.Release(msg.job_id, msg.attempt))
