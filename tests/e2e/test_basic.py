@@ -197,3 +197,32 @@ def test_fifo_order(cluster: Cluster) -> None:
     for proc in procs:
         assert proc.wait(timeout=20) == 0
     assert order.read_text().split() == ["0", "1", "2", "3", "4"]
+
+
+def test_fifty_mib_stream_through_cat(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker()
+    data = os.urandom(50 << 20)
+    r = cluster.jq("cat", input=data, timeout=60)
+    assert r.returncode == 0
+    assert len(r.stdout) == len(data) and r.stdout == data
+
+
+def test_every_forwarded_signal_reaches_the_job(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker()
+    names = ["INT", "TERM", "HUP", "QUIT", "USR1", "USR2"]
+    traps = " ".join(f"trap 'echo got-{n}; exit {40 + i}' {n};" for i, n in enumerate(names))
+    for i, name in enumerate(names):
+        proc = cluster.popen_jq("sh", "-c", f"{traps} echo ready; while :; do sleep 0.05; done")
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        proc.send_signal(getattr(signal, f"SIG{name}"))
+        out, _ = proc.communicate(timeout=10)
+        assert (out, proc.returncode) == (f"got-{name}\n".encode(), 40 + i)
+
+
+def test_worker_started_before_its_server(tcp_cluster: Cluster) -> None:
+    tcp_cluster.worker(name="early", wait=False)
+    tcp_cluster.server()
+    tcp_cluster.wait_worker("early")
+    assert tcp_cluster.jq("echo", "late server").stdout == b"late server\n"
