@@ -32,6 +32,11 @@ from .connection import Connection, Refused, Security, ServerLost
 from .logs import Logger
 
 READ_SIZE = p.CHUNK_SIZE
+#: A batch system stopping a worker (Slurm's scancel) signals every process of
+#: its allocation, the jobs included, an instant before the worker: a job that
+#: a signal from outside killed is reported this much later, so that when the
+#: worker's own SIGTERM follows, the job is requeued rather than ended.
+OUTSIDE_SIGNAL_HOLD = 0.2
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
@@ -107,6 +112,10 @@ class Job:
         self.deadline = self.started + self.spec.timeout if self.spec.timeout else None
         self.kill_at: float | None = None  # SIGKILL time after a SIGTERM
         self.kill_reason = ""
+        self.client_signalled = False  # its client forwarded a signal to it
+        #: A job killed by a signal from outside waits until then before its end
+        #: is reported: see :data:`OUTSIDE_SIGNAL_HOLD`.
+        self.hold_until: float | None = None
 
     @property
     def done(self) -> bool:
@@ -238,9 +247,8 @@ class Worker:
     def _next_timeout(self, now: float) -> float:
         timeout = self.conn.next_wakeup(now)
         for job in self.jobs.values():
-            for when in (job.deadline, job.kill_at):
-                if when is not None:
-                    timeout = min(timeout, max(0.0, when - now))
+            for when in _pending_timers(job):
+                timeout = min(timeout, max(0.0, when - now))
             if job.exit_status is None and job.proc is not None:
                 timeout = min(timeout, 0.5)  # SIGCHLD wakes us; this is a safety net
         if self.options.idle_timeout and not self.jobs:
@@ -462,6 +470,7 @@ class Worker:
         job = self.jobs.get(msg.job_id)
         if job is not None and job.exit_status is None and job.pid:
             self.log.event("job-signal", job=job.job_id, signal=msg.signum)
+            job.client_signalled = True
             _killpg(job.pid, msg.signum)
 
     def _on_resize(self, msg: p.Resize) -> None:
@@ -531,6 +540,8 @@ class Worker:
             if job.kill_at is not None and now >= job.kill_at and job.exit_status is None:
                 job.kill_at = None
                 _killpg(job.pid, signal.SIGKILL)
+            if job.hold_until is not None and job.finished is None:
+                self._maybe_finish(job, now)
 
     def _reap(self, now: float) -> None:
         for job in list(self.jobs.values()):
@@ -554,11 +565,17 @@ class Worker:
                     self._read_output(job, which)
             self._maybe_finish(job)
 
-    def _maybe_finish(self, job: Job) -> None:
-        if job.done and job.finished is None:
-            assert job.exit_status is not None
-            status = 124 if job.reason == "timeout" else job.exit_status
-            self._finish(job, status, job.reason, job.kill_reason)
+    def _maybe_finish(self, job: Job, now: float | None = None) -> None:
+        if not job.done or job.finished is not None:
+            return
+        assert job.exit_status is not None
+        outside = job.reason == "signaled" and not job.kill_reason and not job.client_signalled
+        if outside and job.hold_until is None:
+            job.hold_until = time.monotonic() + OUTSIDE_SIGNAL_HOLD
+        if job.hold_until is not None and (now or time.monotonic()) < job.hold_until:
+            return
+        status = 124 if job.reason == "timeout" else job.exit_status
+        self._finish(job, status, job.reason, job.kill_reason)
 
     def _finish(self, job: Job, status: int, reason: str, message: str) -> None:
         self._disown(job.stdin_fd)
@@ -582,6 +599,14 @@ class Worker:
         self.jobs.pop(job.job_id, None)
         if not self.jobs:
             self.idle_since = time.monotonic()
+
+
+def _pending_timers(job: Job) -> list[float]:
+    """The times at which this job needs the loop (none once it is over)."""
+    timers = [job.deadline, job.kill_at] if job.exit_status is None else []
+    if job.finished is None:
+        timers.append(job.hold_until)
+    return [t for t in timers if t is not None]
 
 
 def _take_fd(proc: subprocess.Popen[bytes], name: str) -> int:

@@ -270,3 +270,21 @@ def test_stdin_is_replayed_in_full_after_requeue(cluster: Cluster) -> None:
 def test_bin_is_real_interpreter() -> None:
     first_line = (BIN / "jq").read_text().splitlines()[0]
     assert first_line.startswith("#!/") and "python" in first_line and "pyenv/shims" not in first_line
+
+
+def test_batch_system_stop_signals_job_first_and_still_requeues(cluster: Cluster) -> None:
+    """Like Slurm's scancel: SIGTERM reaches the job's processes an instant
+    before the worker; the job must be requeued, not ended with 143."""
+    cluster.server()
+    leaving = cluster.worker(name="allocation")
+    pidfile = cluster.tmp / "pid"
+    marker = cluster.tmp / "ran"
+    proc = cluster.popen_jq("sh", "-c", f"if [ ! -e {marker} ]; then touch {marker}; echo $$ > {pidfile}; "
+                            "echo first; exec sleep 60; fi; echo again")
+    _wait_line(proc, b"first\n")
+    cluster.worker(name="next")
+    os.killpg(int(pidfile.read_text()), signal.SIGTERM)
+    leaving.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=15)
+    assert (out, proc.returncode) == (b"again\n", 0), err
+    assert leaving.wait(timeout=10) == 0
