@@ -201,10 +201,12 @@ wait_until() {
     until "$@" >/dev/null 2>&1; do
         if ! live_pid "$daemon" >/dev/null; then
             show_logs "$daemon"
+            stop_all_daemons
             die "$daemon exited while waiting for $what; its log is above (state in $DIR)"
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
             show_logs "$daemon"
+            stop_all_daemons
             die "timed out after ${START_TIMEOUT}s waiting for $what; the log is above (state in $DIR)"
         fi
         sleep 0.2
