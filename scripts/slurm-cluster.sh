@@ -66,7 +66,15 @@ launch() {
     local name="$1"
     shift
     setsid "$@" </dev/null >>"$DIR/$name.out" 2>&1 &
-    echo $! >"$DIR/$name.started-pid"
+    local pid=$!
+    echo "$pid" >"$DIR/$name.started-pid"
+    # Until it has exec'd, the child is still 'setsid' or 'bash': live_pid would
+    # take it for dead. Wait (up to 5 s) until it is the daemon, or gone.
+    for _ in $(seq 250); do
+        [ -r "/proc/$pid/comm" ] || break
+        [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ] && break
+        sleep 0.02
+    done
 }
 
 # Stop the named daemons (those 'start' started, by their recorded pids): TERM
