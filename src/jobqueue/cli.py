@@ -251,6 +251,7 @@ def _control_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=config.duration, default=5.0, help="wait this long for the server")
     parser.add_argument("--key", default=None, help="our secret key file (CURVE); $JOBQUEUE_KEY")
     parser.add_argument("--server-key", default=None, help="the server's public key file; $JOBQUEUE_SERVER_KEY")
+    _common(parser)
     return parser
 
 
@@ -410,6 +411,7 @@ def keygen_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="jobqueue keygen", description="Write a CURVE key pair: the secret "
                                      "key at PATH (mode 0600) and the public key at PATH.pub.")
     parser.add_argument("path", metavar="PATH")
+    _common(parser)
     args = parser.parse_args(argv)
 
     def body() -> int:
