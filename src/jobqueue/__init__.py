@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # jq imports this package first: it must not load typing
+    from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["run", "Executor", "JobqueueError", "__version__"]

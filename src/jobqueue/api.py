@@ -25,10 +25,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
-import zmq
-
 from . import config
-from . import protocol as p
+from . import wire as p
 from .client import ClientJob, Session, new_job_id
 from .connection import Refused, ServerLost
 from .security import client_security
@@ -298,20 +296,13 @@ class Executor(concurrent.futures.Executor):
 
     def _poll_once(self, session: Session) -> None:
         now = time.monotonic()
-        poller = zmq.Poller()
-        poller.register(session.conn.socket, zmq.POLLIN)
-        poller.register(self._wake_r.fileno(), zmq.POLLIN)
-        try:
-            events = dict(poller.poll(int(session.conn.next_wakeup(now) * 1000)))
-        except zmq.ZMQError as e:
-            if e.errno != errno.EINTR:
-                raise
-            events = {}
+        wake = self._wake_r.fileno()
+        conn_ready, ready = session.conn.wait([wake], session.conn.next_wakeup(now))
         now = time.monotonic()
-        if self._wake_r.fileno() in events:
+        if wake in ready:
             self._drain_wakeups()
         self._take_requests(session)
-        if session.conn.socket in events:
+        if conn_ready:
             session.receive(now)
         self._feed_inputs()
         session.flush()

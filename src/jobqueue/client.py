@@ -11,12 +11,26 @@ worker or queues it again in its original order.
 from __future__ import annotations
 
 import os
-import tempfile
-from typing import IO, Protocol
 
 from . import config
-from . import protocol as p
+from . import wire as p
 from .connection import Connection, Security
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing would slow jq down
+    from typing import IO, Protocol
+
+    class JobIO(Protocol):
+        """Where a job's events go (jq's terminal, or the API's buffers)."""
+
+        def write(self, job: ClientJob, fd: int, data: bytes, end: int) -> None:
+            """New output; call ``job.written(fd, end)`` once it is consumed."""
+
+        def queued(self, job: ClientJob, msg: p.Queued) -> None: ...
+        def started(self, job: ClientJob, msg: p.Started) -> None: ...
+        def requeued(self, job: ClientJob, msg: p.Requeued) -> None: ...
+        def finished(self, job: ClientJob, msg: p.Finished) -> None: ...
+        def failed(self, job: ClientJob, reason: str) -> None: ...
 
 #: Stdin kept in memory for a replay; beyond it the spool moves to a temp file.
 SPOOL_MEMORY = 4 << 20
@@ -38,6 +52,8 @@ class Spool:
 
     def append(self, data: bytes) -> None:
         if self._file is None and self.size + len(data) > SPOOL_MEMORY:
+            import tempfile
+
             self._file = tempfile.TemporaryFile(prefix="jq-stdin-")
             os.pwrite(self._file.fileno(), self._memory, 0)
             self._memory = bytearray()
@@ -61,23 +77,10 @@ class Spool:
             self._file.close()
 
 
-class JobIO(Protocol):
-    """Where a job's events go (jq's terminal, or the API's buffers)."""
-
-    def write(self, job: ClientJob, fd: int, data: bytes, end: int) -> None:
-        """New output; call ``job.written(fd, end)`` once it is consumed."""
-
-    def queued(self, job: ClientJob, msg: p.Queued) -> None: ...
-    def started(self, job: ClientJob, msg: p.Started) -> None: ...
-    def requeued(self, job: ClientJob, msg: p.Requeued) -> None: ...
-    def finished(self, job: ClientJob, msg: p.Finished) -> None: ...
-    def failed(self, job: ClientJob, reason: str) -> None: ...
-
-
 class ClientJob:
     def __init__(self, spec: p.JobSpec, io: JobIO, job_id: str | None = None) -> None:
         self.job_id = job_id or new_job_id()
-        self.spec = spec
+        self.spec = spec if isinstance(spec, p.JobSpec) else _wire_spec(spec)
         self.io = io
         self.ticket = 0
         self.attempt = 0
@@ -135,7 +138,8 @@ class ClientJob:
 
     # --- from the server -------------------------------------------------------------------
 
-    def handle(self, msg: p.Message) -> None:
+    def handle(self, msg: object) -> None:
+        """One message from the server about this job."""
         if isinstance(msg, p.Output):
             self._on_output(msg)
         elif isinstance(msg, p.Ack):
@@ -189,6 +193,11 @@ class ClientJob:
         self.io.finished(self, msg)
 
 
+def _wire_spec(spec: object) -> p.JobSpec:
+    """A :class:`jobqueue.protocol.JobSpec` (msgspec) as the wire's: the same fields."""
+    return p.JobSpec(*[getattr(spec, name) for name, _check, _default in p.JobSpec.FIELDS])
+
+
 class Session:
     """One connection to the server carrying any number of jobs."""
 
@@ -204,8 +213,8 @@ class Session:
         self.id = os.urandom(8).hex()
         self.name = name
         self.jobs: dict[str, ClientJob] = {}
-        self.conn = Connection(endpoint, self._hello, p.decode_to_client, connect_timeout=connect_timeout,
-                               grace=grace, security=security)
+        self.conn = Connection(endpoint, self._hello, p.decode_to_client, proto=p, lean=security is None,
+                               connect_timeout=connect_timeout, grace=grace, security=security)
         self.conn.on_connect = self._restore
 
     def _hello(self) -> p.ClientHello:

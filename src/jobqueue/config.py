@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import os
-import re
 
 DEFAULT_PORT = 3821
 DEFAULT_CLIENT_ADDRESS = f"localhost:{DEFAULT_PORT}"
 DEFAULT_BIND_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 ENV_SERVER = "JOBQUEUE_SERVER"
+#: CURVE keys of a client or worker (see jobqueue.security).
+ENV_KEY = "JOBQUEUE_KEY"
+ENV_SERVER_KEY = "JOBQUEUE_SERVER_KEY"
 
 #: Liveness defaults (ZeroMQ Guide, Paranoid Pirate): a heartbeat a second, a
 #: peer is lost after ``LIVENESS`` silent intervals.  The server's values win:
@@ -52,13 +54,15 @@ def endpoint(address: str, *, bind: bool = False) -> str:
     return f"tcp://{host}:{port}"
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$"
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def duration(text: str) -> float:
     """``90``, ``90s``, ``1.5m``, ``2h``, ``250ms`` -> seconds."""
-    match = _DURATION.match(text)
+    import re  # here: only duration options need it
+
+    match = re.match(_DURATION, text)
     if not match:
         raise UsageError(f"bad duration {text!r}: use a number of seconds or e.g. 90s, 10m, 2h")
     return float(match.group(1)) * _UNIT[match.group(2)]

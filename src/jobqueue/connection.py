@@ -2,24 +2,47 @@
 
 Paranoid-Pirate style (ZeroMQ Guide, ch. 4): the peer pings every heartbeat,
 any message from the server counts as life, and after ``liveness`` silent
-heartbeats (or an :class:`~jobqueue.protocol.Unknown` answer from a restarted
-server) it drops the socket, opens a new one and says hello again, with
-back-off.  After the session ends the caller's ``on_connect`` re-sends its
-state, since the session id and the job ids survive the reconnection.
+heartbeats (or an ``Unknown`` answer from a restarted server) it drops the
+connection, opens a new one and says hello again, with back-off.  After the
+session ends the caller's ``on_connect`` re-sends its state, since the session
+id and the job ids survive the reconnection.
+
+Two transports carry the frames: :class:`ZmqTransport`, a pyzmq DEALER (the
+worker's, and a client's with CURVE keys), and the lean
+:class:`jobqueue.zmtp.Dealer` (a client without keys: no pyzmq import).  The
+messages come from ``proto``: :mod:`jobqueue.protocol` (msgspec) or
+:mod:`jobqueue.wire` (the client's lean copy); both encode the same bytes.
+
+A poll loop either calls :meth:`Connection.wait`, or registers
+:attr:`Connection.socket` (a zmq socket, or the lean transport's fd, which
+changes on reconnection: register it afresh each time) for
+:meth:`Connection.poll_events`; it calls :meth:`Connection.receive` when that
+is ready, and :meth:`Connection.tick` after every wake-up.
 """
 
 from __future__ import annotations
 
+import errno
 import time
-from collections.abc import Callable
-
-import zmq
 
 from . import config
-from . import protocol as p
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing them would slow jq down
+    from collections.abc import Callable
+    from types import ModuleType
+    from typing import Any
+
+    import zmq
+
+    from .protocol import Message  # or its mirror in jobqueue.wire, on a lean connection
 
 #: Frames at least this big are handed to ZeroMQ without a copy.
 COPY_THRESHOLD = 64 * 1024
+#: Lean handshakes cut short in a row before we blame CURVE (see HandshakeWatch.CLOSED_LIMIT).
+HANDSHAKE_REJECTED_LIMIT = 3
+#: Poll event bits (the same values in zmq and select).
+POLLIN, POLLOUT = 1, 4
 
 
 class ServerLost(Exception):
@@ -34,29 +57,101 @@ class AuthFailed(Refused):
     """The CURVE handshake failed: a key the server does not list, or wrong keys."""
 
 
+class ZmqTransport:
+    """A pyzmq DEALER socket (with CURVE keys when ``security`` is set)."""
+
+    def __init__(self, endpoint: str, max_message: int, security: Security | None, role: str,
+                 context: zmq.Context[Any] | None) -> None:
+        import zmq
+
+        self._zmq = zmq
+        sock = (context or zmq.Context.instance()).socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        sock.setsockopt(zmq.SNDHWM, 10000)
+        sock.setsockopt(zmq.RCVHWM, 10000)
+        self.handshakes: HandshakeWatch | None = None
+        if security is not None:
+            security.apply_client(sock)
+            self.handshakes = HandshakeWatch(sock, endpoint, security, role)
+        sock.connect(endpoint)
+        self.socket = sock
+
+    @property
+    def pollable(self) -> zmq.Socket[Any]:
+        return self.socket
+
+    def poll_events(self) -> int:
+        return POLLIN
+
+    def next_wakeup(self, now: float) -> float | None:
+        return None
+
+    def maintain(self, now: float) -> None:
+        if self.handshakes is not None:
+            self.handshakes.check()
+
+    def send(self, data: bytes) -> bool:
+        try:  # big frames (stream chunks) go without a copy
+            self.socket.send(data, self._zmq.NOBLOCK, copy=len(data) < COPY_THRESHOLD)
+        except self._zmq.Again:
+            return False
+        return True
+
+    def receive(self, now: float) -> list[bytes]:
+        """Every single-frame message waiting (others are not from a jobqueue server)."""
+        out: list[bytes] = []
+        while True:
+            try:
+                frames = self.socket.recv_multipart(self._zmq.NOBLOCK)
+            except self._zmq.Again:
+                return out
+            if len(frames) == 1:
+                out.append(frames[0])
+
+    def close(self, linger: float) -> None:
+        if self.handshakes is not None:
+            self.handshakes.close(self.socket)
+            self.handshakes = None
+        self.socket.close(linger=int(linger * 1000))
+
+
 class Connection:
     def __init__(
         self,
         endpoint: str,
-        hello: Callable[[], p.Message],
-        decode: Callable[[bytes], p.Message],
+        hello: Callable[[], Any],
+        decode: Callable[[bytes], Any],
         *,
+        proto: ModuleType | None = None,
+        lean: bool = False,
         connect_timeout: float = config.CONNECT_TIMEOUT,
         grace: float = config.SERVER_GRACE,
         security: Security | None = None,
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
     ) -> None:
+        """``proto`` supplies the messages (default :mod:`jobqueue.protocol`); ``lean``
+        picks the pyzmq-free transport (refused with CURVE keys, which need pyzmq)."""
+        if proto is None:
+            from . import protocol
+
+            proto = protocol
+        if lean and security is not None:
+            raise ValueError("the lean transport speaks no CURVE: use pyzmq when keys are given")
         self.endpoint = endpoint
         self._hello = hello
         self._decode = decode
+        self.proto = proto
+        self.lean = lean
         self.connect_timeout = connect_timeout
         self.grace = grace
         self.security = security
-        self.context = context or zmq.Context.instance()
+        self.context = context
         self.heartbeat = config.HEARTBEAT
         self.liveness = config.LIVENESS
-        self.socket: zmq.Socket | None = None
-        self._handshakes: HandshakeWatch | None = None
+        self.transport: Any = None  # ZmqTransport or zmtp.Dealer
         self.welcomed = False  # the current connection got its Welcome
         self.ever_welcomed = False
         self.server_id = ""
@@ -65,85 +160,147 @@ class Connection:
         self._connected_at = 0.0
         self._lost_since: float | None = None
         self._backoff = 0.0
+        self._rejected = 0  # lean handshakes the server cut short in a row
         #: Called with the connection's time after (re)connecting: returns the
         #: messages that restore this peer's state on the server.
-        self.on_connect: Callable[[], list[p.Message]] = lambda: []
+        self.on_connect: Callable[[], list[Any]] = lambda: []
 
-    # --- socket life ---------------------------------------------------------------
+    # --- connection life -----------------------------------------------------------------
+
+    @property
+    def socket(self) -> Any:
+        """What to register in a poller (None while closed)."""
+        return None if self.transport is None else self.transport.pollable
+
+    def poll_events(self) -> int:
+        """The events to poll :attr:`socket` for (POLLIN, plus POLLOUT while output waits)."""
+        return POLLIN if self.transport is None else self.transport.poll_events()
+
+    def wait(self, fds: list[int], timeout: float) -> tuple[bool, set[int]]:
+        """Wait up to ``timeout`` seconds for this connection (to have input, or room for its
+        output) or for one of ``fds`` to be readable: (connection ready, the ready fds)."""
+        ms = int(timeout * 1000)
+        if self.lean:
+            import select
+
+            lean_poller = select.poll()
+            if self.transport is not None:
+                lean_poller.register(self.transport.fileno(), self.transport.poll_events())
+            for fd in fds:
+                lean_poller.register(fd, select.POLLIN)
+            events = dict(lean_poller.poll(ms))
+            ready = self.transport is not None and self.transport.fileno() in events
+            return ready, {fd for fd in fds if fd in events}
+        import zmq
+
+        poller = zmq.Poller()
+        if self.socket is not None:
+            poller.register(self.socket, zmq.POLLIN)
+        for fd in fds:
+            poller.register(fd, zmq.POLLIN)
+        try:
+            zmq_events = dict(poller.poll(ms))
+        except zmq.ZMQError as e:
+            if e.errno != errno.EINTR:
+                raise
+            zmq_events = {}
+        return self.socket is not None and self.socket in zmq_events, {fd for fd in fds if fd in zmq_events}
 
     def open(self, now: float) -> None:
-        """(Re)create the socket and say hello; queued stale messages die with the old one."""
-        self.close(linger=0)
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_SIZE + 4096)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        sock.setsockopt(zmq.SNDHWM, 10000)
-        sock.setsockopt(zmq.RCVHWM, 10000)
-        if self.security is not None:
-            self.security.apply_client(sock)
-            self._handshakes = HandshakeWatch(sock, self.endpoint, self.security, self._role())
-        sock.connect(self.endpoint)
-        self.socket = sock
-        self.welcomed = False
+        """(Re)connect and say hello; queued stale messages die with the old connection."""
         self._connected_at = self._last_heard = self._last_ping = now
+        self._start_transport()
+
+    def _start_transport(self) -> None:
+        """A new connection carrying the hello and this peer's state (liveness timers kept)."""
+        self.close(linger=0)
+        max_message = self.proto.MAX_MESSAGE_SIZE + 4096
+        if self.lean:
+            from .zmtp import Dealer, ZmtpError
+
+            try:
+                self.transport = Dealer(self.endpoint, max_message)
+            except ZmtpError as e:
+                raise ServerLost(str(e)) from None
+        else:
+            self.transport = ZmqTransport(self.endpoint, max_message, self.security, self._role(), self.context)
+        self.welcomed = False
         self.send(self._hello())
         for message in self.on_connect():
             self.send(message)
 
     def _role(self) -> str:
-        return "worker" if isinstance(self._hello(), p.WorkerHello) else "client"
+        return "worker" if type(self._hello()).__name__ == "WorkerHello" else "client"
 
     def close(self, linger: int = 0) -> None:
-        if self._handshakes is not None and self.socket is not None:
-            self._handshakes.close(self.socket)
-            self._handshakes = None
-        if self.socket is not None:
-            self.socket.close(linger=linger)
-            self.socket = None
+        """Close the connection, after up to ``linger`` ms spent sending what is queued."""
+        if self.transport is not None:
+            self.transport.close(linger / 1000)
+            self.transport = None
 
-    def send(self, message: p.Message) -> bool:
+    def send(self, message: Any) -> bool:
         """Queue a message for the server; False if it had to be dropped
-        (socket full while the server is away: the stream offsets recover it)."""
-        if self.socket is None:
+        (queue full while the server is away: the stream offsets recover it)."""
+        if self.transport is None:
             return False
-        data = p.encode(message)
-        try:  # big frames (stream chunks) go without a copy
-            self.socket.send(data, zmq.NOBLOCK, copy=len(data) < COPY_THRESHOLD)
-        except zmq.Again:
-            return False
-        return True
+        try:
+            return bool(self.transport.send(self.proto.encode(message)))
+        except ConnectionError:
+            return False  # the next receive or tick reconnects
 
     # --- events ----------------------------------------------------------------------
 
-    def receive(self, now: float) -> list[p.Message]:
-        """Every message waiting on the socket, liveness ones handled here."""
-        out: list[p.Message] = []
-        while self.socket is not None:
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+    def receive(self, now: float) -> list[Message]:
+        """Every message waiting, liveness ones handled here."""
+        out: list[Message] = []
+        for data in self._frames(now):
             self._last_heard = now
-            if len(frames) != 1:
-                continue  # not from a jobqueue server: ignore
             try:
-                message = self._decode(frames[0])
-            except p.ProtocolError as e:
+                message = self._decode(data)
+            except self.proto.ProtocolError as e:
                 raise Refused(f"protocol error from the server: {e}") from None
-            if isinstance(message, p.Welcome):
+            if isinstance(message, self.proto.Welcome):
                 self._on_welcome(message)
                 out.append(message)
-            elif isinstance(message, p.Unknown):
+            elif isinstance(message, self.proto.Unknown):
                 self.open(now)  # the server restarted: start a new session
-            elif isinstance(message, p.Refused):
+                break  # the rest came on the old one
+            elif isinstance(message, self.proto.Refused):
                 raise Refused(message.reason)
-            elif not isinstance(message, p.Pong):
+            elif not isinstance(message, self.proto.Pong):
                 out.append(message)
         return out
 
-    def _on_welcome(self, welcome: p.Welcome) -> None:
+    def _frames(self, now: float) -> list[bytes]:
+        """Frames from the transport; a lean connection that dropped is made again at once."""
+        if self.transport is None:
+            return []
+        if not self.lean:
+            return list(self.transport.receive(now))
+        from .zmtp import HandshakeRejected, MechanismMismatch, ZmtpError
+
+        try:
+            frames = list(self.transport.receive(now))
+            if self.transport.is_open:
+                self._rejected = 0
+            return frames
+        except MechanismMismatch as e:
+            raise AuthFailed(f"authentication failed: the server at {self.endpoint} uses {e} keys: "
+                             "give --key and --server-key ($JOBQUEUE_KEY, $JOBQUEUE_SERVER_KEY)") from None
+        except HandshakeRejected as e:
+            self._rejected += 1
+            if self._rejected >= HANDSHAKE_REJECTED_LIMIT:
+                raise AuthFailed(f"authentication failed: {e} (repeatedly): it probably uses CURVE keys: give "
+                                 "--key and --server-key ($JOBQUEUE_KEY, $JOBQUEUE_SERVER_KEY)") from None
+        except ZmtpError as e:
+            if not self.transport.is_open:
+                raise ServerLost(f"cannot talk to the server at {self.endpoint}: {e}") from None
+        except ConnectionError:
+            pass
+        self._start_transport()
+        return []
+
+    def _on_welcome(self, welcome: Any) -> None:
         self.welcomed = self.ever_welcomed = True
         self.server_id = welcome.server_id
         self.heartbeat = welcome.heartbeat
@@ -153,11 +310,13 @@ class Connection:
 
     def tick(self, now: float) -> None:
         """Heartbeat, and reconnect or give up when the server is silent."""
-        if self.socket is None:
+        if self.transport is None:
             self.open(now)
             return
-        if self._handshakes is not None:
-            self._handshakes.check()
+        try:
+            self.transport.maintain(now)
+        except ConnectionError:
+            self._start_transport()
         silent = now - self._last_heard
         if not self.ever_welcomed and now - self._connected_at > self.connect_timeout:
             raise ServerLost(
@@ -178,11 +337,13 @@ class Connection:
                 return
         if now - self._last_ping >= self.heartbeat:
             self._last_ping = now
-            self.send(p.Ping())
+            self.send(self.proto.Ping())
 
     def next_wakeup(self, now: float) -> float:
         """Seconds until :meth:`tick` must run again."""
-        return max(0.0, min(self._last_ping + self.heartbeat - now, self.heartbeat))
+        wakeup = max(0.0, min(self._last_ping + self.heartbeat - now, self.heartbeat))
+        transport = None if self.transport is None else self.transport.next_wakeup(now)
+        return wakeup if transport is None else min(wakeup, transport)
 
     @property
     def server_lost(self) -> bool:
@@ -195,7 +356,7 @@ class Security:
     def __init__(self, public: bytes, secret: bytes, server_public: bytes) -> None:
         self.public, self.secret, self.server_public = public, secret, server_public
 
-    def apply_client(self, sock: zmq.Socket) -> None:
+    def apply_client(self, sock: zmq.Socket[Any]) -> None:
         sock.curve_publickey = self.public
         sock.curve_secretkey = self.secret
         sock.curve_serverkey = self.server_public
@@ -208,19 +369,22 @@ class HandshakeWatch:
     #: Connections the server closed mid-handshake before we blame the server key.
     CLOSED_LIMIT = 3
 
-    def __init__(self, sock: zmq.Socket, endpoint: str, security: Security, role: str) -> None:
+    def __init__(self, sock: zmq.Socket[Any], endpoint: str, security: Security, role: str) -> None:
+        import zmq
+
         self.endpoint, self.security, self.role = endpoint, security, role
         self.monitor = sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self.closed = 0
 
-    def close(self, sock: zmq.Socket) -> None:
+    def close(self, sock: zmq.Socket[Any]) -> None:
         sock.disable_monitor()
         self.monitor.close(linger=0)
 
     def check(self) -> None:
         """Raise :class:`AuthFailed` if the handshake failed for good."""
+        import zmq
         from zmq.utils.monitor import recv_monitor_message
 
         while self.monitor.poll(0):
@@ -248,6 +412,8 @@ class HandshakeWatch:
         return f"authentication failed: the server at {self.endpoint} could not check our key (ZAP {status})"
 
     def _protocol(self, code: int) -> str:
+        import zmq
+
         if code == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
             return (f"authentication failed: the server at {self.endpoint} does not use CURVE keys: "
                     "leave out --key and --server-key ($JOBQUEUE_KEY, $JOBQUEUE_SERVER_KEY)")

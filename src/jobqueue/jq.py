@@ -10,15 +10,20 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import socket
 import sys
-import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
 
 from . import config
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: jq imports nothing it does not use
+    import threading
+    from collections.abc import Callable
+    from typing import Any
+
+    from .client import ClientJob, Session
+    from .wire import Finished, JobSpec, Queued, Requeued, Started
 
 USAGE = """\
 usage: jq [OPTIONS] [--] COMMAND [ARG...]
@@ -57,22 +62,32 @@ ENV_SERVER_GRACE = "JOBQUEUE_SERVER_GRACE"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-@dataclass
 class JqOptions:
-    argv: list[str]
-    server: str | None = None
-    chdir: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    tty: bool = False
-    tags: list[str] = field(default_factory=list)
-    priority: int = 0
-    timeout: float | None = None
-    queue_timeout: float | None = None
-    max_attempts: int = 3
-    connect_timeout: float = config.CONNECT_TIMEOUT
-    key: str | None = None
-    server_key: str | None = None
-    verbose: bool = False
+    """jq's command line, parsed."""
+
+    __slots__ = ("argv", "server", "chdir", "env", "tty", "tags", "priority", "timeout", "queue_timeout",
+                 "max_attempts", "connect_timeout", "key", "server_key", "verbose")
+
+    def __init__(self, argv: list[str], **options: object) -> None:
+        self.argv = argv
+        self.server: str | None = None
+        self.chdir: str | None = None
+        self.env: dict[str, str] = {}
+        self.tty = False
+        self.tags: list[str] = []
+        self.priority = 0
+        self.timeout: float | None = None
+        self.queue_timeout: float | None = None
+        self.max_attempts = 3
+        self.connect_timeout = config.CONNECT_TIMEOUT
+        self.key: str | None = None
+        self.server_key: str | None = None
+        self.verbose = False
+        for name, value in options.items():
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        return f"JqOptions({', '.join(f'{name}={getattr(self, name)!r}' for name in self.__slots__)})"
 
 
 class Exit(Exception):
@@ -95,7 +110,7 @@ _FLAGS = {"-t": "tty", "--tty": "tty", "-v": "verbose", "--verbose": "verbose"}
 
 def parse_args(args: list[str]) -> JqOptions:
     """Options up to the first non-option word; the rest is the command, verbatim."""
-    values: dict[str, Any] = {"env": {}, "tags": []}
+    options = JqOptions([])
     i = 0
     while i < len(args):
         arg = args[i]
@@ -112,7 +127,7 @@ def parse_args(args: list[str]) -> JqOptions:
 
             raise Exit(0, f"jq (jobqueue) {__version__}")
         if name in _FLAGS and not eq:
-            values[_FLAGS[name]] = True
+            setattr(options, _FLAGS[name], True)
             i += 1
             continue
         if name not in _VALUED:
@@ -124,41 +139,44 @@ def parse_args(args: list[str]) -> JqOptions:
             value = args[i]
         else:
             raise config.UsageError(f"option {name} needs a value (see jq --help)")
-        _set_option(values, _VALUED[name], name, value)
+        _set_option(options, _VALUED[name], name, value)
         i += 1
-    command = args[i:]
-    if not command:
+    options.argv = args[i:]
+    if not options.argv:
         raise config.UsageError("no command given: usage: jq [OPTIONS] [--] COMMAND [ARG...]")
-    return JqOptions(argv=command, **values)
+    return options
 
 
-def _set_option(values: dict[str, Any], key: str, name: str, value: str) -> None:
+def _set_option(options: JqOptions, key: str, name: str, value: str) -> None:
     if key == "env":
         var, eq, val = value.partition("=")
         if not eq or not var:
             raise config.UsageError(f"{name} takes NAME=VALUE, got {value!r}")
-        values["env"][var] = val
+        options.env[var] = val
     elif key == "tags":
-        values["tags"].append(value)
+        options.tags.append(value)
     elif key in ("priority", "max_attempts"):
         try:
-            values[key] = int(value)
+            number = int(value)
         except ValueError:
             raise config.UsageError(f"{name} takes a whole number, got {value!r}") from None
-        if key == "max_attempts" and values[key] < 1:
+        if key == "max_attempts" and number < 1:
             raise config.UsageError(f"{name} must be at least 1")
+        setattr(options, key, number)
     elif key in ("timeout", "queue_timeout", "connect_timeout"):
-        values[key] = config.duration(value)
+        setattr(options, key, config.duration(value))
     else:
-        values[key] = value
+        setattr(options, key, value)
 
 
-class Writer(threading.Thread):
+class Writer:
     """Writes one output fd in its own thread, so a slow reader stalls only the
-    job's stream (by not acknowledging it), never jq's heartbeats."""
+    job's stream (by not acknowledging it), never jq's heartbeats.  (threading
+    is imported here, on the first output: jq without output never loads it.)"""
 
-    def __init__(self, fd: int, on_written: Any) -> None:
-        super().__init__(daemon=True, name=f"jq-writer-{fd}")
+    def __init__(self, fd: int, on_written: Callable[[Any, int, int], None]) -> None:
+        import threading
+
         self.fd = fd
         self.queue: deque[tuple[Any, bytes, int] | None] = deque()
         self.ready = threading.Condition()
@@ -166,6 +184,10 @@ class Writer(threading.Thread):
         self.broken = False
         self.idle = threading.Event()
         self.idle.set()
+        self.thread: threading.Thread = threading.Thread(target=self.run, daemon=True, name=f"jq-writer-{fd}")
+
+    def start(self) -> None:
+        self.thread.start()
 
     def put(self, job: Any, data: bytes, end: int) -> None:
         with self.ready:
@@ -219,9 +241,9 @@ class Terminal:
         self.result: int | None = None
         self.message = ""
         self.has_started = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        for s in (self._wake_r, self._wake_w):
-            s.setblocking(False)
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
         self._written: deque[tuple[Any, int, int]] = deque()
         self._writers: dict[int, Writer] = {}
         self.signals: deque[int] = deque()
@@ -231,7 +253,7 @@ class Terminal:
         self.restore_terminal: Any = None
 
     # JobIO
-    def write(self, job: Any, fd: int, data: bytes, end: int) -> None:
+    def write(self, job: ClientJob, fd: int, data: bytes, end: int) -> None:
         writer = self._writers.get(fd)
         if writer is None:
             writer = self._writers[fd] = Writer(fd, self._on_written)
@@ -244,15 +266,15 @@ class Terminal:
 
     def wake(self) -> None:
         try:
-            self._wake_w.send(b"\0")
+            os.write(self._wake_w, b"\0")
         except BlockingIOError:
             pass
 
-    def queued(self, job: Any, msg: Any) -> None:
+    def queued(self, job: ClientJob, msg: Queued) -> None:
         if self.options.verbose:
             self.note(f"job {job.job_id} queued ({msg.position} waiting)")
 
-    def started(self, job: Any, msg: Any) -> None:
+    def started(self, job: ClientJob, msg: Started) -> None:
         self.has_started = True
         if self.options.tty:  # the window may have changed since the job was submitted
             if self.restore_terminal is None:
@@ -263,11 +285,11 @@ class Terminal:
             what = "re-attached (the server restarted)" if msg.resumed else "started"
             self.note(f"job {job.job_id} {what} on worker {msg.worker} ({msg.host}), attempt {msg.attempt}")
 
-    def requeued(self, job: Any, msg: Any) -> None:
+    def requeued(self, job: ClientJob, msg: Requeued) -> None:
         self.has_started = False
         self.note(f"job {job.job_id}: {msg.reason}; running it again from the start on the next ready worker")
 
-    def finished(self, job: Any, msg: Any) -> None:
+    def finished(self, job: ClientJob, msg: Finished) -> None:
         if self.queue_timed_out and msg.reason == "cancelled":
             self.result, self.message = 255, (
                 f"job {job.job_id} did not start within {self.options.queue_timeout:g}s (--queue-timeout); "
@@ -279,7 +301,7 @@ class Terminal:
             if msg.reason in ("not-found", "not-executable"):
                 self.message = msg.message
 
-    def failed(self, job: Any, reason: str) -> None:
+    def failed(self, job: ClientJob, reason: str) -> None:
         self.result, self.message = 255, f"the server rejected the job: {reason}"
 
     def note(self, text: str) -> None:
@@ -290,7 +312,7 @@ class Terminal:
 
     # signals
     def install(self) -> None:
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for signum in (*FORWARDED, signal.SIGWINCH):
             signal.signal(signum, self._on_signal)
 
@@ -299,7 +321,7 @@ class Terminal:
 
     def drain_wakeups(self) -> list[tuple[Any, int, int]]:
         try:
-            while self._wake_r.recv(4096):
+            while os.read(self._wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
@@ -310,7 +332,7 @@ class Terminal:
 
     @property
     def wake_fd(self) -> int:
-        return self._wake_r.fileno()
+        return self._wake_r
 
     def flush(self, timeout: float) -> None:
         for writer in self._writers.values():
@@ -331,8 +353,8 @@ def main(args: list[str] | None = None) -> int:
         return 255
 
 
-def build_spec(options: JqOptions) -> Any:
-    from . import protocol as p
+def build_spec(options: JqOptions) -> JobSpec:
+    from . import wire as p
 
     env = dict(os.environ)
     env.update(options.env)
@@ -352,10 +374,9 @@ def build_spec(options: JqOptions) -> Any:
 def run(options: JqOptions) -> int:
     from .client import ClientJob, Session
     from .connection import AuthFailed, Refused, ServerLost
-    from .security import client_security
 
     endpoint = config.endpoint(config.server_address(options.server))
-    security = client_security(options.key, options.server_key)
+    security = _security(options)
     term = Terminal(options)
     grace = config.env_float(ENV_SERVER_GRACE, config.SERVER_GRACE)
     session = Session(endpoint, security=security, connect_timeout=options.connect_timeout, grace=grace)
@@ -378,39 +399,36 @@ def run(options: JqOptions) -> int:
     return code
 
 
-def _loop(session: Any, job: Any, term: Terminal, options: JqOptions) -> int:
-    import zmq
+def _security(options: JqOptions) -> Any:
+    """CURVE keys if any are given (only then is pyzmq loaded)."""
+    if not (options.key or options.server_key or os.environ.get(config.ENV_KEY)
+            or os.environ.get(config.ENV_SERVER_KEY)):
+        return None
+    from .security import client_security
 
+    return client_security(options.key, options.server_key)
+
+
+def _loop(session: Session, job: ClientJob, term: Terminal, options: JqOptions) -> int:
     now = time.monotonic()
     session.open(now)
     queue_deadline = now + options.queue_timeout if options.queue_timeout else None
     stdin_open = _stdin_usable()
-    poller = zmq.Poller()
     while term.result is None:
         now = time.monotonic()
         timeout = session.conn.next_wakeup(now)
         if queue_deadline is not None:
             timeout = min(timeout, max(0.0, queue_deadline - now))
-        poller = zmq.Poller()
-        poller.register(session.conn.socket, zmq.POLLIN)
-        poller.register(term.wake_fd, zmq.POLLIN)
         reading = stdin_open and job.running and job.wants_stdin()
-        if reading:
-            poller.register(0, zmq.POLLIN)
-        try:
-            events = dict(poller.poll(int(timeout * 1000)))
-        except zmq.ZMQError as e:
-            if e.errno != errno.EINTR:
-                raise
-            events = {}
+        server_ready, ready = session.conn.wait([term.wake_fd, 0] if reading else [term.wake_fd], timeout)
         now = time.monotonic()
-        if term.wake_fd in events:
+        if term.wake_fd in ready:
             for owner, fd, end in term.drain_wakeups():
                 owner.written(fd, end)
             _forward_signals(session, job, term)
-        if reading and 0 in events:
+        if 0 in ready:
             stdin_open = _read_stdin(job)
-        if session.conn.socket in events:
+        if server_ready:
             session.receive(now)
         if queue_deadline is not None and not term.has_started and now >= queue_deadline:
             queue_deadline = None
@@ -421,9 +439,9 @@ def _loop(session: Any, job: Any, term: Terminal, options: JqOptions) -> int:
     return term.result
 
 
-def _read_stdin(job: Any) -> bool:
+def _read_stdin(job: ClientJob) -> bool:
     """Read a chunk of our stdin into the job; False at EOF."""
-    from . import protocol as p
+    from . import wire as p
 
     try:
         data = os.read(0, p.CHUNK_SIZE)

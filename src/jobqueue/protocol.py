@@ -27,18 +27,14 @@ from typing import Literal, Union
 
 import msgspec
 
-#: Bumped on every incompatible change.  Hellos carry it first so a mismatch
-#: can be reported even when the rest of the message does not decode.
-PROTOCOL_VERSION = 1
-
-#: Largest message a socket accepts (ZMQ_MAXMSGSIZE); bigger ones drop the peer.
-MAX_MESSAGE_SIZE = 1 << 20
-#: Largest payload of one Output/Input message.
-CHUNK_SIZE = 256 * 1024
-#: Unacknowledged bytes a sender may have in flight per stream (flow control).
-WINDOW = 2 * 1024 * 1024
-
-STDIN, STDOUT, STDERR = 0, 1, 2
+# The shared constants are defined once, in the lean client's module (re-exported here).
+from .wire import CHUNK_SIZE as CHUNK_SIZE
+from .wire import MAX_MESSAGE_SIZE as MAX_MESSAGE_SIZE
+from .wire import PROTOCOL_VERSION as PROTOCOL_VERSION
+from .wire import STDERR as STDERR
+from .wire import STDIN as STDIN
+from .wire import STDOUT as STDOUT
+from .wire import WINDOW as WINDOW
 
 Role = Literal["client", "worker"]
 

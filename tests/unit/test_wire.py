@@ -1,0 +1,147 @@
+"""The lean client's messages (:mod:`jobqueue.wire`) agree with msgspec's (:mod:`jobqueue.protocol`):
+same fields and defaults, byte-identical encodings, equal decodings both ways, and
+the same inputs accepted; anything malformed raises :class:`wire.ProtocolError`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jobqueue import protocol as p
+from jobqueue import wire as w
+
+CLASSES = [*w.MESSAGES, w.JobSpec]
+
+ints = st.integers(-(2**63), 2**64 - 1)
+texts = st.text(max_size=40)
+floats = st.floats(allow_nan=False)
+FIELD_VALUES: dict[Any, st.SearchStrategy[Any]] = {
+    w._int: ints, w._str: texts, w._bool: st.booleans(), w._bytes: st.binary(max_size=300),
+    w._float: floats, w._float_or_none: st.none() | floats, w._str_list: st.lists(texts, max_size=20),
+    w._int_list: st.lists(ints, max_size=5), w._str_map: st.dictionaries(texts, texts, max_size=20),
+}
+
+
+def _instance(cls: type[w.Struct]) -> st.SearchStrategy[w.Struct]:
+    strategies = [_instance(w.JobSpec) if check is w._job_spec else FIELD_VALUES[check]
+                  for _name, check, _default in cls.FIELDS]
+    return st.tuples(*strategies).map(lambda values: cls(*values))
+
+
+def _to_msgspec(value: Any) -> Any:
+    """The protocol struct with the same values as a wire struct."""
+    if isinstance(value, w.Struct):
+        return getattr(p, type(value).__name__)(*[_to_msgspec(v) for v in value.values()])
+    return value
+
+
+def _from_msgspec(value: Any) -> Any:
+    if isinstance(value, msgspec.Struct):
+        fields = [getattr(value, f.name) for f in msgspec.structs.fields(value)]
+        return getattr(w, type(value).__name__)(*[_from_msgspec(v) for v in fields])
+    return value
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_fields_order_defaults_and_tag_match_the_protocol(cls: type[w.Struct]) -> None:
+    theirs = getattr(p, cls.__name__)
+    expected = [(f.name, f.default_factory() if f.default_factory is not msgspec.NODEFAULT else f.default)
+                for f in msgspec.structs.fields(theirs)]
+    ours = [(name, w._REQUIRED if default is w._REQUIRED else default) for name, _check, default in cls.FIELDS]
+    assert [name for name, _ in ours] == [name for name, _ in expected]
+    for (name, default), (_, their_default) in zip(ours, expected):
+        assert (default is w._REQUIRED) == (their_default is msgspec.NODEFAULT), name
+        if default is not w._REQUIRED:
+            assert default == their_default and type(default) is type(their_default), name
+    tag = theirs.__struct_config__.tag
+    assert (tag or "") == cls.TAG, cls
+
+
+def test_defaults_are_not_shared_between_instances() -> None:
+    a, b = w.Finished("j", 1, 0, "exited"), w.Finished("j", 1, 0, "exited")
+    a.offsets.append(5)
+    assert b.offsets == [0, 0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(w.MESSAGES).flatmap(_instance))
+def test_random_messages_encode_identically_and_decode_both_ways(message: w.Message) -> None:
+    theirs = _to_msgspec(message)
+    data = w.encode(message)
+    assert data == p.encode(theirs)
+    assert msgspec.msgpack.decode(data, type=type(theirs)) == theirs
+    assert w.decode_any(p.encode(theirs)) == message
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(w.MESSAGES).flatmap(_instance), st.integers(0, 10))
+def test_missing_trailing_defaults_are_filled_in_as_msgspec_does(message: w.Message, keep: int) -> None:
+    required = sum(1 for field in message.FIELDS if field[2] is w._REQUIRED)
+    items = [message.TAG, *message.values()[:max(required, keep)]]
+    data = msgspec.msgpack.encode([_to_msgspec(item) for item in items])
+    theirs = msgspec.msgpack.decode(data, type=getattr(p, type(message).__name__))
+    assert w.decode_any(data) == _from_msgspec(theirs)
+
+
+CLIENT_TAGS = ["welcome", "pong", "unknown", "refused", "error", "queued", "started", "out", "ack", "requeued",
+               "finished", "hello", "nope"]
+scalars = st.one_of(st.none(), st.booleans(), ints, st.floats(), st.text(max_size=8), st.binary(max_size=8))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                      | st.dictionaries(scalars.filter(lambda v: v == v), inner, max_size=3), max_leaves=8)
+shaped = st.builds(lambda tag, rest: msgspec.msgpack.encode([tag, *rest]), st.sampled_from(CLIENT_TAGS),
+                   st.lists(values, max_size=8))
+
+
+def _accepts(decode: Any, data: bytes) -> tuple[bool, Any]:
+    try:
+        return True, decode(data)
+    except (p.ProtocolError, w.ProtocolError):
+        return False, None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(shaped)
+def test_same_messages_accepted_as_msgspec(data: bytes) -> None:
+    ok_theirs, theirs = _accepts(p.decode_to_client, data)
+    ok_ours, ours = _accepts(w.decode_to_client, data)
+    assert ok_ours == ok_theirs, (data, theirs)
+    if ok_ours:  # NaN-safe comparison: the same values encode to the same bytes
+        assert w.encode(ours) == p.encode(theirs)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=64))
+def test_random_bytes_raise_only_protocol_error(data: bytes) -> None:
+    try:
+        w.decode_to_client(data)
+    except w.ProtocolError as e:
+        assert "malformed message for the client" in str(e)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(w.MESSAGES).flatmap(_instance), st.data())
+def test_truncated_or_extended_messages_are_refused(message: w.Message, data: st.DataObject) -> None:
+    encoded = w.encode(message)
+    cut = data.draw(st.integers(0, len(encoded) - 1))
+    with pytest.raises(w.ProtocolError, match="truncated"):
+        w.decode_any(encoded[:cut])
+    with pytest.raises(w.ProtocolError, match="trailing bytes"):
+        w.decode_any(encoded + b"\xc0")
+
+
+@pytest.mark.parametrize("data, error", [
+    (b"\x91\xa5error", "at least 1 fields, got 0"),
+    (b"\x92\xa5error\x01", "field 'reason' must be str, got int"),
+    (b"\x91\xa7statusr", "unexpected message type 'statusr'"),
+    (b"\x80", "expected a non-empty array, got map"),
+    (b"\x92\xa5error\xd4\x01\x01", "unsupported MessagePack type 0xd4"),
+    (b"\x92\xa5error\xa2\xff\xfe", "not valid UTF-8"),
+    (b"\x91" * 100 + b"\xc0", "nested too deeply"),
+])
+def test_errors_say_what_is_wrong(data: bytes, error: str) -> None:
+    with pytest.raises(w.ProtocolError, match=error):
+        w.decode_to_client(data)

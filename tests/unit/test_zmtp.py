@@ -1,0 +1,148 @@
+"""The lean DEALER (:mod:`jobqueue.zmtp`) against a real libzmq ROUTER (pyzmq)."""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from jobqueue import zmtp
+
+LIMIT = 1 << 16
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[tuple[zmq.Socket[bytes], str]]:
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    endpoint = f"ipc://{tmp_path}/r"
+    sock.bind(endpoint)
+    yield sock, endpoint
+    sock.close()
+
+
+def _pump(dealer: zmtp.Dealer, until: int = 1, timeout: float = 5.0) -> list[bytes]:
+    """Drive the dealer from a poll loop until ``until`` messages arrived."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        poller = select.poll()
+        poller.register(dealer.fileno(), dealer.poll_events())
+        wakeup = dealer.next_wakeup(time.monotonic())
+        poller.poll(int(1000 * min(0.05 if wakeup is None else wakeup, 0.05)))
+        got += dealer.receive(time.monotonic())
+        if len(got) >= until or time.monotonic() > deadline:
+            return got
+
+
+def _from_dealer(router: zmq.Socket[bytes], dealer: zmtp.Dealer) -> list[bytes]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        _pump(dealer, until=0, timeout=0)
+        if router.poll(5):
+            return router.recv_multipart()
+    raise AssertionError("nothing reached the ROUTER")
+
+
+def test_messages_both_ways_queued_before_the_handshake(router: tuple[zmq.Socket[bytes], str]) -> None:
+    server, endpoint = router
+    dealer = zmtp.Dealer(endpoint, LIMIT)
+    dealer.send(b"hello")  # before the handshake: sent once it completes
+    identity, body = _from_dealer(server, dealer)
+    assert body == b"hello" and dealer.is_open
+    big = bytes(range(256)) * 200  # the 8-byte size form
+    server.send_multipart([identity, b"short"])
+    server.send_multipart([identity, big])
+    assert _pump(dealer, until=2) == [b"short", big]
+    dealer.send(big)
+    assert _from_dealer(server, dealer) == [identity, big]
+    dealer.close()
+
+
+def test_multi_frame_messages_are_dropped(router: tuple[zmq.Socket[bytes], str]) -> None:
+    server, endpoint = router
+    dealer = zmtp.Dealer(endpoint, LIMIT)
+    dealer.send(b"hi")
+    identity, _ = _from_dealer(server, dealer)
+    server.send_multipart([identity, b"part1", b"part2"])
+    server.send_multipart([identity, b"single"])
+    assert _pump(dealer, until=1) == [b"single"]
+    dealer.close()
+
+
+def test_over_the_size_limit_is_an_error(router: tuple[zmq.Socket[bytes], str]) -> None:
+    server, endpoint = router
+    dealer = zmtp.Dealer(endpoint, LIMIT)
+    dealer.send(b"hi")
+    identity, _ = _from_dealer(server, dealer)
+    server.send_multipart([identity, b"x" * (LIMIT + 1)])
+    with pytest.raises(zmtp.ZmtpError, match="over the limit"):
+        _pump(dealer)
+    dealer.close()
+
+
+def test_connect_is_retried_until_the_server_binds(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/late"
+    dealer = zmtp.Dealer(endpoint, LIMIT)
+    dealer.send(b"early")
+    assert _pump(dealer, until=1, timeout=0.3) == [] and not dealer.is_open
+    server = zmq.Context.instance().socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    server.bind(endpoint)
+    try:
+        assert _from_dealer(server, dealer)[1] == b"early"
+    finally:
+        server.close()
+        dealer.close()
+
+
+def test_a_curve_server_is_a_mechanism_mismatch(tmp_path: Path) -> None:
+    public, secret = zmq.curve_keypair()
+    server = zmq.Context.instance().socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    server.curve_server = True
+    server.curve_secretkey = secret
+    endpoint = f"ipc://{tmp_path}/curve"
+    server.bind(endpoint)
+    try:
+        dealer = zmtp.Dealer(endpoint, LIMIT)
+        # libzmq either tells its mechanism or, having read ours first, just hangs up
+        with pytest.raises((zmtp.MechanismMismatch, zmtp.HandshakeRejected), match="CURVE|during the ZeroMQ"):
+            _pump(dealer)
+        dealer.close()
+    finally:
+        server.close()
+
+
+def test_a_peer_that_is_not_zeromq_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "http")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    dealer = zmtp.Dealer(f"ipc://{path}", LIMIT)
+    peer, _ = listener.accept()
+    peer.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    with pytest.raises(zmtp.ZmtpError, match="does not speak ZeroMQ"):
+        _pump(dealer)
+    dealer.close()
+    peer.close()
+    listener.close()
+
+
+def test_a_dealer_peer_is_not_a_server(tmp_path: Path) -> None:
+    server = zmq.Context.instance().socket(zmq.DEALER)
+    server.setsockopt(zmq.LINGER, 0)
+    endpoint = f"ipc://{tmp_path}/dealer"
+    server.bind(endpoint)
+    try:
+        dealer = zmtp.Dealer(endpoint, LIMIT)
+        with pytest.raises(zmtp.ZmtpError, match="DEALER socket, not a jobqueue-server"):
+            _pump(dealer)
+        dealer.close()
+    finally:
+        server.close()
