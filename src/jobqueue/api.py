@@ -16,7 +16,6 @@ import errno
 import os
 import queue
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -30,6 +29,7 @@ from . import wire as p
 from .client import ClientJob, Session, new_job_id
 from .connection import Refused, ServerLost
 from .security import client_security
+from .waker import Waker
 
 StrPath = Union[str, "os.PathLike[str]"]
 Command = Union[StrPath, Sequence[StrPath]]
@@ -173,9 +173,7 @@ class Executor(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._live: dict[str, _JobIO] = {}  # submitted and not yet settled
         self._requests: queue.SimpleQueue[tuple[str, ClientJob]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._waker = Waker()
         self._written: deque[tuple[ClientJob, int, int]] = deque()
         self._writers: dict[int, Any] = {}
         self._feeding: dict[str, ClientJob] = {}
@@ -262,10 +260,7 @@ class Executor(concurrent.futures.Executor):
             self._wake()
 
     def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # a wake-up is pending already (or the loop is gone)
+        self._waker.wake()
 
     # --- the loop thread ---------------------------------------------------------------------
 
@@ -287,8 +282,7 @@ class Executor(concurrent.futures.Executor):
                 self._break("the executor was abandoned; the server kills its jobs")
             for writer in self._writers.values():
                 writer.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._waker.close()
 
     def _done(self) -> bool:
         with self._lock:
@@ -296,7 +290,7 @@ class Executor(concurrent.futures.Executor):
 
     def _poll_once(self, session: Session) -> None:
         now = time.monotonic()
-        wake = self._wake_r.fileno()
+        wake = self._waker.fileno()
         conn_ready, ready = session.conn.wait([wake], session.conn.next_wakeup(now))
         now = time.monotonic()
         if wake in ready:
@@ -309,11 +303,7 @@ class Executor(concurrent.futures.Executor):
         session.conn.tick(now)
 
     def _drain_wakeups(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._waker.drain()
         while self._written:
             job, fd, end = self._written.popleft()
             job.written(fd, end)

@@ -15,6 +15,7 @@ import time
 from collections import deque
 
 from . import config
+from .waker import Waker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: jq imports nothing it does not use
@@ -241,9 +242,7 @@ class Terminal:
         self.result: int | None = None
         self.message = ""
         self.has_started = False
-        self._wake_r, self._wake_w = os.pipe()
-        for fd in (self._wake_r, self._wake_w):
-            os.set_blocking(fd, False)
+        self.waker = Waker()
         self._written: deque[tuple[Any, int, int]] = deque()
         self._writers: dict[int, Writer] = {}
         self.signals: deque[int] = deque()
@@ -265,10 +264,7 @@ class Terminal:
         self.wake()
 
     def wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass
+        self.waker.wake()
 
     def queued(self, job: ClientJob, msg: Queued) -> None:
         if self.options.verbose:
@@ -312,7 +308,7 @@ class Terminal:
 
     # signals
     def install(self) -> None:
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.set_wakeup_fd(self.waker.write_fd, warn_on_full_buffer=False)
         for signum in (*FORWARDED, signal.SIGWINCH):
             signal.signal(signum, self._on_signal)
 
@@ -320,11 +316,7 @@ class Terminal:
         self.signals.append(signum)
 
     def drain_wakeups(self) -> list[tuple[Any, int, int]]:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self.waker.drain()
         done = []
         while self._written:
             done.append(self._written.popleft())
@@ -332,7 +324,7 @@ class Terminal:
 
     @property
     def wake_fd(self) -> int:
-        return self._wake_r
+        return self.waker.fileno()
 
     def flush(self, timeout: float) -> None:
         for writer in self._writers.values():

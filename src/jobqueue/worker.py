@@ -30,6 +30,7 @@ from . import config
 from . import protocol as p
 from .connection import Connection, Refused, Security, ServerLost
 from .logs import Logger
+from .waker import Waker
 
 READ_SIZE = p.CHUNK_SIZE
 #: A batch system stopping a worker (Slurm's scancel) signals every process of
@@ -139,9 +140,7 @@ class Worker:
             connect_timeout=float("inf"), grace=options.grace, security=options.security,
         )
         self.poller = zmq.Poller()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self.waker = Waker()
         self._signals: list[int] = []
         self._handlers = {
             p.Welcome: self._on_welcome,
@@ -225,7 +224,7 @@ class Worker:
                 raise
             events = {}
         now = time.monotonic()
-        if self._wake_r.fileno() in events:
+        if self.waker.fileno() in events:
             self._drain_wakeups()
         if self.conn.socket in events:
             for message in self.conn.receive(now):
@@ -259,7 +258,7 @@ class Worker:
         self.poller = zmq.Poller()
         if self.conn.socket is not None:
             self.poller.register(self.conn.socket, zmq.POLLIN)
-        self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        self.poller.register(self.waker.fileno(), zmq.POLLIN)
         for fd, (job, which) in self.fd_owner.items():
             if which == p.STDIN:
                 if job.stdin_buf or (job.stdin_eof and job.stdin_fd is not None):
@@ -270,7 +269,7 @@ class Worker:
     # --- signals -------------------------------------------------------------------------
 
     def _install_signals(self) -> None:
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        signal.set_wakeup_fd(self.waker.write_fd, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
             signal.signal(signum, self._on_os_signal)
 
@@ -278,11 +277,7 @@ class Worker:
         self._signals.append(signum)
 
     def _drain_wakeups(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
+        self.waker.drain()
         signals, self._signals = self._signals, []
         for signum in signals:
             if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) and not self.stopping:

@@ -1,0 +1,43 @@
+"""A self-pipe that wakes a poll loop: from a signal handler (as the
+interpreter's wakeup fd) or from another thread.  Imports only ``os``: jq uses it."""
+
+from __future__ import annotations
+
+import os
+
+
+class Waker:
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def fileno(self) -> int:
+        """The end to poll for reading."""
+        return self._read
+
+    @property
+    def write_fd(self) -> int:
+        """The end for :func:`signal.set_wakeup_fd`."""
+        return self._write
+
+    def wake(self) -> None:
+        try:
+            os.write(self._write, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is pending already (or the waker is closed)
+
+    def drain(self) -> None:
+        """Consume pending wake-ups (call when :meth:`fileno` polled readable)."""
+        try:
+            while os.read(self._read, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
