@@ -1,0 +1,209 @@
+"""The sans-IO Broker alone, driven in this process by synthetic workers and a
+client that answer at once (no sockets, no fork): what it costs per job.
+
+usage:
+  broker_capacity.py jobs --workers W --jobs J [--profile]
+      J jobs submitted while W one-slot workers are connected; each worker
+      answers an Assign with Started and Finished, the client a Finished with
+      Release.  Times the submissions and the drain of the queue.
+  broker_capacity.py chunks --messages M [--size BYTES] [--profile]
+      One running job: M small Output frames worker -> client, each
+      acknowledged by the client (Ack client -> worker).
+  broker_capacity.py memory --jobs J [--env minimal|full]
+      Python heap bytes per queued job (tracemalloc), and where they go.
+
+Prints one JSON object.  Every incoming frame is encoded before the clock
+starts (it is the peers' work); encoding what the broker sends is counted, as
+the server does it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import linecache
+import os
+import pstats
+import time
+import tracemalloc
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from jobqueue import protocol as p
+from jobqueue.broker import Broker, Send
+
+NOW = 1.0
+CLIENT = b"client"
+
+
+def worker_id(i: int) -> bytes:
+    return b"w%d" % i
+
+
+def tag_of(message: Any) -> str:
+    """The tag of a message the broker sends: a struct, or a relayed frame."""
+    if isinstance(message, p.Message):
+        return str(type(message).__struct_config__.tag)
+    head = bytes(message[:24])  # fixarray, then the tag as a fixstr
+    return head[2:2 + (head[1] & 0x1F)].decode()
+
+
+def new_broker(workers: int) -> Broker:
+    broker = Broker(0.0, restart_hold=0.0)
+    for i in range(workers):
+        hello = p.WorkerHello(p.PROTOCOL_VERSION, f"ws{i}", f"w{i}", "bench", 1, "bench", slots=1)
+        broker.receive(worker_id(i), p.encode(hello), NOW)
+    broker.receive(CLIENT, p.encode(p.ClientHello(p.PROTOCOL_VERSION, "cs", "bench")), NOW)
+    broker.events.clear()
+    return broker
+
+
+def job_spec(env: str) -> p.JobSpec:
+    return p.JobSpec(argv=["true"], env=dict(os.environ) if env == "full" else {}, cwd="/tmp")
+
+
+class JobDriver:
+    """Peers that answer at once: Started+Finished for an Assign, Release for a Finished."""
+
+    def __init__(self, broker: Broker, jobs: int) -> None:
+        self.broker = broker
+        self.ids = [f"j{i}" for i in range(jobs)]
+        spec = job_spec("minimal")
+        self.submits = [p.encode(p.Submit(j, spec)) for j in self.ids]
+        self.replies = {j: (p.encode(p.Started(j, 1, pid=1)), p.encode(p.Finished(j, 1, 0, "exited")))
+                        for j in self.ids}
+        self.releases = {j: p.encode(p.Release(j, 1)) for j in self.ids}
+        self.pending: deque[tuple[bytes, bytes]] = deque()
+        self.finished = 0
+        self.messages_in = 0
+        self.messages_out = 0
+
+    def submit_all(self) -> None:
+        for frame in self.submits:
+            self.deliver(self.broker.receive(CLIENT, frame, NOW))
+
+    def drain(self) -> None:
+        pending, receive, deliver = self.pending, self.broker.receive, self.deliver
+        while pending:
+            peer, frame = pending.popleft()
+            deliver(receive(peer, frame, NOW))
+
+    def deliver(self, sends: list[Send]) -> None:
+        self.messages_in += 1
+        for send in sends:
+            message = send.message
+            if isinstance(message, p.Message):
+                p.encode(message)
+            self.messages_out += 1
+            tag = tag_of(message)
+            if tag == "assign":
+                started, finished = self.replies[_job_id(message, p.decode_to_worker)]
+                self.pending.append((send.peer, started))
+                self.pending.append((send.peer, finished))
+            elif tag == "finished" and send.peer == CLIENT:
+                self.finished += 1
+                self.pending.append((CLIENT, self.releases[_job_id(message, p.decode_to_client)]))
+
+
+def _job_id(message: Any, decode: Callable[[bytes], p.Message]) -> str:
+    msg = message if isinstance(message, p.Message) else decode(bytes(message))
+    return str(msg.job_id)  # type: ignore[attr-defined]
+
+
+def measure_jobs(workers: int, jobs: int) -> dict[str, Any]:
+    driver = JobDriver(new_broker(workers), jobs)
+    start = time.perf_counter()
+    driver.submit_all()
+    submitted = time.perf_counter()
+    driver.drain()
+    end = time.perf_counter()
+    if driver.finished != jobs:
+        raise SystemExit(f"only {driver.finished} of {jobs} jobs finished: the driver or the broker is wrong")
+    return {"workers": workers, "jobs": jobs, "submit_seconds": submitted - start, "drain_seconds": end - submitted,
+            "total_seconds": end - start, "messages_in": driver.messages_in, "messages_out": driver.messages_out}
+
+
+def measure_chunks(messages: int, size: int) -> dict[str, Any]:
+    broker = new_broker(1)
+    driver = JobDriver(broker, 1)
+    worker = worker_id(0)
+    driver.submit_all()  # assigned at once; keep it running: send only Started
+    broker.receive(worker, driver.replies["j0"][0], NOW)
+    data = b"x" * size
+    outputs = [p.encode(p.Output("j0", 1, p.STDOUT, i * size, data)) for i in range(messages)]
+    acks = [p.encode(p.Ack("j0", 1, p.STDOUT, (i + 1) * size)) for i in range(messages)]
+    relayed = 0
+    start = time.perf_counter()
+    for output, ack in zip(outputs, acks):
+        for send in broker.receive(worker, output, NOW):
+            relayed += send.peer == CLIENT
+        for send in broker.receive(CLIENT, ack, NOW):
+            if isinstance(send.message, p.Message):
+                p.encode(send.message)
+    seconds = time.perf_counter() - start
+    if relayed != messages:
+        raise SystemExit(f"only {relayed} of {messages} Output frames reached the client")
+    return {"chunks": messages, "size": size, "seconds": seconds, "messages": 2 * messages}
+
+
+def measure_memory(jobs: int, env: str) -> dict[str, Any]:
+    broker = new_broker(0)
+    spec = job_spec(env)
+    frames = [p.encode(p.Submit(f"j{i}", spec)) for i in range(jobs)]
+    tracemalloc.start(5)
+    before = tracemalloc.take_snapshot()
+    for frame in frames:
+        broker.receive(CLIENT, frame, NOW)
+        broker.events.clear()
+    after = tracemalloc.take_snapshot()
+    stats = after.compare_to(before, "lineno")
+    total = sum(s.size_diff for s in stats)
+    top = [_site(s.size_diff / jobs, s.traceback[0]) for s in stats[:8]]
+    return {"jobs": jobs, "env": env, "spec_bytes": len(frames[0]), "bytes_per_job": total / jobs,
+            "top": "\n".join(top)}
+
+
+def _site(per_job: float, frame: tracemalloc.Frame) -> str:
+    code = linecache.getline(frame.filename, frame.lineno).strip()
+    return f"{per_job:8.1f} B/job  {frame.filename.split('/src/')[-1]}:{frame.lineno}  {code}"
+
+
+def profiled(function: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    profiler = cProfile.Profile()
+    result = profiler.runcall(function)
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(15)
+    lines = [line for line in text.getvalue().splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    result["profile"] = "\n".join(line.replace(os.getcwd() + "/", "") for line in lines[start:])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=("jobs", "chunks", "memory"))
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--env", choices=("minimal", "full"), default="minimal")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    work: Callable[[], dict[str, Any]]
+    if args.mode == "jobs":
+        def work() -> dict[str, Any]:
+            return measure_jobs(args.workers, args.jobs)
+    elif args.mode == "chunks":
+        def work() -> dict[str, Any]:
+            return measure_chunks(args.messages, args.size)
+    else:
+        def work() -> dict[str, Any]:
+            return measure_memory(args.jobs, args.env)
+    print(json.dumps(profiled(work) if args.profile else work()))
+
+
+if __name__ == "__main__":
+    main()
