@@ -136,6 +136,8 @@ class Broker:
         #: Tickets order jobs across restarts: wall-clock ns at first queueing.
         self._last_ticket = wall_clock_ns
         self._detached: dict[str, float] = {}
+        #: Peers a send failed to reach (their connection is gone) -> when to call them lost.
+        self._unreachable: dict[bytes, float] = {}
         self._holding = True
         #: Offsets of clients that re-attached before their job's worker did.
         self._client_offsets: dict[str, list[int]] = {}
@@ -212,15 +214,29 @@ class Broker:
             if now - seen <= self.lost_after:
                 break
             self._peer_lost(self.peers[identity], now)
+        for identity, deadline in list(self._unreachable.items()):
+            if deadline <= now:
+                del self._unreachable[identity]
+                if identity in self.peers:
+                    self._peer_lost(self.peers[identity], now)
         for job_id, deadline in list(self._detached.items()):
             if deadline <= now:
                 self._reattach_expired(self.jobs[job_id], now)
         self._dispatch(now)
         return self._flush()
 
+    def peer_gone(self, peer: bytes, now: float) -> list[Send]:
+        """The transport found ``peer``'s connection gone (a send to it failed).
+        A peer that only reconnected says hello again within a heartbeat or so
+        (its session moves to the new connection); otherwise it is lost after
+        two heartbeats instead of its whole liveness."""
+        if peer in self.peers:
+            self._unreachable.setdefault(peer, now + 2 * self.heartbeat)
+        return self._flush()
+
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has something to do (None: nothing pending)."""
-        candidates = [min(self._detached.values())] if self._detached else []
+        candidates = [min(d.values()) for d in (self._detached, self._unreachable) if d]
         if self._last_seen:
             candidates.append(next(iter(self._last_seen.values())) + self.lost_after)
         if self._holding and self._waiting and self._ready:
@@ -343,6 +359,7 @@ class Broker:
         if peer.identity != identity:
             self.peers.pop(peer.identity, None)
             self._last_seen.pop(peer.identity, None)
+            self._unreachable.pop(peer.identity, None)
             peer.identity = identity
             self.peers[identity] = peer
 
@@ -623,6 +640,7 @@ class Broker:
     def _forget_peer(self, peer: Client | Worker) -> None:
         self.peers.pop(peer.identity, None)
         self._last_seen.pop(peer.identity, None)
+        self._unreachable.pop(peer.identity, None)
         if self.sessions.get(peer.session) is peer:
             del self.sessions[peer.session]
         if isinstance(peer, Worker):

@@ -25,6 +25,7 @@ from . import __version__
 from . import protocol as p
 from .autoscale import ENV_SERVER, ENV_SPAWN_ID, ENV_SPAWN_TAGS, Autoscaler, SpawnPolicy, WorkerView
 from .broker import Broker, Send, Worker
+from .connection import COPY_THRESHOLD
 from .logs import Logger
 from .security import ServerKeys, check_bind
 
@@ -195,19 +196,22 @@ class Server:
             if kind == "worker-joined" and "spawn" in fields and self.spawner is not None:
                 self.spawner.arrived(fields["spawn"], time.monotonic())
         self.broker.events.clear()
+        unreachable: list[bytes] = []
         for send in sends:
             if isinstance(send.message, p.StatusReply) and self.spawner is not None:
                 self.spawner.annotate(send.message, time.monotonic())
             message = send.message
             data = p.encode(message) if isinstance(message, p.Message) else message
-            try:
-                self.socket.send_multipart([send.peer, data], zmq.NOBLOCK, copy=False)
+            try:  # big frames (relayed stream chunks) go without a copy; small ones are cheaper copied
+                self.socket.send_multipart([send.peer, data], zmq.NOBLOCK, copy=len(data) < COPY_THRESHOLD)
             except zmq.Again:
                 self.log.event("dropped", peer=send.peer.hex(), why="peer's queue is full")
             except zmq.ZMQError as e:
                 if e.errno != errno.EHOSTUNREACH:
                     raise
-                # the peer is gone; its liveness timer will notice
+                unreachable.append(send.peer)
+        for peer in dict.fromkeys(unreachable):  # its connection is gone: lost now, not after the silence
+            self._deliver(self.broker.peer_gone(peer, time.monotonic()))
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

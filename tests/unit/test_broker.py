@@ -371,3 +371,28 @@ def test_status_lists_workers_and_jobs(h: Harness) -> None:
     assert isinstance(reply, p.StatusReply)
     assert [(w.name, w.state, w.jobs) for w in reply.workers] == [("w", "busy", ["j"])]
     assert [(j.job_id, j.state) for j in reply.jobs] == [("j", "running"), ("k", "queued")]
+
+
+def test_unreachable_worker_is_lost_after_two_heartbeats(h: Harness) -> None:
+    h.client(b"c")
+    h.submit(b"c", "j")
+    h.worker(b"w1")
+    h.worker(b"w2")
+    assert h.broker.peer_gone(b"w1", h.now) == []
+    assert h.broker.next_deadline() == pytest.approx(h.now + 2 * HB)
+    out = h.advance(2 * HB)
+    assert any(isinstance(m, p.Requeued) for _, m in out)
+    assert (b"w2", "j", 2) in h.assigned(out)
+    assert h.broker.peer_gone(b"unknown", h.now) == []
+
+
+def test_unreachable_peer_that_reconnects_keeps_its_jobs(h: Harness) -> None:
+    h.client(b"c-old", session="S")
+    h.worker(b"w")
+    h.submit(b"c-old", "j")
+    h.broker.peer_gone(b"c-old", h.now)
+    h.now += HB
+    h.client(b"c-new", session="S")
+    h.send(b"w", p.Ping())
+    h.advance(2 * HB)
+    assert h.state("j") is JobState.RUNNING and h.to(b"w", p.Kill) == []
