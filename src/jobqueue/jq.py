@@ -7,12 +7,13 @@ the job's exit code (255 for jq's own failures, as ssh does).
 
 from __future__ import annotations
 
+# _signal is the C core of signal (the same functions and constants) without the
+# enum wrappers, which cost jq about 4 ms of start-up for every job.
+import _signal as signal
 import errno
 import os
-import signal
 import sys
 import time
-from collections import deque
 
 from . import config
 from .waker import Waker
@@ -177,6 +178,7 @@ class Writer:
 
     def __init__(self, fd: int, on_written: Callable[[Any, int, int], None]) -> None:
         import threading
+        from collections import deque
 
         self.fd = fd
         self.queue: deque[tuple[Any, bytes, int] | None] = deque()
@@ -243,9 +245,9 @@ class Terminal:
         self.message = ""
         self.has_started = False
         self.waker = Waker()
-        self._written: deque[tuple[Any, int, int]] = deque()
+        self._written: list[tuple[Any, int, int]] = []  # appended by writer threads
         self._writers: dict[int, Writer] = {}
-        self.signals: deque[int] = deque()
+        self.signals: list[int] = []
         self.queue_timed_out = False
         #: Restores our terminal after -t made it raw (when the job started, so
         #: that Ctrl-C still cancels a queued job).
@@ -319,7 +321,7 @@ class Terminal:
         self.waker.drain()
         done = []
         while self._written:
-            done.append(self._written.popleft())
+            done.append(self._written.pop(0))
         return done
 
     @property
@@ -465,7 +467,7 @@ def _stdin_usable() -> bool:
 
 def _forward_signals(session: Any, job: Any, term: Terminal) -> None:
     while term.signals:
-        signum = term.signals.popleft()
+        signum = term.signals.pop(0)
         if signum == signal.SIGWINCH:
             try:
                 cols, rows = os.get_terminal_size(0)
