@@ -50,11 +50,19 @@ class HandshakeRejected(ZmtpError):
     mechanism mismatch before telling its own mechanism)."""
 
 
+#: Buffers handed to one sendmsg (well under the kernel's IOV_MAX of 1024).
+MAX_IOV = 64
+
+
 def frame(body: bytes, flags: int = 0) -> bytes:
     """One ZMTP frame: short form up to 255 bytes, else the 8-byte size form."""
-    if len(body) < 256:
-        return bytes((flags, len(body))) + body
-    return bytes((flags | LONG,)) + len(body).to_bytes(8, "big") + body
+    return frame_header(len(body), flags) + body
+
+
+def frame_header(size: int, flags: int = 0) -> bytes:
+    if size < 256:
+        return bytes((flags, size))
+    return bytes((flags | LONG,)) + size.to_bytes(8, "big")
 
 
 def command(name: bytes, data: bytes = b"") -> bytes:
@@ -83,6 +91,14 @@ def parse_metadata(data: bytes) -> dict[str, bytes]:
     return props
 
 
+def _is_ipv4(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def resolve(endpoint: str) -> tuple[int, str | tuple[str, int]]:
     """Address family and address of ``ipc://PATH`` or ``tcp://HOST:PORT`` (IPv4 unless
     HOST is a bracketed IPv6 address, as libzmq does by default)."""
@@ -93,6 +109,8 @@ def resolve(endpoint: str) -> tuple[int, str | tuple[str, int]]:
     host, _, port = endpoint[len("tcp://"):].rpartition(":")
     if host.startswith("["):
         return socket.AF_INET6, (host.strip("[]"), int(port))
+    if _is_ipv4(host):  # no resolver (nor its idna codec) for a literal address
+        return socket.AF_INET, (host, int(port))
     try:
         info = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
     except (OSError, ValueError) as e:
@@ -112,7 +130,9 @@ class Dealer:
         self.state = "waiting"  # waiting -> connecting -> greeting -> ready -> open (or closed)
         self.retry_at = 0.0
         self.inbox = bytearray()
-        self.outbox = bytearray()
+        #: Buffers to write, in order: written with sendmsg (scatter-gather), so a big
+        #: chunk is never joined or moved; the first may be a view of a partly sent one.
+        self.outbox: list[bytes | memoryview] = []
         self.pending: list[bytes] = []  # frames queued before the handshake completed
         self.dropping = False  # inside a multi-frame message: drop it
         self.lost = ""  # why the connection dropped (raised once what came before is handled)
@@ -153,13 +173,12 @@ class Dealer:
 
     def send(self, message: bytes) -> bool:
         """Queue a single-frame message; False if the queue is full while not connected."""
-        data = frame(message)
         if self.state != "open":
             if len(self.pending) >= QUEUE_LIMIT:
                 return False
-            self.pending.append(data)
+            self.pending.append(frame(message))
             return True
-        self.outbox += data
+        self.outbox += (frame_header(len(message)), message)
         self._write()
         return True
 
@@ -230,7 +249,7 @@ class Dealer:
             except OSError:
                 return  # still in progress
             self.state = "greeting"
-            self.outbox += GREETING + ready_command(b"DEALER")
+            self.outbox.append(GREETING + ready_command(b"DEALER"))
         elif error not in (errno.EINPROGRESS, errno.EALREADY):
             self.sock.close()
             self.sock = None
@@ -242,13 +261,24 @@ class Dealer:
     def _write(self) -> None:
         if self.sock is None or self.state == "connecting":
             return
-        try:
-            sent = self.sock.send(self.outbox)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            raise ConnectionError(f"lost the connection to {self.endpoint}: {e.strerror}") from None
-        del self.outbox[:sent]
+        while self.outbox:
+            try:
+                sent = self.sock.sendmsg(self.outbox[:MAX_IOV])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                raise ConnectionError(f"lost the connection to {self.endpoint}: {e.strerror}") from None
+            self._consume(sent)
+
+    def _consume(self, sent: int) -> None:
+        """Drop ``sent`` written bytes from the front of the outbox."""
+        while sent:
+            first = self.outbox[0]
+            if sent < len(first):
+                self.outbox[0] = memoryview(first)[sent:]
+                return
+            sent -= len(first)
+            del self.outbox[0]
 
     def _drain(self, deadline: float) -> None:
         import select
@@ -304,7 +334,7 @@ class Dealer:
         if self.state == "ready":
             self._on_handshake_command(name, data)
         elif name == b"PING":  # TTL (2 bytes), then a context to echo
-            self.outbox += command(b"PONG", data[2:])
+            self.outbox.append(command(b"PONG", data[2:]))
             self._write()
         elif name == b"ERROR":
             raise ZmtpError(f"the server at {self.endpoint} reported an error: {data[1:].decode(errors='replace')}")
@@ -320,9 +350,8 @@ class Dealer:
             raise ZmtpError(f"the peer at {self.endpoint} is a ZeroMQ {peer_type.decode(errors='replace')} socket, "
                             "not a jobqueue-server (ROUTER)")
         self.state = "open"
-        for queued in self.pending:
-            self.outbox += queued
-        self.pending.clear()
+        self.outbox += self.pending
+        self.pending = []
         self._write()
 
     # --- frames ---------------------------------------------------------------------------------------
