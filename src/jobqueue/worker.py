@@ -102,7 +102,8 @@ class Job:
         self.proc: subprocess.Popen[bytes] | None = None
         self.streams: dict[int, OutStream] = {}
         self.stdin_fd: int | None = None
-        self.stdin_buf = bytearray()
+        #: Received stdin not yet written to the job, chunk by chunk (no joins, no memmove).
+        self.stdin_chunks: list[memoryview] = []
         self.stdin_offset = 0  # bytes received for stdin (next expected offset)
         self.stdin_written = 0
         self.stdin_eof = False
@@ -261,7 +262,7 @@ class Worker:
         self.poller.register(self.waker.fileno(), zmq.POLLIN)
         for fd, (job, which) in self.fd_owner.items():
             if which == p.STDIN:
-                if job.stdin_buf or (job.stdin_eof and job.stdin_fd is not None):
+                if job.stdin_chunks or (job.stdin_eof and job.stdin_fd is not None):
                     self.poller.register(fd, zmq.POLLOUT)
             elif job.streams[which].in_flight < p.WINDOW:
                 self.poller.register(fd, zmq.POLLIN)
@@ -423,8 +424,8 @@ class Worker:
         if job.stdin_fd is None:  # the job closed its stdin: swallow, but acknowledge
             job.stdin_written = job.stdin_offset
             self.conn.send(p.Ack(job.job_id, job.attempt, p.STDIN, job.stdin_written))
-        else:
-            job.stdin_buf += data
+        elif data:
+            job.stdin_chunks.append(memoryview(data))
         job.stdin_eof = job.stdin_eof or msg.eof
         self._write_stdin(job)
 
@@ -433,21 +434,25 @@ class Worker:
         if fd is None:
             return
         written = 0
+        chunks = job.stdin_chunks
         try:
-            while job.stdin_buf:
-                n = os.write(fd, job.stdin_buf[: 1 << 16])
-                del job.stdin_buf[:n]
+            while chunks:
+                n = os.write(fd, chunks[0])
                 written += n
+                if n < len(chunks[0]):  # the pipe is full
+                    chunks[0] = chunks[0][n:]
+                    break
+                del chunks[0]
         except BlockingIOError:
             pass
         except OSError:  # EPIPE: the job closed its stdin
-            written += len(job.stdin_buf)
-            job.stdin_buf.clear()
+            written += sum(len(c) for c in chunks)
+            chunks.clear()
             self._close_stdin(job)
         if written:
             job.stdin_written += written
             self.conn.send(p.Ack(job.job_id, job.attempt, p.STDIN, job.stdin_written))
-        if job.stdin_eof and not job.stdin_buf and job.stdin_fd is not None:
+        if job.stdin_eof and not job.stdin_chunks and job.stdin_fd is not None:
             self._close_stdin(job)
 
     def _close_stdin(self, job: Job) -> None:
@@ -484,7 +489,7 @@ class Worker:
             for start, data in stream.since(offset) if stream else []:
                 for i in range(0, len(data), p.CHUNK_SIZE):
                     self.conn.send(p.Output(job.job_id, job.attempt, which, start + i, data[i:i + p.CHUNK_SIZE]))
-        self.conn.send(p.Ack(job.job_id, job.attempt, p.STDIN, job.stdin_offset - len(job.stdin_buf)))
+        self.conn.send(p.Ack(job.job_id, job.attempt, p.STDIN, job.stdin_written))
         if job.finished is not None:
             self.conn.send(job.finished)
 
