@@ -9,10 +9,12 @@ from typing import Any, TextIO
 
 
 class Logger:
-    def __init__(self, role: str, fmt: str = "text", stream: TextIO | None = None) -> None:
+    def __init__(self, role: str, fmt: str = "text", stream: TextIO | None = None, *, buffered: bool = False) -> None:
         self.role = role
         self.fmt = fmt
         self.stream = stream or sys.stderr
+        #: Buffered: lines go out at :meth:`flush` (the server's loop calls it once a round).
+        self.buffered = buffered
 
     def event(self, kind: str, **fields: Any) -> None:
         stamp = time.time()
@@ -24,6 +26,13 @@ class Logger:
             line = f"{when} {self.role} {kind} {parts}".rstrip()
         try:
             self.stream.write(line + "\n")
+            if not self.buffered:
+                self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def flush(self) -> None:
+        try:
             self.stream.flush()
         except (OSError, ValueError):
             pass

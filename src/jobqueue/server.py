@@ -57,7 +57,7 @@ class ServerOptions:
 class Server:
     def __init__(self, options: ServerOptions, context: zmq.Context | None = None) -> None:
         self.options = options
-        self.log = Logger("server", options.log_format)
+        self.log = Logger("server", options.log_format, buffered=True)
         self.context = context or zmq.Context.instance()
         self.server_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.broker = Broker(
@@ -124,6 +124,7 @@ class Server:
         if self.in_clear:
             self.log.event("warning", why="--insecure: serving a network address without CURVE; anyone who "
                            "can reach it can run commands on every worker and read their jobs")
+        self.log.flush()
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         while not self._stop:
@@ -140,10 +141,12 @@ class Server:
             if ready:
                 self._receive_batch()
             self._deliver(self.broker.tick(time.monotonic()))
+            self.log.flush()
             if self.spawner is not None:
                 self.spawner.step(time.monotonic(), self.broker)
             self._forget_identities()
         self.log.event("stopped", server_id=self.server_id)
+        self.log.flush()
         self.socket.close(linger=0)
         if self.authenticator is not None:
             self.authenticator.stop()
