@@ -386,7 +386,7 @@ class Broker:
         elif msg.running and msg.attempt > 0:
             self._client_reattach(client, msg, now)
         else:
-            job = Job(msg.job_id, msg.spec, self._ticket(msg.ticket), client, now)
+            job = Job(msg.job_id, _compact(msg.spec), self._ticket(msg.ticket), client, now)
             self._transition(job, JobEvent.SUBMIT, now)
             self.jobs[job.job_id] = job
             client.jobs.add(job.job_id)
@@ -808,6 +808,20 @@ class Broker:
         if all(w.draining for w in able):
             return "every worker that could run it is draining"
         return "every worker that could run it is busy"
+
+
+#: Shared by every job that has no tags or no environment (never mutated): a
+#: queued job then costs ~120 bytes less.
+_NO_TAGS: list[str] = []
+_NO_ENV: dict[str, str] = {}
+
+
+def _compact(spec: p.JobSpec) -> p.JobSpec:
+    if not spec.tags:
+        spec.tags = _NO_TAGS
+    if not spec.env:
+        spec.env = _NO_ENV
+    return spec
 
 
 def _valid_signal(signum: int) -> bool:

@@ -11,7 +11,7 @@ from jobqueue.broker import Broker
 
 #: Bookkeeping per queued job, on top of its command line and environment
 #: (README "Guarantees" states this bound).
-BYTES_PER_QUEUED_JOB = 1280
+BYTES_PER_QUEUED_JOB = 1024
 
 
 def _broker_with_queue(n: int) -> Broker:
