@@ -139,6 +139,8 @@ class Broker:
         #: Peers a send failed to reach (their connection is gone) -> when to call them lost.
         self._unreachable: dict[bytes, float] = {}
         self._holding = True
+        #: Set when a job is queued or a slot frees: only then can a match appear.
+        self._may_match = False
         #: Offsets of clients that re-attached before their job's worker did.
         self._client_offsets: dict[str, list[int]] = {}
         self._frame: Frame = b""
@@ -658,6 +660,7 @@ class Broker:
         job.heap_seq = next(self._heap_seq)
         entry = (-job.spec.priority, job.ticket, job.heap_seq, job.job_id)
         heapq.heappush(self._queues.setdefault(job.tag_key, []), entry)
+        self._may_match = True
 
     def _head(self, key: frozenset[str]) -> tuple[int, int, int, str] | None:
         """The best still-valid entry of one queue (stale entries are dropped)."""
@@ -686,10 +689,11 @@ class Broker:
         return self.jobs[best[3]]
 
     def _dispatch(self, now: float) -> None:
-        """Give waiting jobs to ready slots, the longest-waiting slot first."""
-        if now < self.hold_until or not self._waiting:
+        """Give waiting jobs to ready slots, the longest-waiting slot first.  Only
+        a queued job or a freed slot can make a new match: otherwise nothing to do."""
+        if now < self.hold_until or not self._waiting or not self._may_match:
             return
-        self._holding = False
+        self._holding = self._may_match = False
         for token, worker in list(self._ready.items()):
             if not self._waiting:
                 return
@@ -717,6 +721,7 @@ class Broker:
             token = next(self._token)
             worker.tokens.append(token)
             self._ready[token] = worker
+            self._may_match = True
 
     def _clear_tokens(self, worker: Worker) -> None:
         for token in worker.tokens:
