@@ -93,6 +93,9 @@ class Job:
     waited: float = 0.0
     #: After a restart: when to give up waiting for the missing side.
     deadline: float | None = None
+    #: The full spec as encoded for the worker; :attr:`spec` keeps only what the
+    #: broker reads (no environment, no directory).
+    raw_spec: bytes = b""
 
     @property
     def tag_key(self) -> frozenset[str]:
@@ -388,7 +391,8 @@ class Broker:
         elif msg.running and msg.attempt > 0:
             self._client_reattach(client, msg, now)
         else:
-            job = Job(msg.job_id, _compact(msg.spec), self._ticket(msg.ticket), client, now)
+            job = Job(msg.job_id, msg.spec, self._ticket(msg.ticket), client, now)
+            _keep_spec(job, msg.spec)
             self._transition(job, JobEvent.SUBMIT, now)
             self.jobs[job.job_id] = job
             client.jobs.add(job.job_id)
@@ -406,7 +410,7 @@ class Broker:
         if job.owner is None:
             job.owner = client
             client.jobs.add(job.job_id)
-            job.spec = msg.spec
+            _keep_spec(job, msg.spec)
             self._detached.pop(job.job_id, None)
         if job.state in WAITING:
             self._send(client.identity, p.Queued(job.job_id, job.ticket, self._waiting))
@@ -417,6 +421,7 @@ class Broker:
     def _client_reattach(self, client: Client, msg: p.Submit, now: float) -> None:
         """After a restart, a client says its job was running; wait for its worker."""
         job = Job(msg.job_id, msg.spec, self._ticket(msg.ticket), client, now, attempt=msg.attempt)
+        _keep_spec(job, msg.spec)
         self._transition(job, JobEvent.REATTACH, now)
         self.jobs[job.job_id] = job
         client.jobs.add(job.job_id)
@@ -598,6 +603,9 @@ class Broker:
         if job.state is JobState.FINISHED:  # its end is already with the client
             self._drop(job)
             return
+        if job.owner is None:  # known only from its worker after a restart: nobody to run it for
+            self._client_gone(job, now)
+            return
         job.losses += counts_as_loss
         if job.losses >= job.spec.max_attempts:
             self._transition(job, JobEvent.GIVE_UP, now)
@@ -710,7 +718,7 @@ class Broker:
         self._transition(job, JobEvent.ASSIGN, now)
         job.attempt += 1
         self._attach_worker(job, worker)
-        self._send(worker.identity, p.Assign(job.job_id, job.attempt, job.spec))
+        self._send(worker.identity, p.assign_encoded(job.job_id, job.attempt, job.raw_spec))
 
     def _refresh_ready(self, worker: Worker) -> None:
         """Keep one ready token per free slot (none while draining)."""
@@ -815,18 +823,17 @@ class Broker:
         return "every worker that could run it is busy"
 
 
-#: Shared by every job that has no tags or no environment (never mutated): a
-#: queued job then costs ~120 bytes less.
+#: Shared by every job without tags, and by every kept spec as its environment
+#: (never mutated): a queued job costs less.
 _NO_TAGS: list[str] = []
 _NO_ENV: dict[str, str] = {}
 
 
-def _compact(spec: p.JobSpec) -> p.JobSpec:
-    if not spec.tags:
-        spec.tags = _NO_TAGS
-    if not spec.env:
-        spec.env = _NO_ENV
-    return spec
+def _keep_spec(job: Job, spec: p.JobSpec) -> None:
+    """Keep the spec encoded for the worker, and decoded only what the broker reads."""
+    job.raw_spec = p.encode_spec(spec)
+    spec.env, spec.cwd, spec.tags = _NO_ENV, "", spec.tags or _NO_TAGS  # the decoded message is ours
+    job.spec = spec
 
 
 def _valid_signal(signum: int) -> bool:

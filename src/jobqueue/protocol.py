@@ -180,6 +180,16 @@ class Assign(Message, tag="assign"):
     spec: JobSpec
 
 
+class AssignRaw(Message, tag="assign"):
+    """The server's form of :class:`Assign` (same bytes on the wire): the spec as
+    encoded once at submission, so a queued job does not keep its environment
+    decoded (a dict of str is several times its encoded size)."""
+
+    job_id: str
+    attempt: int
+    spec: msgspec.Raw
+
+
 class Reject(Message, tag="reject"):
     """Worker -> server: cannot take this assignment now (no free slot)."""
 
@@ -416,6 +426,15 @@ _worker_decoder = msgspec.msgpack.Decoder(ToWorker)
 
 def encode(message: Message) -> bytes:
     return _encoder.encode(message)
+
+
+def encode_spec(spec: JobSpec) -> bytes:
+    return _encoder.encode(spec)
+
+
+def assign_encoded(job_id: str, attempt: int, spec: bytes) -> AssignRaw:
+    """An Assign whose spec is already encoded (see :func:`encode_spec`)."""
+    return AssignRaw(job_id, attempt, msgspec.Raw(spec))
 
 
 def _decode(decoder: msgspec.msgpack.Decoder, data: Buffer, side: str) -> Message:

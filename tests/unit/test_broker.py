@@ -61,6 +61,8 @@ class Harness:
 
 
 def _decode(message: p.Message | bytes) -> p.Message:
+    if isinstance(message, p.AssignRaw):  # what a worker would decode
+        return p.decode_to_worker(p.encode(message))
     if isinstance(message, bytes):
         for decode in (p.decode_to_client, p.decode_to_worker):
             try:
@@ -396,3 +398,23 @@ def test_unreachable_peer_that_reconnects_keeps_its_jobs(h: Harness) -> None:
     h.send(b"w", p.Ping())
     h.advance(2 * HB)
     assert h.state("j") is JobState.RUNNING and h.to(b"w", p.Kill) == []
+
+
+def test_queued_job_keeps_its_spec_encoded_and_the_worker_gets_it_whole(h: Harness) -> None:
+    h.client(b"c")
+    env = {f"VAR{i}": "x" * 50 for i in range(40)}
+    h.send(b"c", p.Submit("j", p.JobSpec(["run"], env, "/work", tags=["t"], priority=2)))
+    job = h.broker.jobs["j"]
+    assert job.spec.env == {} and job.spec.cwd == ""  # not kept decoded while queued
+    h.worker(b"w", tags=["t"])
+    spec = h.to(b"w", p.Assign)[0].spec
+    assert (spec.argv, spec.env, spec.cwd, spec.tags, spec.priority) == (["run"], env, "/work", ["t"], 2)
+
+
+def test_job_known_only_from_its_worker_is_dropped_when_that_worker_is_lost(h: Harness) -> None:
+    h.worker(b"w1", jobs=[p.ActiveJob("j", 1, ["x"], [])])
+    h.worker(b"w2")
+    for _ in range(6):
+        h.send(b"w2", p.Ping())
+        h.advance(1.0)
+    assert h.state("j") is None and h.assigned(h.outbox) == []

@@ -45,7 +45,7 @@ def _seconds_per_assignment(queued: int, rounds: int = 2000) -> float:
     start = time.perf_counter()
     for message in finished:
         out = b.receive(b"w", message, 0.0)
-        assert any(isinstance(s.message, p.Assign) for s in out)
+        assert any(isinstance(s.message, p.AssignRaw) for s in out)
     return (time.perf_counter() - start) / rounds
 
 
