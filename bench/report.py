@@ -28,7 +28,7 @@ def verdict(target: Target) -> str:
     return {True: "**met**", False: "**not met**", None: "not measured"}[target.met]
 
 
-def render(sections: list[Section], header: list[str], history: list[str]) -> str:
+def render(sections: list[Section], header: list[str], history: list[str], analysis: str = "") -> str:
     out = ["# jobqueue benchmark results", "", *header, "", "## Targets", "",
            "| target | measured | limit | verdict | note |", "|---|---|---|---|---|"]
     for section in sections:
@@ -37,6 +37,8 @@ def render(sections: list[Section], header: list[str], history: list[str]) -> st
                        f"{t.note} |")
         if section.error:
             out.append(f"| {section.title} | – | – | **crashed** | see its section |")
+    if analysis:  # bench/ANALYSIS.md: what stands in the way of the missed targets, what was tried
+        out += ["", analysis.strip()]
     for section in sections:
         out += ["", *render_section(section)]
     out += ["", "## History", "", HISTORY_MARK, "", HISTORY_HEADER, *history, ""]

@@ -172,7 +172,9 @@ def main(argv: list[str]) -> int:
     history = old_history(output)
     if not ctx.quick:
         history.append(history_row(sections, date.split()[0] + " " + date.split()[1], commit(), args.note))
-    output.write_text(render(sections, header(ctx, started, date), history))
+    analysis_file = Path(__file__).with_name("ANALYSIS.md")
+    analysis = analysis_file.read_text() if analysis_file.exists() else ""
+    output.write_text(render(sections, header(ctx, started, date), history, analysis))
     ctx.log(f"wrote {output}")
     crashed = [s.key for s in sections if s.error]
     if crashed:
