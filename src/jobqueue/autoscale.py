@@ -97,9 +97,6 @@ class Autoscaler:
 
     # --- what the server asks ---------------------------------------------------------
 
-    def spawnable(self, tags: Iterable[str]) -> bool:
-        return frozenset(tags) <= self.policy.tags
-
     def uncovered(self, waiting: Mapping[frozenset[str], int], workers: Iterable[WorkerView]) -> int:
         """Waiting jobs a spawn could serve that neither a free slot nor a
         pending spawn (counted as one slot) will take."""

@@ -23,7 +23,6 @@ is ready, and :meth:`Connection.tick` after every wake-up.
 from __future__ import annotations
 
 import errno
-import time
 
 from . import config
 
@@ -345,10 +344,6 @@ class Connection:
         transport = None if self.transport is None else self.transport.next_wakeup(now)
         return wakeup if transport is None else min(wakeup, transport)
 
-    @property
-    def server_lost(self) -> bool:
-        return self._lost_since is not None
-
 
 class Security:
     """CURVE keys of a client or worker (see :mod:`jobqueue.security`)."""
@@ -419,7 +414,3 @@ class HandshakeWatch:
                     "leave out --key and --server-key ($JOBQUEUE_KEY, $JOBQUEUE_SERVER_KEY)")
         return (f"authentication failed: CURVE handshake with {self.endpoint} failed (protocol error "
                 f"{code:#x}): is --server-key ($JOBQUEUE_SERVER_KEY) that server's public key?")
-
-
-def monotonic() -> float:
-    return time.monotonic()

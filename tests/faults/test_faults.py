@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
@@ -23,6 +24,17 @@ def _port(endpoint: str) -> int:
 def _wait_line(proc: subprocess.Popen[bytes], expected: bytes) -> None:
     assert proc.stdout is not None
     assert proc.stdout.readline() == expected
+
+
+def _park_first_attempt(cluster: Cluster) -> tuple[subprocess.Popen[bytes], Path]:
+    """A job whose first attempt writes its pid and sleeps; a second attempt prints
+    'again' and exits 0.  Returns once the first attempt runs."""
+    pidfile = cluster.tmp / "pid"
+    marker = cluster.tmp / "ran"
+    proc = cluster.popen_jq("sh", "-c", f"if [ ! -e {marker} ]; then touch {marker}; echo $$ > {pidfile}; "
+                            "echo first; exec sleep 60; fi; echo again")
+    _wait_line(proc, b"first\n")
+    return proc, pidfile
 
 
 def test_silent_network_cut_requeues_within_liveness(tcp_cluster: Cluster) -> None:
@@ -51,11 +63,7 @@ def test_worker_sigterm_requeues_at_once_and_kills_job(cluster: Cluster) -> None
     # Liveness of 100 heartbeats (20 s): only the worker's Goodbye can make it fast.
     cluster.server("--liveness", "100")
     leaving = cluster.worker(name="leaving")
-    pidfile = cluster.tmp / "pid"
-    marker = cluster.tmp / "ran"
-    proc = cluster.popen_jq("sh", "-c", f"if [ ! -e {marker} ]; then touch {marker}; echo $$ > {pidfile}; "
-                            "echo first; exec sleep 60; fi; echo again")
-    _wait_line(proc, b"first\n")
+    proc, pidfile = _park_first_attempt(cluster)
     job_pid = int(pidfile.read_text())
     cluster.worker(name="staying")
     start = time.monotonic()
@@ -277,11 +285,7 @@ def test_batch_system_stop_signals_job_first_and_still_requeues(cluster: Cluster
     before the worker; the job must be requeued, not ended with 143."""
     cluster.server()
     leaving = cluster.worker(name="allocation")
-    pidfile = cluster.tmp / "pid"
-    marker = cluster.tmp / "ran"
-    proc = cluster.popen_jq("sh", "-c", f"if [ ! -e {marker} ]; then touch {marker}; echo $$ > {pidfile}; "
-                            "echo first; exec sleep 60; fi; echo again")
-    _wait_line(proc, b"first\n")
+    proc, pidfile = _park_first_attempt(cluster)
     cluster.worker(name="next")
     os.killpg(int(pidfile.read_text()), signal.SIGTERM)
     leaving.send_signal(signal.SIGTERM)
