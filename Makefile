@@ -8,16 +8,16 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install run test lint unit e2e faults bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml bin/jq
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	# Byte-compile now: with PYTHONDONTWRITEBYTECODE set, jq would compile its
-	# modules again on every run (it starts for every job).
-	$(BIN)/python -m compileall -q src
 	touch $(STAMP)
 
+# Byte-compile every time: with PYTHONDONTWRITEBYTECODE set, jq would compile
+# its changed modules again on every run (it starts for every job).
 install: $(STAMP)
+	@$(BIN)/python -m compileall -q src
 
 run: install
 	@bash scripts/run-local.sh
