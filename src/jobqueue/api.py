@@ -202,7 +202,7 @@ class Executor(concurrent.futures.Executor):
         spec = p.JobSpec(
             argv=_argv(args), env=dict(os.environ if env is None else env),
             cwd=os.fspath(cwd) if cwd is not None else os.getcwd(), tags=[*self.tags, *tags],
-            priority=priority, timeout=_positive_timeout(timeout),
+            priority=priority, timeout=_positive_timeout(timeout), stdin=bool(input),
         )
         future: concurrent.futures.Future[Completed] = concurrent.futures.Future()
         io = _JobIO(self, future, args, input, capture_output, check, timeout)
@@ -323,7 +323,8 @@ class Executor(concurrent.futures.Executor):
                     self._resolve(io, None)
                     continue
                 session.submit(job)
-                self._feeding[job.job_id] = job
+                if job.spec.stdin:
+                    self._feeding[job.job_id] = job
             elif kind == "cancel" and job.job_id in session.jobs:
                 job.signal(signal.SIGTERM)  # queued: the server drops it; started: it is signalled
 

@@ -18,6 +18,7 @@ from .connection import Connection, Security
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing would slow jq down
+    from collections.abc import Callable
     from typing import IO, Protocol
 
     class JobIO(Protocol):
@@ -88,11 +89,20 @@ class ClientJob:
         self.ended: p.Finished | None = None
         self.received = [0, 0]  # stdout/stderr bytes received in this attempt
         self.spool = Spool()
-        self.stdin_eof = False  # our stdin reached EOF (all of it is in the spool)
+        # stdin_eof: our stdin reached EOF (all of it is in the spool); a job
+        # without stdin (spec.stdin False) has it at /dev/null and sends none.
+        self.stdin_eof = not self.spec.stdin
         self.stdin_sent = 0
         self.stdin_acked = 0
-        self.eof_sent = False
+        self.eof_sent = not self.spec.stdin
         self.outbox: list[p.Message] = []
+        #: Set by the session: called when this job has something to send or has ended.
+        self.on_change: Callable[[ClientJob], None] | None = None
+
+    def _post(self, msg: p.Message) -> None:
+        self.outbox.append(msg)
+        if self.on_change is not None:
+            self.on_change(self)
 
     # --- to the server ---------------------------------------------------------------
 
@@ -113,15 +123,15 @@ class ClientJob:
     def written(self, fd: int, end: int) -> None:
         """Output up to ``end`` is consumed: acknowledge it (opens the window)."""
         if self.running and self.ended is None:
-            self.outbox.append(p.Ack(self.job_id, self.attempt, fd, end))
+            self._post(p.Ack(self.job_id, self.attempt, fd, end))
 
     def signal(self, signum: int) -> None:
         if self.ended is None:
-            self.outbox.append(p.Signal(self.job_id, signum))
+            self._post(p.Signal(self.job_id, signum))
 
     def resize(self, rows: int, cols: int) -> None:
         if self.running and self.ended is None:
-            self.outbox.append(p.Resize(self.job_id, rows, cols))
+            self._post(p.Resize(self.job_id, rows, cols))
 
     def _send_stdin(self) -> None:
         if not self.running or self.ended is not None:
@@ -129,11 +139,11 @@ class ClientJob:
         while self.stdin_sent < self.spool.size and self.stdin_sent - self.stdin_acked < p.WINDOW:
             data = self.spool.read(self.stdin_sent, p.CHUNK_SIZE)
             last = self.stdin_eof and self.stdin_sent + len(data) == self.spool.size
-            self.outbox.append(p.Input(self.job_id, self.attempt, self.stdin_sent, data, last))
+            self._post(p.Input(self.job_id, self.attempt, self.stdin_sent, data, last))
             self.stdin_sent += len(data)
             self.eof_sent = last
         if self.stdin_eof and not self.eof_sent and self.stdin_sent == self.spool.size:
-            self.outbox.append(p.Input(self.job_id, self.attempt, self.stdin_sent, b"", True))
+            self._post(p.Input(self.job_id, self.attempt, self.stdin_sent, b"", True))
             self.eof_sent = True
 
     # --- from the server -------------------------------------------------------------------
@@ -168,7 +178,7 @@ class ClientJob:
             self.attempt = msg.attempt
             self.received = [0, 0]
             self.stdin_sent = self.stdin_acked = 0
-            self.eof_sent = False
+            self.eof_sent = not self.spec.stdin
         self.running = True
         self.io.started(self, msg)
         self._send_stdin()
@@ -189,7 +199,9 @@ class ClientJob:
         self.ended = msg
         self.spool.close()
         if msg.reason not in ("cancelled", "lost"):  # a worker holds the end until released
-            self.outbox.append(p.Release(self.job_id, msg.attempt))
+            self._post(p.Release(self.job_id, msg.attempt))
+        elif self.on_change is not None:
+            self.on_change(self)  # nothing to send, but the session forgets the job
         self.io.finished(self, msg)
 
 
@@ -213,6 +225,7 @@ class Session:
         self.id = os.urandom(8).hex()
         self.name = name
         self.jobs: dict[str, ClientJob] = {}
+        self._changed: dict[str, ClientJob] = {}  # jobs with messages to send, or ended
         self.conn = Connection(endpoint, self._hello, p.decode_to_client, proto=p, lean=security is None,
                                connect_timeout=connect_timeout, grace=grace, security=security)
         self.conn.on_connect = self._restore
@@ -229,8 +242,18 @@ class Session:
     def open(self, now: float) -> None:
         self.conn.open(now)
 
-    def submit(self, job: ClientJob) -> None:
+    def add(self, job: ClientJob) -> None:
+        """Carry this job (the caller sends its submission, or the next connect does)."""
         self.jobs[job.job_id] = job
+        job.on_change = self._job_changed
+        if job.outbox or job.ended is not None:
+            self._changed[job.job_id] = job
+
+    def _job_changed(self, job: ClientJob) -> None:
+        self._changed[job.job_id] = job
+
+    def submit(self, job: ClientJob) -> None:
+        self.add(job)
         if self.conn.socket is not None:
             self.conn.send(job.submit_message())
 
@@ -243,12 +266,14 @@ class Session:
         self.flush()
 
     def flush(self) -> None:
-        for job in list(self.jobs.values()):
+        """Send what the jobs posted; forget the jobs that ended."""
+        changed, self._changed = self._changed, {}
+        for job in changed.values():
             for msg in job.outbox:
                 self.conn.send(msg)
             job.outbox.clear()
             if job.ended is not None:
-                del self.jobs[job.job_id]
+                self.jobs.pop(job.job_id, None)
 
     def close(self) -> None:
         if self.conn.socket is not None and self.conn.welcomed:

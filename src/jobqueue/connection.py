@@ -308,10 +308,14 @@ class Connection:
         self._backoff = 0.0
 
     def tick(self, now: float) -> None:
-        """Heartbeat, and reconnect or give up when the server is silent."""
+        """Heartbeat, and reconnect or give up when the server is silent; writes what
+        was sent since the last tick (a lean connection sends once a round)."""
         if self.transport is None:
             self.open(now)
             return
+        if now - self._last_ping >= self.heartbeat:
+            self._last_ping = now
+            self.send(self.proto.Ping())
         try:
             self.transport.maintain(now)
         except ConnectionError:
@@ -334,9 +338,6 @@ class Connection:
                 self._backoff = min(max(self.heartbeat, self._backoff * 2), 32.0)
                 self.open(now)
                 return
-        if now - self._last_ping >= self.heartbeat:
-            self._last_ping = now
-            self.send(self.proto.Ping())
 
     def next_wakeup(self, now: float) -> float:
         """Seconds until :meth:`tick` must run again."""

@@ -334,6 +334,7 @@ class Terminal:
 
 
 def main(args: list[str] | None = None) -> int:
+    _open_missing_std_fds()
     try:
         options = parse_args(sys.argv[1:] if args is None else args)
         return run(options)
@@ -345,6 +346,17 @@ def main(args: list[str] | None = None) -> int:
     except config.UsageError as e:
         print(f"jq: {e}", file=sys.stderr)
         return 255
+
+
+def _open_missing_std_fds() -> None:
+    """Put /dev/null on a closed fd 0, 1 or 2 (``jq cmd <&-``), before our own pipes
+    and sockets could take those numbers and be mistaken for stdio."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            if os.open(os.devnull, os.O_RDWR) != fd:  # the lowest free number: this one
+                raise RuntimeError(f"could not put /dev/null on fd {fd}") from None
 
 
 def exit_now(code: int) -> None:
@@ -376,6 +388,7 @@ def build_spec(options: JqOptions) -> JobSpec:
     return p.JobSpec(
         argv=options.argv, env=env, cwd=cwd, tags=options.tags, priority=options.priority,
         timeout=options.timeout, tty=options.tty, rows=rows, cols=cols, max_attempts=options.max_attempts,
+        stdin=options.tty or _has_stdin(),
     )
 
 
@@ -389,7 +402,7 @@ def run(options: JqOptions) -> int:
     grace = config.env_float(ENV_SERVER_GRACE, config.SERVER_GRACE)
     session = Session(endpoint, security=security, connect_timeout=options.connect_timeout, grace=grace)
     job = ClientJob(build_spec(options), term)
-    session.jobs[job.job_id] = job
+    session.add(job)
     term.install()
     try:
         code = _loop(session, job, term, options)
@@ -459,6 +472,16 @@ def _read_stdin(job: ClientJob) -> bool:
         data = b""
     job.feed(data)
     return bool(data)
+
+
+def _has_stdin() -> bool:
+    """False when our stdin is closed or /dev/null: the job then gets /dev/null
+    itself, and no stdin messages need to go back and forth."""
+    try:
+        st = os.fstat(0)
+    except OSError:
+        return False
+    return not (st.st_mode & 0o170000 == 0o020000 and st.st_rdev == os.makedev(1, 3))  # char device 1,3
 
 
 def _stdin_usable() -> bool:

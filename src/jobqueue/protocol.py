@@ -78,6 +78,9 @@ class JobSpec(msgspec.Struct, array_like=True):
     rows: int = 0
     cols: int = 0
     max_attempts: int = 3
+    #: False: the job's stdin is /dev/null and no Input follows (a client that
+    #: knows it has nothing to send spares every job four messages).
+    stdin: bool = True
 
 
 class ActiveJob(msgspec.Struct, array_like=True):

@@ -19,7 +19,7 @@ from _struct import unpack as unpack_bytes
 
 #: Bumped on every incompatible change.  Hellos carry it first so a mismatch
 #: can be reported even when the rest of the message does not decode.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Largest message a socket accepts (ZMQ_MAXMSGSIZE); bigger ones drop the peer.
 MAX_MESSAGE_SIZE = 1 << 20
@@ -178,7 +178,8 @@ class JobSpec(Struct):
     FIELDS: tuple[tuple[str, object, object], ...] = (
         ("argv", _str_list, _REQUIRED), ("env", _str_map, _REQUIRED), ("cwd", _str, _REQUIRED),
         ("tags", _str_list, []), ("priority", _int, 0), ("timeout", _float_or_none, None),
-        ("tty", _bool, False), ("rows", _int, 0), ("cols", _int, 0), ("max_attempts", _int, 3))
+        ("tty", _bool, False), ("rows", _int, 0), ("cols", _int, 0), ("max_attempts", _int, 3),
+        ("stdin", _bool, True))
     __slots__ = _names(FIELDS)
     argv: list[str]
     env: dict[str, str]
@@ -190,6 +191,7 @@ class JobSpec(Struct):
     rows: int
     cols: int
     max_attempts: int
+    stdin: bool
 
 
 class ClientHello(Message):

@@ -128,7 +128,7 @@ class Job:
 class Worker:
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
-        self.log = Logger("worker", options.log_format)
+        self.log = Logger("worker", options.log_format, buffered=True)  # flushed once a loop round
         self.session = os.urandom(8).hex()
         self.jobs: dict[str, Job] = {}
         self.fd_owner: dict[int, tuple[Job, int]] = {}  # fd -> (job, stream fd or 0 for stdin)
@@ -202,6 +202,7 @@ class Worker:
             self._kill_all("server lost")
             return 1
         finally:
+            self.log.flush()
             self.conn.close(linger=2000)
         return 0
 
@@ -243,6 +244,7 @@ class Worker:
         self._reap(now)
         self._timers(now)
         self.conn.tick(now)
+        self.log.flush()
 
     def _next_timeout(self, now: float) -> float:
         timeout = self.conn.next_wakeup(now)
@@ -347,12 +349,14 @@ class Worker:
 
     def _spawn_pipes(self, job: Job) -> None:
         proc = subprocess.Popen(
-            job.spec.argv, cwd=job.spec.cwd, env=job.spec.env, stdin=subprocess.PIPE,
+            job.spec.argv, cwd=job.spec.cwd, env=job.spec.env,
+            stdin=subprocess.PIPE if job.spec.stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, bufsize=0,
         )
         job.proc, job.pid = proc, proc.pid
-        job.stdin_fd = _take_fd(proc, "stdin")
-        self._own(job, job.stdin_fd, p.STDIN)
+        if job.spec.stdin:
+            job.stdin_fd = _take_fd(proc, "stdin")
+            self._own(job, job.stdin_fd, p.STDIN)
         for which, name in ((p.STDOUT, "stdout"), (p.STDERR, "stderr")):
             fd = _take_fd(proc, name)
             job.streams[which] = OutStream(fd)

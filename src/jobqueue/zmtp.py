@@ -172,14 +172,16 @@ class Dealer:
         return self.state == "open"
 
     def send(self, message: bytes) -> bool:
-        """Queue a single-frame message; False if the queue is full while not connected."""
+        """Queue a single-frame message; False if the queue is full while not connected.
+
+        It is written by the next :meth:`maintain` (the loop's tick, once a round),
+        so the messages of a round leave in one system call."""
         if self.state != "open":
             if len(self.pending) >= QUEUE_LIMIT:
                 return False
             self.pending.append(frame(message))
             return True
         self.outbox += (frame_header(len(message)), message)
-        self._write()
         return True
 
     def maintain(self, now: float) -> None:

@@ -89,13 +89,18 @@ def test_executor_runs_300_jobs_over_one_connection(cluster: Cluster) -> None:
                    for i in range(300)]
         results = [future.result(timeout=60) for future in futures]
         mapped = list(executor.map([["echo", "a"], ["echo", "b"]], capture_output=True))
+        stdin_of = ["sh", "-c", "readlink /proc/self/fd/0; cat"]
+        no_input = executor.submit(stdin_of, capture_output=True).result(timeout=30)
+        with_input = executor.submit(stdin_of, input=b"in", capture_output=True).result(timeout=30)
     assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(300)]
     assert [r.returncode for r in results] == [i % 3 for i in range(300)]
     assert [r.stdout for r in mapped] == [b"a\n", b"b\n"]
+    assert no_input.stdout == b"/dev/null\n"  # no input: the job's stdin is /dev/null, as over ssh -n
+    assert with_input.stdout.startswith(b"pipe:") and with_input.stdout.endswith(b"\nin")
     log = cluster.logs[0].read_text().splitlines()
     ours = [line for line in log if "client-joined" in line and f"pid={os.getpid()}" in line]
     assert len(ours) == 1, ours
-    assert sum("job-finished" in line for line in log) == 302
+    assert sum("job-finished" in line for line in log) == 304
 
 
 def test_executor_cancel_and_shutdown(cluster: Cluster) -> None:

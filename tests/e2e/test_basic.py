@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from tests.conftest import Cluster, wait_for
+from tests.conftest import BIN, Cluster, wait_for
 
 
 def test_exit_codes_and_separate_streams(cluster: Cluster) -> None:
@@ -45,6 +45,20 @@ def test_stdin_eof_reaches_job(cluster: Cluster) -> None:
     r = cluster.jq("wc", "-c", input=data)
     assert r.returncode == 0
     assert r.stdout.strip() == b"123457"
+
+
+def test_job_stdin_is_dev_null_exactly_when_ours_is(cluster: Cluster) -> None:
+    """A stdin of /dev/null (or a closed one) is not forwarded: the job gets /dev/null itself."""
+    cluster.server()
+    cluster.worker()
+    show = ("sh", "-c", "readlink /proc/self/fd/0; cat")
+    r = cluster.jq(*show)  # the harness gives jq /dev/null
+    assert (r.returncode, r.stdout) == (0, b"/dev/null\n")
+    r = cluster.jq(*show, input=b"piped")
+    assert r.returncode == 0 and r.stdout.startswith(b"pipe:") and r.stdout.endswith(b"\npiped")
+    closed = subprocess.run([str(BIN / "jq"), *show], stdin=subprocess.DEVNULL, capture_output=True,
+                            env=cluster.env(), cwd=str(cluster.tmp), timeout=30, preexec_fn=lambda: os.close(0))
+    assert (closed.returncode, closed.stdout) == (0, b"/dev/null\n")
 
 
 def test_all_byte_values_both_ways(cluster: Cluster) -> None:

@@ -273,7 +273,7 @@ def test_roles_are_enforced(h: Harness) -> None:
 def test_version_mismatch_names_both_versions(h: Harness) -> None:
     out = h.send(b"c", p.ClientHello(99, "s"))
     assert isinstance(out[0][1], p.Refused)
-    assert "server speaks version 1, peer speaks version 99" in out[0][1].reason
+    assert f"server speaks version {p.PROTOCOL_VERSION}, peer speaks version 99" in out[0][1].reason
 
 
 def test_unknown_peer_is_told_to_say_hello(h: Harness) -> None:
