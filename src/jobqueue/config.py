@@ -71,3 +71,15 @@ def duration(text: str) -> float:
 def env_float(name: str, default: float) -> float:
     value = os.environ.get(name)
     return duration(value) if value else default
+
+
+def open_missing_std_fds() -> None:
+    """Put /dev/null on a closed fd 0, 1 or 2 (``jq cmd <&-``), before our own pipes
+    and sockets could take those numbers and be mistaken for stdio (jq), or be
+    handed to a job as its stdio (the worker)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            if os.open(os.devnull, os.O_RDWR) != fd:  # the lowest free number: this one
+                raise RuntimeError(f"could not put /dev/null on fd {fd}") from None

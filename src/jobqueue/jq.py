@@ -334,7 +334,7 @@ class Terminal:
 
 
 def main(args: list[str] | None = None) -> int:
-    _open_missing_std_fds()
+    config.open_missing_std_fds()
     try:
         options = parse_args(sys.argv[1:] if args is None else args)
         return run(options)
@@ -346,17 +346,6 @@ def main(args: list[str] | None = None) -> int:
     except config.UsageError as e:
         print(f"jq: {e}", file=sys.stderr)
         return 255
-
-
-def _open_missing_std_fds() -> None:
-    """Put /dev/null on a closed fd 0, 1 or 2 (``jq cmd <&-``), before our own pipes
-    and sockets could take those numbers and be mistaken for stdio."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            if os.open(os.devnull, os.O_RDWR) != fd:  # the lowest free number: this one
-                raise RuntimeError(f"could not put /dev/null on fd {fd}") from None
 
 
 def exit_now(code: int) -> None:

@@ -99,6 +99,39 @@ def test_missing_directory_is_255_naming_worker(cluster: Cluster) -> None:
     assert b"/nonexistent/dir" in r.stderr and b"wdir" in r.stderr
 
 
+def test_unenterable_directory_is_255_saying_why(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.worker(name="wdir")
+    r = cluster.jq("-C", "/etc/hostname", "true")  # exists, but is no directory
+    assert r.returncode == 255
+    assert b"cannot enter directory /etc/hostname on worker wdir" in r.stderr and b"Not a directory" in r.stderr
+
+
+def test_job_starts_clean_of_the_workers_state(cluster: Cluster) -> None:
+    """The job's own PATH finds its program, relative to its own directory; it
+    gets no fd of the worker's and no signal the worker's launcher ignored."""
+    cluster.server()
+    launcher = 'trap "" HUP INT QUIT PIPE; exec 7</dev/null; exec "$@"'
+    cluster.spawn(["sh", "-c", launcher, "sh", str(BIN / "jobqueue-worker"), cluster.endpoint, "--name", "wclean"],
+                  log="worker-wclean")
+    cluster.wait_worker("wclean")
+    tools = cluster.tmp / "tools"
+    tools.mkdir()
+    (tools / "only-here").write_text('#!/bin/sh\necho "found in $PWD"\n')
+    (tools / "only-here").chmod(0o755)
+    env = {**cluster.env(), "PATH": f"tools:{os.environ['PATH']}"}  # a relative entry: from the job's directory
+    r = cluster.jq("only-here", env=env)
+    assert (r.returncode, r.stdout) == (0, f"found in {cluster.tmp}\n".encode())
+    r = cluster.jq("./tools/only-here")
+    assert (r.returncode, r.stdout) == (0, f"found in {cluster.tmp}\n".encode())
+    r = cluster.jq("sh", "-c", "ls /proc/$$/fd; grep SigIgn /proc/$$/status")
+    assert r.stdout.decode().splitlines()[:-1] == ["0", "1", "2"], r.stdout
+    ignored = r.stdout.decode().splitlines()[-1]
+    mask = int(ignored.split()[1], 16)
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGPIPE):
+        assert not mask & (1 << (signum - 1)), f"the job ignores {signum!r}: {ignored}"
+
+
 def test_output_is_streamed_not_buffered(cluster: Cluster) -> None:
     cluster.server()
     cluster.worker()

@@ -41,10 +41,11 @@ def is_raw(child: pexpect.spawn) -> bool:
 
 
 def descendant(pid: int, argv: list[str]) -> int | None:
-    """The pid of a descendant of ``pid`` running ``argv``, if any."""
+    """The pid of a descendant of ``pid`` whose command line ends with ``argv``, if any
+    (a script's starts with its interpreter, by whichever name its #! line gives)."""
     for proc in psutil.Process(pid).children(recursive=True):
         try:
-            if proc.cmdline() == argv:
+            if proc.cmdline()[-len(argv):] == argv:
                 return proc.pid
         except psutil.NoSuchProcess:
             pass
@@ -128,7 +129,7 @@ def test_terminal_restored_when_jq_fails_is_interrupted_or_terminated(cluster: C
     child = spawn(cluster, saved_terminal(tmp) + " sh -c 'echo ready; exec sleep 30'" + after(tmp))
     child.expect_exact("ready")
     assert is_raw(child)
-    jq_pid = wait_for(lambda: descendant(child.pid, [str(BIN / "python3"), str(BIN / "jq"), "-t", *job]), 10,
+    jq_pid = wait_for(lambda: descendant(child.pid, [str(BIN / "jq"), "-t", *job]), 10,
                       "jq to run")
     os.kill(jq_pid, signal.SIGTERM)  # forwarded to the job, which ends: jq exits 143
     child.expect_exact("jq-exit=143")
