@@ -55,7 +55,8 @@ class Peer:
 
 @dataclass(eq=False)
 class Client(Peer):
-    jobs: set[str] = field(default_factory=set)
+    #: Ids of the jobs it owns (a dict as an ordered set: a third of a set's size).
+    jobs: dict[str, None] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -79,11 +80,20 @@ class Worker(Peer):
 
 @dataclass(eq=False, slots=True)
 class Job:
+    """A job as the broker keeps it: compact, since a queue may hold 100,000.
+
+    Of its spec only what scheduling reads is decoded (tags, priority, attempts);
+    the whole spec stays as encoded for the worker, and is decoded only for a
+    status request (:attr:`argv`)."""
+
     job_id: str
-    spec: p.JobSpec
     ticket: int
     owner: Client | None
     since: float
+    raw_spec: bytes = b""
+    tags: list[str] = field(default_factory=lambda: _NO_TAGS)
+    priority: int = 0
+    max_attempts: int = 1
     state: JobState | None = None
     attempt: int = 0
     losses: int = 0
@@ -93,13 +103,20 @@ class Job:
     waited: float = 0.0
     #: After a restart: when to give up waiting for the missing side.
     deadline: float | None = None
-    #: The full spec as encoded for the worker; :attr:`spec` keeps only what the
-    #: broker reads (no environment, no directory).
-    raw_spec: bytes = b""
 
     @property
     def tag_key(self) -> frozenset[str]:
-        return frozenset(self.spec.tags)
+        return frozenset(self.tags)
+
+    @property
+    def argv(self) -> list[str]:
+        return p.decode_spec(self.raw_spec).argv
+
+    def keep_spec(self, spec: p.JobSpec) -> None:
+        """Keep the spec encoded for the worker, and decoded only what the broker reads."""
+        self.raw_spec = p.encode_spec(spec)
+        self.tags = spec.tags or _NO_TAGS
+        self.priority, self.max_attempts = spec.priority, spec.max_attempts
 
 
 Handler = Callable[[bytes, Any, float], None]
@@ -332,8 +349,8 @@ class Broker:
         job = self.jobs.get(active.job_id)
         if job is None:
             # Restarted server: the worker is the first to tell about this job.
-            spec = p.JobSpec(argv=active.argv, env={}, cwd="", tags=active.tags)
-            job = Job(active.job_id, spec, 0, None, now, attempt=active.attempt)
+            job = Job(active.job_id, 0, None, now, attempt=active.attempt)
+            job.keep_spec(p.JobSpec(argv=active.argv, env={}, cwd="", tags=active.tags))
             self._transition(job, JobEvent.REATTACH, now)
             self.jobs[job.job_id] = job
             self._attach_worker(job, worker)
@@ -391,14 +408,13 @@ class Broker:
         elif msg.running and msg.attempt > 0:
             self._client_reattach(client, msg, now)
         else:
-            job = Job(msg.job_id, msg.spec, self._ticket(msg.ticket), client, now)
-            _keep_spec(job, msg.spec)
+            job = Job(msg.job_id, self._ticket(msg.ticket), client, now)
+            job.keep_spec(msg.spec)
             self._transition(job, JobEvent.SUBMIT, now)
             self.jobs[job.job_id] = job
-            client.jobs.add(job.job_id)
+            client.jobs[job.job_id] = None
             self._enqueue(job)
-            self._event("job-queued", job=job.job_id, client=client.name, priority=job.spec.priority,
-                        tags=job.spec.tags)
+            self._event("job-queued", job=job.job_id, client=client.name, priority=job.priority, tags=job.tags)
             self._send(client.identity, p.Queued(job.job_id, job.ticket, self._waiting))
 
     def _resubmit(self, client: Client, job: Job, msg: p.Submit, now: float) -> None:
@@ -409,8 +425,8 @@ class Broker:
             return
         if job.owner is None:
             job.owner = client
-            client.jobs.add(job.job_id)
-            _keep_spec(job, msg.spec)
+            client.jobs[job.job_id] = None
+            job.keep_spec(msg.spec)
             self._detached.pop(job.job_id, None)
         if job.state in WAITING:
             self._send(client.identity, p.Queued(job.job_id, job.ticket, self._waiting))
@@ -420,11 +436,11 @@ class Broker:
 
     def _client_reattach(self, client: Client, msg: p.Submit, now: float) -> None:
         """After a restart, a client says its job was running; wait for its worker."""
-        job = Job(msg.job_id, msg.spec, self._ticket(msg.ticket), client, now, attempt=msg.attempt)
-        _keep_spec(job, msg.spec)
+        job = Job(msg.job_id, self._ticket(msg.ticket), client, now, attempt=msg.attempt)
+        job.keep_spec(msg.spec)
         self._transition(job, JobEvent.REATTACH, now)
         self.jobs[job.job_id] = job
-        client.jobs.add(job.job_id)
+        client.jobs[job.job_id] = None
         self._client_offsets[job.job_id] = list(msg.offsets)
         self._detached[job.job_id] = now + self.lost_after
 
@@ -607,7 +623,7 @@ class Broker:
             self._client_gone(job, now)
             return
         job.losses += counts_as_loss
-        if job.losses >= job.spec.max_attempts:
+        if job.losses >= job.max_attempts:
             self._transition(job, JobEvent.GIVE_UP, now)
             message = (f"{reason}; the job's worker was lost {job.losses} times in a row, "
                        f"so it is not run again (a job that crashes its workers?)")
@@ -666,7 +682,7 @@ class Broker:
 
     def _enqueue(self, job: Job) -> None:
         job.heap_seq = next(self._heap_seq)
-        entry = (-job.spec.priority, job.ticket, job.heap_seq, job.job_id)
+        entry = (-job.priority, job.ticket, job.heap_seq, job.job_id)
         heapq.heappush(self._queues.setdefault(job.tag_key, []), entry)
         self._may_match = True
 
@@ -754,7 +770,7 @@ class Broker:
         self.jobs.pop(job.job_id, None)
         self._detached.pop(job.job_id, None)
         if job.owner is not None:
-            job.owner.jobs.discard(job.job_id)
+            job.owner.jobs.pop(job.job_id, None)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -802,10 +818,10 @@ class Broker:
 
     def _job_infos(self, now: float) -> list[p.JobInfo]:
         infos = []
-        for job in sorted(self.jobs.values(), key=lambda j: (-j.spec.priority, j.ticket)):
+        for job in sorted(self.jobs.values(), key=lambda j: (-j.priority, j.ticket)):
             state = job.state.value if job.state else "new"
             worker = job.worker.name if job.worker else ""
-            infos.append(p.JobInfo(job.job_id, job.spec.argv, state, worker, job.spec.tags, job.spec.priority,
+            infos.append(p.JobInfo(job.job_id, job.argv, state, worker, job.tags, job.priority,
                                    job.attempt, round(now - job.since, 3), self._why_waiting(job)))
         return infos
 
@@ -823,17 +839,8 @@ class Broker:
         return "every worker that could run it is busy"
 
 
-#: Shared by every job without tags, and by every kept spec as its environment
-#: (never mutated): a queued job costs less.
+#: Shared by every job without tags (never mutated): a queued job costs less.
 _NO_TAGS: list[str] = []
-_NO_ENV: dict[str, str] = {}
-
-
-def _keep_spec(job: Job, spec: p.JobSpec) -> None:
-    """Keep the spec encoded for the worker, and decoded only what the broker reads."""
-    job.raw_spec = p.encode_spec(spec)
-    spec.env, spec.cwd, spec.tags = _NO_ENV, "", spec.tags or _NO_TAGS  # the decoded message is ours
-    job.spec = spec
 
 
 def _valid_signal(signum: int) -> bool:

@@ -435,6 +435,14 @@ def encode_spec(spec: JobSpec) -> bytes:
     return _encoder.encode(spec)
 
 
+_spec_decoder = msgspec.msgpack.Decoder(JobSpec)
+
+
+def decode_spec(data: bytes) -> JobSpec:
+    """A spec encoded by :func:`encode_spec` (by us: it is known to be valid)."""
+    return _spec_decoder.decode(data)
+
+
 def assign_encoded(job_id: str, attempt: int, spec: bytes) -> AssignRaw:
     """An Assign whose spec is already encoded (see :func:`encode_spec`)."""
     return AssignRaw(job_id, attempt, msgspec.Raw(spec))
