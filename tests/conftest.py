@@ -74,6 +74,7 @@ class Cluster:
     tmp: Path
     endpoint: str
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    tracked: list[int] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -157,7 +158,14 @@ class Cluster:
     def log_text(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in self.logs if p.exists())
 
+    def track(self, pid: int) -> None:
+        """Kill this process (and its descendants) at the end too: one not started by
+        :meth:`spawn` (e.g. by pexpect)."""
+        self.tracked.append(pid)
+
     def stop(self) -> None:
+        for pid in reversed(self.tracked):
+            kill_tree(pid)
         for proc in reversed(self.procs):
             kill_tree(proc.pid)
         for proc in self.procs:

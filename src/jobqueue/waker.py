@@ -11,6 +11,9 @@ class Waker:
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
+        #: A wake-up is written and not yet drained: another would change nothing
+        #: (saves a system call per Executor.submit in a burst).
+        self._pending = False
 
     def fileno(self) -> int:
         """The end to poll for reading."""
@@ -22,13 +25,20 @@ class Waker:
         return self._write
 
     def wake(self) -> None:
+        """Wake the loop; what the caller did before this call is seen by the loop's
+        next round, which starts with :meth:`drain`."""
+        if self._pending:
+            return
+        self._pending = True
         try:
             os.write(self._write, b"\0")
         except (BlockingIOError, OSError):
             pass  # a wake-up is pending already (or the waker is closed)
 
     def drain(self) -> None:
-        """Consume pending wake-ups (call when :meth:`fileno` polled readable)."""
+        """Consume pending wake-ups (call when :meth:`fileno` polled readable, before
+        looking at what the wakers asked for)."""
+        self._pending = False
         try:
             while os.read(self._read, 4096):
                 pass

@@ -20,6 +20,7 @@ def spawn(cluster: Cluster, command: str, **env: str) -> pexpect.spawn:
     child = pexpect.spawn("sh", ["-c", command], env=cluster.env(PS1=PROMPT, **env), dimensions=(24, 80),
                           timeout=15, cwd=str(cluster.tmp))
     child.logfile_read = (cluster.tmp / "terminal.log").open("wb")
+    cluster.track(child.pid)
     return child
 
 
