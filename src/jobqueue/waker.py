@@ -37,13 +37,15 @@ class Waker:
 
     def drain(self) -> None:
         """Consume pending wake-ups (call when :meth:`fileno` polled readable, before
-        looking at what the wakers asked for)."""
-        self._pending = False
+        looking at what the wakers asked for).  The pipe is emptied before the
+        flag is cleared: the other order could swallow the byte of a wake-up that
+        came in between and leave the flag set with nothing to wake the loop."""
         try:
             while os.read(self._read, 4096):
                 pass
         except (BlockingIOError, OSError):
             pass
+        self._pending = False
 
     def close(self) -> None:
         for fd in (self._read, self._write):
