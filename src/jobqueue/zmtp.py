@@ -35,6 +35,11 @@ CONNECT_CHECK = 0.01
 QUEUE_LIMIT = 10000
 #: Bytes read from the socket per call of :meth:`Dealer.receive` at most (fairness).
 READ_BUDGET = 4 << 20
+#: Small reads go through one reused buffer of this size.
+READ_SIZE = 256 << 10
+#: A frame at least this big that is not complete yet is read straight into a
+#: buffer of its own (its bytes are copied once, by the kernel).
+BIG_FRAME = 64 << 10
 
 
 class ZmtpError(Exception):
@@ -65,7 +70,7 @@ def frame_header(size: int, flags: int = 0) -> bytes:
     return bytes((flags | LONG,)) + size.to_bytes(8, "big")
 
 
-def command(name: bytes, data: bytes = b"") -> bytes:
+def command(name: bytes, data: bytes | bytearray = b"") -> bytes:
     return frame(bytes((len(name),)) + name + data, COMMAND)
 
 
@@ -74,7 +79,7 @@ def ready_command(socket_type: bytes) -> bytes:
     return command(b"READY", bytes((len(prop),)) + prop + len(socket_type).to_bytes(4, "big") + socket_type)
 
 
-def parse_metadata(data: bytes) -> dict[str, bytes]:
+def parse_metadata(data: bytes | bytearray) -> dict[str, bytes | bytearray]:
     """READY properties: name (1-byte size) and value (4-byte size) pairs; names are case-insensitive."""
     props, i = {}, 0
     while i < len(data):
@@ -130,6 +135,11 @@ class Dealer:
         self.state = "waiting"  # waiting -> connecting -> greeting -> ready -> open (or closed)
         self.retry_at = 0.0
         self.inbox = bytearray()
+        self._buffer = bytearray(READ_SIZE)
+        #: A big frame being read into its own buffer: (flags, body, bytes filled).
+        self._big: tuple[int, bytearray, int] | None = None
+        #: Big frames complete, waiting to be handled before anything in the inbox.
+        self._big_done: list[tuple[int, bytearray]] = []
         #: Buffers to write, in order: written with sendmsg (scatter-gather), so a big
         #: chunk is never joined or moved; the first may be a view of a partly sent one.
         self.outbox: list[bytes | memoryview] = []
@@ -195,16 +205,19 @@ class Dealer:
         if self.outbox and self.state in ("greeting", "ready", "open"):
             self._write()
 
-    def receive(self, now: float) -> list[bytes]:
+    def receive(self, now: float) -> list[bytes | bytearray]:
         """Every complete message that arrived (raises :class:`ZmtpError` on a broken peer,
         :class:`ConnectionError` when the connection dropped)."""
         self.maintain(now)
         if self.sock is None or self.state == "connecting":
             return []
         self._read()
-        messages: list[bytes] = []
+        messages: list[bytes | bytearray] = []
         if self.state == "greeting":
             self._take_greeting()
+        for flags, body in self._big_done:
+            self._handle_frame(flags, body, messages)
+        self._big_done.clear()
         while self.state in ("ready", "open") and self._take_frame(messages):
             pass
         if self.lost and self.state == "greeting":
@@ -295,23 +308,42 @@ class Dealer:
                 return
 
     def _read(self) -> None:
-        """Read what the socket has; a dropped connection is noted in :attr:`lost`, to be
-        raised once the bytes that came before it are handled."""
+        """Read what the socket has (a big frame straight into its own buffer); a dropped
+        connection is noted in :attr:`lost`, to be raised once the bytes that came
+        before it are handled."""
         assert self.sock is not None
         budget = READ_BUDGET
-        while budget > 0:
-            try:
-                data = self.sock.recv(1 << 20)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                self.lost = f"lost the connection to {self.endpoint}: {e.strerror}"
-                return
-            if not data:
-                self.lost = f"the server at {self.endpoint} closed the connection"
-                return
-            self.inbox += data
-            budget -= len(data)
+        while budget > 0 and not self.lost:
+            if self._big is not None:
+                flags, body, filled = self._big
+                n = self._recv_into(memoryview(body)[filled:])
+                if n is None:
+                    return
+                filled += n
+                self._big = (flags, body, filled) if filled < len(body) else None
+                if self._big is None:
+                    self._big_done.append((flags, body))
+            else:
+                n = self._recv_into(self._buffer)
+                if n is None:
+                    return
+                self.inbox += memoryview(self._buffer)[:n]
+            budget -= n
+
+    def _recv_into(self, view: memoryview | bytearray) -> int | None:
+        """Bytes read into ``view``; None when there are none now (or the connection dropped)."""
+        assert self.sock is not None
+        try:
+            n = self.sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as e:
+            self.lost = f"lost the connection to {self.endpoint}: {e.strerror}"
+            return None
+        if not n:
+            self.lost = f"the server at {self.endpoint} closed the connection"
+            return None
+        return n
 
     # --- the handshake --------------------------------------------------------------------------------
 
@@ -330,7 +362,7 @@ class Dealer:
         del self.inbox[:GREETING_SIZE]
         self.state = "ready"
 
-    def _on_command(self, body: bytes) -> None:
+    def _on_command(self, body: bytes | bytearray) -> None:
         name_end = 1 + body[0] if body else 0
         name, data = body[1:name_end], body[name_end:]
         if self.state == "ready":
@@ -341,7 +373,7 @@ class Dealer:
         elif name == b"ERROR":
             raise ZmtpError(f"the server at {self.endpoint} reported an error: {data[1:].decode(errors='replace')}")
 
-    def _on_handshake_command(self, name: bytes, data: bytes) -> None:
+    def _on_handshake_command(self, name: bytes | bytearray, data: bytes | bytearray) -> None:
         if name == b"ERROR":
             raise ZmtpError(f"the server at {self.endpoint} refused the connection: "
                             f"{data[1:].decode(errors='replace')}")
@@ -358,7 +390,7 @@ class Dealer:
 
     # --- frames ---------------------------------------------------------------------------------------
 
-    def _take_frame(self, messages: list[bytes]) -> bool:
+    def _take_frame(self, messages: list[bytes | bytearray]) -> bool:
         """Consume the next frame, adding it to ``messages`` if it is a whole message;
         False if it has not fully arrived yet."""
         inbox = self.inbox
@@ -378,15 +410,25 @@ class Dealer:
                             f"over the limit of {self.max_message}")
         end = start + size
         if len(inbox) < end:
+            if size >= BIG_FRAME and self.state == "open":  # read the rest straight into its buffer
+                big = bytearray(size)
+                have = len(inbox) - start
+                big[:have] = memoryview(inbox)[start:]
+                inbox.clear()
+                self._big = (flags, big, have)
             return False
-        body = bytes(inbox[start:end])
+        with memoryview(inbox) as view:
+            body = bytes(view[start:end])
         del inbox[:end]
+        self._handle_frame(flags, body, messages)
+        return True
+
+    def _handle_frame(self, flags: int, body: bytes | bytearray, messages: list[bytes | bytearray]) -> None:
         if flags & COMMAND:
             self._on_command(body)
-            return True
+            return
         if self.state != "open":
             raise ZmtpError(f"the peer at {self.endpoint} sent a message before its READY command")
         if not (flags & MORE) and not self.dropping:
             messages.append(body)
         self.dropping = bool(flags & MORE)
-        return True

@@ -130,6 +130,11 @@ def test_unauthorized_worker_never_gets_jobs(secure: SecureCluster) -> None:
     st = secure.status()
     assert st is not None and st["workers"] == [] and [j["state"] for j in st["jobs"]] == ["queued"]
 
+    keyless = secure.spawn([str(BIN / "jobqueue-worker"), secure.endpoint, "--name", "keyless"], log="keyless",
+                           env=Cluster.env(secure))  # no keys at all: told so at once, not left waiting
+    assert wait_exit(keyless) == 1
+    assert b"uses CURVE keys: give --key and --server-key" in secure.logs[-1].read_bytes()
+
     secure.worker_as("worker")  # the same job runs as soon as an authorized worker comes
     out, _ = job.communicate(timeout=20)
     assert (job.returncode, out) == (0, b"ran\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import select
 import socket
 import time
@@ -61,6 +62,28 @@ def test_messages_both_ways_queued_before_the_handshake(router: tuple[zmq.Socket
     assert _pump(dealer, until=2) == [b"short", big]
     dealer.send(big)
     assert _from_dealer(server, dealer) == [identity, big]
+    dealer.close()
+
+
+def test_big_frames_read_into_their_own_buffer_arrive_whole_and_in_order(
+        router: tuple[zmq.Socket[bytes], str]) -> None:
+    """Frames over BIG_FRAME are read straight into a buffer of their own, whichever
+    way the stream is cut; small and big ones must still come out byte-exact and in order
+    (and a big multi-frame message is still dropped whole)."""
+    server, endpoint = router
+    dealer = zmtp.Dealer(endpoint, 4 << 20)
+    dealer.send(b"hi")
+    identity, _ = _from_dealer(server, dealer)
+    rng = random.Random(6)
+    sizes = [rng.choice([1, 300, zmtp.BIG_FRAME - 1, zmtp.BIG_FRAME, 700_000, 3 << 20]) for _ in range(60)]
+    sent = [rng.randbytes(size) for size in sizes]
+    for i, body in enumerate(sent):
+        if i == 30:
+            server.send_multipart([identity, b"x" * (1 << 20), b"dropped"])
+        server.send_multipart([identity, body])
+    got = _pump(dealer, until=len(sent), timeout=20)
+    assert [len(m) for m in got] == sizes
+    assert [bytes(m) for m in got] == sent
     dealer.close()
 
 
