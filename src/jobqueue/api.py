@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
 from . import config
-from . import wire as p
+from . import protocol as p  # msgspec: the API is not on a start-up path (jq uses jobqueue.wire)
 from .client import ClientJob, Session, new_job_id
 from .connection import Refused, ServerLost
 from .security import client_security
@@ -169,7 +169,7 @@ class Executor(concurrent.futures.Executor):
             raise JobqueueError(str(e)) from None
         self.tags = list(tags)
         self._session = Session(self.endpoint, security=security, connect_timeout=connect_timeout,
-                                name="jobqueue.api")
+                                name="jobqueue.api", proto=p)
         self._lock = threading.Lock()
         self._live: dict[str, _JobIO] = {}  # submitted and not yet settled
         self._requests: queue.SimpleQueue[tuple[str, ClientJob]] = queue.SimpleQueue()
@@ -206,7 +206,7 @@ class Executor(concurrent.futures.Executor):
         )
         future: concurrent.futures.Future[Completed] = concurrent.futures.Future()
         io = _JobIO(self, future, args, input, capture_output, check, timeout)
-        job = ClientJob(spec, io, io.job_id)
+        job = ClientJob(spec, io, io.job_id, proto=p)
         with self._lock:
             if self._broken:
                 raise JobqueueError(f"this executor cannot submit any more: {self._broken}")

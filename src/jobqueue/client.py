@@ -19,18 +19,20 @@ from .connection import Connection, Security
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing would slow jq down
     from collections.abc import Callable
-    from typing import IO, Protocol
+    from types import ModuleType
+    from typing import IO, Any, Protocol
 
     class JobIO(Protocol):
-        """Where a job's events go (jq's terminal, or the API's buffers)."""
+        """Where a job's events go (jq's terminal, or the API's buffers).  Messages are
+        of the job's module (:mod:`jobqueue.wire` or :mod:`jobqueue.protocol`), hence Any."""
 
         def write(self, job: ClientJob, fd: int, data: bytes, end: int) -> None:
             """New output; call ``job.written(fd, end)`` once it is consumed."""
 
-        def queued(self, job: ClientJob, msg: p.Queued) -> None: ...
-        def started(self, job: ClientJob, msg: p.Started) -> None: ...
-        def requeued(self, job: ClientJob, msg: p.Requeued) -> None: ...
-        def finished(self, job: ClientJob, msg: p.Finished) -> None: ...
+        def queued(self, job: ClientJob, msg: Any) -> None: ...
+        def started(self, job: ClientJob, msg: Any) -> None: ...
+        def requeued(self, job: ClientJob, msg: Any) -> None: ...
+        def finished(self, job: ClientJob, msg: Any) -> None: ...
         def failed(self, job: ClientJob, reason: str) -> None: ...
 
 #: Stdin kept in memory for a replay; beyond it the spool moves to a temp file.
@@ -90,14 +92,17 @@ class Spool:
 
 
 class ClientJob:
-    def __init__(self, spec: p.JobSpec, io: JobIO, job_id: str | None = None) -> None:
+    def __init__(self, spec: Any, io: JobIO, job_id: str | None = None, proto: ModuleType | None = None) -> None:
+        """``proto``: the module of the messages, :mod:`jobqueue.wire` (jq's, the default)
+        or :mod:`jobqueue.protocol` (msgspec: faster, for the Python API); the same bytes."""
+        self.p: Any = proto or p
         self.job_id = job_id or new_job_id()
-        self.spec = spec if isinstance(spec, p.JobSpec) else _wire_spec(spec)
+        self.spec = spec if isinstance(spec, self.p.JobSpec) else _convert_spec(spec, self.p)
         self.io = io
         self.ticket = 0
         self.attempt = 0
         self.running = False
-        self.ended: p.Finished | None = None
+        self.ended: Any = None  # the Finished message, once it came
         self.received = [0, 0]  # stdout/stderr bytes received in this attempt
         self.spool = Spool()
         # stdin_eof: our stdin reached EOF (all of it is in the spool); a job
@@ -106,19 +111,19 @@ class ClientJob:
         self.stdin_sent = 0
         self.stdin_acked = 0
         self.eof_sent = not self.spec.stdin
-        self.outbox: list[p.Message] = []
+        self.outbox: list[Any] = []
         #: Set by the session: called when this job has something to send or has ended.
         self.on_change: Callable[[ClientJob], None] | None = None
 
-    def _post(self, msg: p.Message) -> None:
+    def _post(self, msg: Any) -> None:
         self.outbox.append(msg)
         if self.on_change is not None:
             self.on_change(self)
 
     # --- to the server ---------------------------------------------------------------
 
-    def submit_message(self) -> p.Submit:
-        return p.Submit(self.job_id, self.spec, self.ticket, self.attempt, self.running, list(self.received))
+    def submit_message(self) -> Any:
+        return self.p.Submit(self.job_id, self.spec, self.ticket, self.attempt, self.running, list(self.received))
 
     def wants_stdin(self) -> bool:
         """Room to read more of our stdin (read-ahead bounded by the window)."""
@@ -134,15 +139,15 @@ class ClientJob:
     def written(self, fd: int, end: int) -> None:
         """Output up to ``end`` is consumed: acknowledge it (opens the window)."""
         if self.running and self.ended is None:
-            self._post(p.Ack(self.job_id, self.attempt, fd, end))
+            self._post(self.p.Ack(self.job_id, self.attempt, fd, end))
 
     def signal(self, signum: int) -> None:
         if self.ended is None:
-            self._post(p.Signal(self.job_id, signum))
+            self._post(self.p.Signal(self.job_id, signum))
 
     def resize(self, rows: int, cols: int) -> None:
         if self.running and self.ended is None:
-            self._post(p.Resize(self.job_id, rows, cols))
+            self._post(self.p.Resize(self.job_id, rows, cols))
 
     def _send_stdin(self) -> None:
         if not self.running or self.ended is not None:
@@ -150,39 +155,39 @@ class ClientJob:
         while self.stdin_sent < self.spool.size and self.stdin_sent - self.stdin_acked < p.WINDOW:
             data = self.spool.read(self.stdin_sent, p.CHUNK_SIZE)
             last = self.stdin_eof and self.stdin_sent + len(data) == self.spool.size
-            self._post(p.Input(self.job_id, self.attempt, self.stdin_sent, data, last))
+            self._post(self.p.Input(self.job_id, self.attempt, self.stdin_sent, data, last))
             self.stdin_sent += len(data)
             self.eof_sent = last
         if self.stdin_eof and not self.eof_sent and self.stdin_sent == self.spool.size:
-            self._post(p.Input(self.job_id, self.attempt, self.stdin_sent, b"", True))
+            self._post(self.p.Input(self.job_id, self.attempt, self.stdin_sent, b"", True))
             self.eof_sent = True
 
     # --- from the server -------------------------------------------------------------------
 
     def handle(self, msg: object) -> None:
         """One message from the server about this job."""
-        if isinstance(msg, p.Output):
+        if isinstance(msg, self.p.Output):
             self._on_output(msg)
-        elif isinstance(msg, p.Ack):
+        elif isinstance(msg, self.p.Ack):
             if msg.attempt == self.attempt and msg.fd == p.STDIN:
                 self.stdin_acked = max(self.stdin_acked, msg.offset)
                 self.stdin_sent = max(self.stdin_sent, self.stdin_acked)
                 self._send_stdin()
-        elif isinstance(msg, p.Started):
+        elif isinstance(msg, self.p.Started):
             self._on_started(msg)
-        elif isinstance(msg, p.Queued):
+        elif isinstance(msg, self.p.Queued):
             self.ticket = msg.ticket
             self.io.queued(self, msg)
-        elif isinstance(msg, p.Requeued):
+        elif isinstance(msg, self.p.Requeued):
             if msg.attempt == self.attempt:
                 self.running = False
                 self.io.requeued(self, msg)
-        elif isinstance(msg, p.Finished):
+        elif isinstance(msg, self.p.Finished):
             self._on_finished(msg)
-        elif isinstance(msg, p.Error):
+        elif isinstance(msg, self.p.Error):
             self.io.failed(self, msg.reason)
 
-    def _on_started(self, msg: p.Started) -> None:
+    def _on_started(self, msg: Any) -> None:
         if msg.resumed and msg.attempt == self.attempt:
             self.stdin_sent = self.stdin_acked  # the worker's Ack tells where it stands
         elif msg.attempt > self.attempt or not self.running:
@@ -194,7 +199,7 @@ class ClientJob:
         self.io.started(self, msg)
         self._send_stdin()
 
-    def _on_output(self, msg: p.Output) -> None:
+    def _on_output(self, msg: Any) -> None:
         if msg.attempt != self.attempt or msg.fd not in (p.STDOUT, p.STDERR) or self.ended is not None:
             return
         have = self.received[msg.fd - 1]
@@ -204,21 +209,23 @@ class ClientJob:
         self.received[msg.fd - 1] = end
         self.io.write(self, msg.fd, msg.data[have - msg.offset:], end)
 
-    def _on_finished(self, msg: p.Finished) -> None:
+    def _on_finished(self, msg: Any) -> None:
         if self.ended is not None or msg.attempt < self.attempt:
             return
         self.ended = msg
         self.spool.close()
         if msg.reason not in ("cancelled", "lost"):  # a worker holds the end until released
-            self._post(p.Release(self.job_id, msg.attempt))
+            self._post(self.p.Release(self.job_id, msg.attempt))
         elif self.on_change is not None:
             self.on_change(self)  # nothing to send, but the session forgets the job
         self.io.finished(self, msg)
 
 
-def _wire_spec(spec: object) -> p.JobSpec:
-    """A :class:`jobqueue.protocol.JobSpec` (msgspec) as the wire's: the same fields."""
-    return p.JobSpec(*[getattr(spec, name) for name, _check, _default in p.JobSpec.FIELDS])
+def _convert_spec(spec: object, proto: Any) -> Any:
+    """A JobSpec of one message module as the other's (the same fields, in order)."""
+    cls = proto.JobSpec
+    names = getattr(cls, "__struct_fields__", None) or [name for name, _check, _default in cls.FIELDS]
+    return cls(*[getattr(spec, name) for name in names])
 
 
 class Session:
@@ -232,21 +239,24 @@ class Session:
         connect_timeout: float = config.CONNECT_TIMEOUT,
         grace: float = config.SERVER_GRACE,
         name: str = "jq",
+        proto: ModuleType | None = None,
     ) -> None:
+        """``proto`` as for :class:`ClientJob` (the session's jobs must use the same)."""
+        self.p: Any = proto or p
         self.id = os.urandom(8).hex()
         self.name = name
         self.jobs: dict[str, ClientJob] = {}
         self._changed: dict[str, ClientJob] = {}  # jobs with messages to send, or ended
-        self.conn = Connection(endpoint, self._hello, p.decode_to_client, proto=p, lean=security is None,
+        self.conn = Connection(endpoint, self._hello, self.p.decode_to_client, proto=self.p, lean=security is None,
                                connect_timeout=connect_timeout, grace=grace, security=security)
         self.conn.on_connect = self._restore
 
-    def _hello(self) -> p.ClientHello:
+    def _hello(self) -> Any:
         from . import __version__
 
-        return p.ClientHello(p.PROTOCOL_VERSION, self.id, self.name, os.uname().nodename, os.getpid(), __version__)
+        return self.p.ClientHello(p.PROTOCOL_VERSION, self.id, self.name, os.uname().nodename, os.getpid(), __version__)
 
-    def _restore(self) -> list[p.Message]:
+    def _restore(self) -> list[Any]:
         """After (re)connecting: every unfinished job again (new, queued or running)."""
         return [job.submit_message() for job in self.jobs.values() if job.ended is None]
 
@@ -288,5 +298,5 @@ class Session:
 
     def close(self) -> None:
         if self.conn.socket is not None and self.conn.welcomed:
-            self.conn.send(p.Bye())
+            self.conn.send(self.p.Bye())
         self.conn.close(linger=1000)

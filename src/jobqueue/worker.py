@@ -15,7 +15,6 @@ import fcntl
 import os
 import signal
 import socket
-import stat
 import struct
 import subprocess
 import sys
@@ -141,6 +140,7 @@ class Worker:
         _no_inheritable_fds()
         #: Where we return after starting a job in its directory (see _spawn_pipes).
         self.home = os.open(".", os.O_PATH | os.O_DIRECTORY)
+        self.ignored_signals: list[int] = []  # set once our handlers are installed
         if options.endpoint.startswith("ipc://"):  # immune to those directory changes
             options.endpoint = "ipc://" + os.path.abspath(options.endpoint[len("ipc://"):])
         # Without keys the worker speaks ZMTP itself (jobqueue.zmtp), as jq does: its
@@ -193,6 +193,7 @@ class Worker:
 
     def run(self) -> int:
         self._install_signals()
+        self.ignored_signals = _ignored_signals()
         now = time.monotonic()
         self.conn.open(now)
         self.log.event("started", name=self.options.name, slots=self.options.slots,
@@ -385,7 +386,7 @@ class Worker:
             try:
                 program = _find_program(spec.argv[0], spec.env)
                 job.pid = os.posix_spawn(program, spec.argv, spec.env, file_actions=actions, setsid=True,
-                                         setsigdef=_RESTORED_SIGNALS)
+                                         setsigdef=self.ignored_signals)
             finally:
                 os.fchdir(self.home)
         except BaseException:
@@ -656,10 +657,19 @@ def _pending_timers(job: Job) -> list[float]:
     return [t for t in timers if t is not None]
 
 
-#: A job starts with every signal at its default action: not ignoring what Python
-#: ignores (SIGPIPE, SIGXFSZ), nor what the worker's launcher made it ignore (a
-#: background shell job ignores SIGINT and SIGQUIT, nohup SIGHUP).
-_RESTORED_SIGNALS = sorted(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP})
+def _ignored_signals() -> list[int]:
+    """The signals this process ignores: what Python ignores (SIGPIPE, SIGXFSZ) and
+    what the worker's launcher made it ignore (a background shell job ignores
+    SIGINT and SIGQUIT, nohup SIGHUP).  A job gets them back at their default
+    action (handlers the worker installed are reset by exec itself)."""
+    ignored: list[int] = []
+    for signum in signal.valid_signals():
+        try:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                ignored.append(int(signum))
+        except (ValueError, OSError):
+            pass
+    return ignored
 
 
 class NoDirectory(OSError):
@@ -678,17 +688,11 @@ def _find_program(name: str, env: dict[str, str]) -> str:
     PATH (from the job's directory, where relative entries and names start)."""
     if "/" in name:
         return name
-    denied = False
-    for directory in os.get_exec_path(env):
-        path = os.path.join(directory, name)
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            continue
-        if stat.S_ISREG(mode) and os.access(path, os.X_OK):
+    candidates = [os.path.join(directory, name) for directory in os.get_exec_path(env)]
+    for path in candidates:  # one system call per directory that lacks it
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
             return path
-        denied = True
-    if denied:
+    if any(os.path.exists(path) for path in candidates):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
 
