@@ -100,15 +100,13 @@ class ZmqTransport:
         return True
 
     def receive(self, now: float) -> list[bytes]:
-        """Every single-frame message waiting (others are not from a jobqueue server)."""
+        """Every message waiting: one per frame (the server sends a round's in one go)."""
         out: list[bytes] = []
         while True:
             try:
-                frames = self.socket.recv_multipart(self._zmq.NOBLOCK)
+                out += self.socket.recv_multipart(self._zmq.NOBLOCK)
             except self._zmq.Again:
                 return out
-            if len(frames) == 1:
-                out.append(frames[0])
 
     def close(self, linger: float) -> None:
         if self.handshakes is not None:

@@ -3,7 +3,9 @@
 Transport: each message is one ZeroMQ frame holding a MessagePack array whose
 first element is the message's tag (msgspec tagged structs, ``array_like``).
 Workers and clients talk only to the server (DEALER -> ROUTER); the server
-relays job traffic between a job's client and its worker.
+relays job traffic between a job's client and its worker.  Peers send one
+frame per ZeroMQ message; the server may send several messages for one peer as
+the frames of one ZeroMQ message (each frame still one message).
 
 Design points that make the system survive faults (see README "Guarantees"):
 

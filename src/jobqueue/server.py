@@ -156,19 +156,28 @@ class Server:
         self._stop = True
 
     def _receive_batch(self) -> None:
-        for _ in range(BATCH):
-            try:
-                frames, role = self._recv()
-            except zmq.Again:
-                return
-            now = time.monotonic()
-            if not frames:
-                continue
-            if len(frames) != 2:
-                self.log.event("rejected", peer=frames[0].hex(), why=f"{len(frames) - 1} frames, expected 1")
-                self._deliver([Send(frames[0], p.Error("one frame per message, please"))])
-                continue
-            self._deliver(self.broker.receive(frames[0], frames[1], now, role))
+        """Handle what arrived; the answers go out every DELIVER_EVERY messages (and at
+        the end), so that several for one peer leave as one ZeroMQ message."""
+        sends: list[Send] = []
+        try:
+            for count in range(1, BATCH + 1):
+                try:
+                    frames, role = self._recv()
+                except zmq.Again:
+                    return
+                now = time.monotonic()
+                if not frames:
+                    continue
+                if len(frames) != 2:
+                    self.log.event("rejected", peer=frames[0].hex(), why=f"{len(frames) - 1} frames, expected 1")
+                    sends.append(Send(frames[0], p.Error("one frame per message, please")))
+                else:
+                    sends += self.broker.receive(frames[0], frames[1], now, role)
+                if count % DELIVER_EVERY == 0:
+                    self._deliver(sends)
+                    sends = []
+        finally:
+            self._deliver(sends)
 
     def _recv(self) -> tuple[list[Any], p.Role | None]:
         """A message (routing id as bytes, then the frames' buffers, not copied: a job's
@@ -191,6 +200,15 @@ class Server:
         if len(self._identity_users) > 2 * len(self.broker.peers) + 1000:
             self._identity_users = {i: u for i, u in self._identity_users.items() if i in self.broker.peers}
 
+    def _send_frames(self, peer: bytes, frames: list[Any]) -> None:
+        """One ZeroMQ message to ``peer``, one protocol message per frame (the ROUTER
+        wakes its I/O thread once).  Big frames (relayed stream chunks) go without a
+        copy; small ones are cheaper copied.  Raises Again or EHOSTUNREACH at once."""
+        self.socket.send(peer, _SEND_MORE)
+        last = len(frames) - 1
+        for i, data in enumerate(frames):
+            self.socket.send(data, _SEND_MORE if i < last else _SEND, copy=len(data) < COPY_THRESHOLD)
+
     def _deliver(self, sends: list[Send]) -> None:
         if self.metrics is not None:
             self.metrics.observe(self.broker.events, time.monotonic())
@@ -199,25 +217,28 @@ class Server:
             if kind == "worker-joined" and "spawn" in fields and self.spawner is not None:
                 self.spawner.arrived(fields["spawn"], time.monotonic())
         self.broker.events.clear()
-        unreachable: list[bytes] = []
+        batches: dict[bytes, list[Any]] = {}  # per peer, in order: one ZeroMQ message each
         for send in sends:
             if isinstance(send.message, p.StatusReply) and self.spawner is not None:
                 self.spawner.annotate(send.message, time.monotonic())
             message = send.message
-            data = p.encode(message) if isinstance(message, p.Message) else message
-            try:  # big frames (relayed stream chunks) go without a copy; small ones are cheaper copied
-                self.socket.send(send.peer, _SEND_MORE)
-                self.socket.send(data, _SEND, copy=len(data) < COPY_THRESHOLD)
+            batches.setdefault(send.peer, []).append(p.encode(message) if isinstance(message, p.Message) else message)
+        unreachable: list[bytes] = []
+        for peer, frames in batches.items():
+            try:
+                self._send_frames(peer, frames)
             except zmq.Again:
-                self.log.event("dropped", peer=send.peer.hex(), why="peer's queue is full")
+                self.log.event("dropped", peer=peer.hex(), why="peer's queue is full", messages=len(frames))
             except zmq.ZMQError as e:
                 if e.errno != errno.EHOSTUNREACH:
                     raise
-                unreachable.append(send.peer)
+                unreachable.append(peer)
         for peer in dict.fromkeys(unreachable):  # its connection is gone: lost now, not after the silence
             self._deliver(self.broker.peer_gone(peer, time.monotonic()))
 
 
+#: A round's answers go out after at most this many messages handled.
+DELIVER_EVERY = 64
 #: Send flags as plain ints: pyzmq's flag enums cost a few microseconds per message.
 _SEND = int(zmq.NOBLOCK)
 _SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)

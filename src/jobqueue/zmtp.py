@@ -5,8 +5,9 @@ https://rfc.zeromq.org/spec/37/).  A connection is: both peers send a 64-byte
 greeting (signature, version 3.1, mechanism ``NULL``), then a ``READY``
 command carrying their ``Socket-Type``; after that every message is a frame
 ``flags, size, body`` (flags: 0x01 more frames follow, 0x02 8-byte size,
-0x04 command).  Only single-frame messages are used by jobqueue; others are
-dropped.  CURVE is not spoken here: with keys, the client uses pyzmq.
+0x04 command).  Each frame is one jobqueue message (the server sends a round's
+messages for one peer as the frames of one ZeroMQ message).  CURVE is not
+spoken here: with keys, pyzmq is used.
 
 Everything is non-blocking and driven from the caller's poll loop: poll
 :meth:`Dealer.fileno` for reading, and for writing while :meth:`wants_write`.
@@ -144,7 +145,6 @@ class Dealer:
         #: chunk is never joined or moved; the first may be a view of a partly sent one.
         self.outbox: list[bytes | memoryview] = []
         self.pending: list[bytes] = []  # frames queued before the handshake completed
-        self.dropping = False  # inside a multi-frame message: drop it
         self.lost = ""  # why the connection dropped (raised once what came before is handled)
         self._idle: tuple[int, int] | None = None  # a pipe nobody writes: our fd while there is no socket
         self.maintain(time.monotonic())
@@ -429,6 +429,4 @@ class Dealer:
             return
         if self.state != "open":
             raise ZmtpError(f"the peer at {self.endpoint} sent a message before its READY command")
-        if not (flags & MORE) and not self.dropping:
-            messages.append(body)
-        self.dropping = bool(flags & MORE)
+        messages.append(body)  # each frame is one message (the server batches them)
