@@ -175,7 +175,7 @@ class Broker:
             p.Ping: self._on_ping,
             p.Bye: self._on_bye,
             p.Submit: self._on_submit,
-            p.Input: self._on_input,
+            p.RelayedInput: self._on_input,
             p.Ack: self._on_client_ack,
             p.Signal: self._on_signal,
             p.Resize: self._on_resize,
@@ -184,7 +184,7 @@ class Broker:
         self._worker_handlers: dict[type, Callable[[Worker, Any, float], None]] = {
             p.Ping: self._on_ping,
             p.Started: self._on_started,
-            p.Output: self._on_output,
+            p.RelayedOutput: self._on_output,
             p.Ack: self._on_worker_ack,
             p.Finished: self._on_finished,
             p.Reject: self._on_reject,
@@ -280,7 +280,7 @@ class Broker:
         if isinstance(message, (p.ClientHello, p.WorkerHello)):
             return self._check_hello(peer, message, role)
         if role not in (None, "client"):
-            self._reject(peer, f"a {role} key may not send {type(message).__name__}", fatal=True)
+            self._reject(peer, f"a {role} key may not send {_kind(message)}", fatal=True)
             return False
         return True
 
@@ -465,7 +465,10 @@ class Broker:
         if attempt is None or attempt == job.attempt:
             self._send(job.worker.identity, data)
 
-    def _on_input(self, client: Client, msg: p.Input, now: float) -> None:
+    def _on_input(self, client: Client, msg: p.RelayedInput, now: float) -> None:
+        if not p.is_bin(msg.data):
+            self._reject(client.identity, "Input: field 'data' must be bytes", fatal=False)
+            return
         self._to_worker(client, msg.job_id, msg.attempt, self._frame)
 
     def _on_client_ack(self, client: Client, msg: p.Ack, now: float) -> None:
@@ -523,7 +526,10 @@ class Broker:
         if job.owner is not None:
             self._send(job.owner.identity, p.Started(job.job_id, job.attempt, msg.pid, worker.name, worker.host))
 
-    def _on_output(self, worker: Worker, msg: p.Output, now: float) -> None:
+    def _on_output(self, worker: Worker, msg: p.RelayedOutput, now: float) -> None:
+        if not p.is_bin(msg.data):
+            self._reject(worker.identity, "Output: field 'data' must be bytes", fatal=False)
+            return
         job = self._worker_job(worker, msg.job_id, msg.attempt)
         if job is not None and job.owner is not None and msg.fd in (p.STDOUT, p.STDERR):
             self._send(job.owner.identity, self._frame)
@@ -801,7 +807,7 @@ class Broker:
         self._send(peer, p.Refused(reason) if fatal else p.Error(reason))
 
     def _refuse_role(self, peer: Client | Worker, message: p.Message, role: str) -> None:
-        kind = type(message).__name__
+        kind = _kind(message)
         self._event("rejected", peer=peer.name, why=f"a {role} may not send {kind}")
         self._send(peer.identity, p.Error(f"a {role} may not send {kind}"))
 
@@ -841,6 +847,11 @@ class Broker:
 
 #: Shared by every job without tags (never mutated): a queued job costs less.
 _NO_TAGS: list[str] = []
+
+
+def _kind(message: p.Message) -> str:
+    """A message's name as peers know it (the server's relayed views are Input and Output)."""
+    return type(message).__name__.removeprefix("Relayed")
 
 
 def _valid_signal(signum: int) -> bool:

@@ -235,6 +235,34 @@ class Input(Message, tag="in"):
     eof: bool = False
 
 
+class RelayedOutput(Message, tag="out"):
+    """The server's view of :class:`Output`: it relays the frame as it came, so
+    ``data`` stays in the frame (``Raw``, not copied); the broker checks that it
+    is a MessagePack bin, as :class:`Output` requires."""
+
+    job_id: str
+    attempt: int
+    fd: int
+    offset: int
+    data: msgspec.Raw
+
+
+class RelayedInput(Message, tag="in"):
+    """The server's view of :class:`Input` (see :class:`RelayedOutput`)."""
+
+    job_id: str
+    attempt: int
+    offset: int
+    data: msgspec.Raw
+    eof: bool = False
+
+
+def is_bin(raw: msgspec.Raw) -> bool:
+    """Whether an undecoded value is a MessagePack bin (bytes)."""
+    view = memoryview(raw)
+    return len(view) > 0 and view[0] in (0xC4, 0xC5, 0xC6)
+
+
 class Ack(Message, tag="ack"):
     """Receiver has consumed stream ``fd`` of the job up to ``offset``.
 
@@ -389,13 +417,13 @@ ToServer = Union[
     Ping,
     Bye,
     Submit,
-    Input,
+    RelayedInput,
     Ack,
     Signal,
     Resize,
     Release,
     Started,
-    Output,
+    RelayedOutput,
     Finished,
     Reject,
     Goodbye,

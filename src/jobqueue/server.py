@@ -156,8 +156,10 @@ class Server:
         self._stop = True
 
     def _receive_batch(self) -> None:
-        """Handle what arrived; the answers go out every DELIVER_EVERY messages (and at
-        the end), so that several for one peer leave as one ZeroMQ message."""
+        """Handle what arrived.  Answers wait for the end of the burst (at most
+        DELIVER_EVERY messages), so that several for one peer leave as one ZeroMQ
+        message; relayed stream traffic (chunks and their acknowledgements, sent
+        as the frames that came) goes at once: holding it stalls the streams."""
         sends: list[Send] = []
         try:
             for count in range(1, BATCH + 1):
@@ -172,7 +174,10 @@ class Server:
                     self.log.event("rejected", peer=frames[0].hex(), why=f"{len(frames) - 1} frames, expected 1")
                     sends.append(Send(frames[0], p.Error("one frame per message, please")))
                 else:
-                    sends += self.broker.receive(frames[0], frames[1], now, role)
+                    answers = self.broker.receive(frames[0], frames[1], now, role)
+                    sends += answers
+                    if any(not isinstance(send.message, p.Message) for send in answers):
+                        count = 0  # a relayed frame: deliver now
                 if count % DELIVER_EVERY == 0:
                     self._deliver(sends)
                     sends = []
@@ -238,7 +243,7 @@ class Server:
 
 
 #: A round's answers go out after at most this many messages handled.
-DELIVER_EVERY = 64
+DELIVER_EVERY = 16
 #: Send flags as plain ints: pyzmq's flag enums cost a few microseconds per message.
 _SEND = int(zmq.NOBLOCK)
 _SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+import msgspec
 import pytest
 
 from jobqueue import protocol as p
@@ -120,6 +121,29 @@ def test_job_goes_to_ready_worker_and_output_is_routed(h: Harness) -> None:
     assert h.state("j1") is JobState.FINISHED
     h.send(b"c1", p.Release("j1", 1))
     assert h.to(b"w1", p.Release) == [p.Release("j1", 1)] and h.state("j1") is None
+
+
+def test_stream_data_that_is_not_bytes_is_refused_not_relayed(h: Harness) -> None:
+    """The server relays Input and Output frames without decoding their data: it must
+    still check that the data is bytes, or one bad client could stop a worker."""
+    h.worker(b"w1")
+    h.client(b"c1")
+    h.submit(b"c1", "j1")
+    h.send(b"w1", p.Started("j1", 1, 42))
+    bad_input = msgspec.msgpack.encode(["in", "j1", 1, 0, "text, not bytes", False])
+    out = h.raw(b"c1", bad_input)
+    assert [peer for peer, _ in out] == [b"c1"] and "must be bytes" in h_reason(out)
+    bad_output = msgspec.msgpack.encode(["out", "j1", 1, 1, 0, 12345])
+    out = h.raw(b"w1", bad_output)
+    assert [peer for peer, _ in out] == [b"w1"] and "must be bytes" in h_reason(out)
+    out = h.send(b"c1", p.Input("j1", 1, 0, b"fine", True))  # the job is not hurt
+    assert [(peer, type(m)) for peer, m in out] == [(b"w1", p.Input)]
+
+
+def h_reason(out: list[tuple[bytes, p.Message]]) -> str:
+    message = out[0][1]
+    assert isinstance(message, p.Error), message
+    return message.reason
 
 
 def test_fifo_and_longest_waiting_worker_first(h: Harness) -> None:
