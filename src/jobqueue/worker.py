@@ -141,6 +141,8 @@ class Worker:
         #: Where we return after starting a job in its directory (see _spawn_pipes).
         self.home = os.open(".", os.O_PATH | os.O_DIRECTORY)
         self.ignored_signals: list[int] = []  # set once our handlers are installed
+        #: Where each program was found, per PATH, as a shell's command hash remembers it.
+        self.programs: dict[tuple[str, str, str], str] = {}
         if options.endpoint.startswith("ipc://"):  # immune to those directory changes
             options.endpoint = "ipc://" + os.path.abspath(options.endpoint[len("ipc://"):])
         # Without keys the worker speaks ZMTP itself (jobqueue.zmtp), as jq does: its
@@ -339,26 +341,28 @@ class Worker:
 
     def _spawn(self, job: Job) -> tuple[int, str, str] | None:
         """Start the job's process; on failure (status, reason, message)."""
-        spec = job.spec
-        where = f"on worker {self.options.name} ({socket.gethostname()})"
         try:
-            if spec.tty:
+            if job.spec.tty:
                 self._spawn_tty(job)
             else:
                 self._spawn_pipes(job)
-        except NoDirectory as e:
-            if e.errno == errno.ENOENT:
-                return 255, "failed", f"directory {spec.cwd} does not exist {where}; use -C DIR to choose another"
-            return 255, "failed", f"cannot enter directory {spec.cwd} {where}: {e.strerror}"
-        except FileNotFoundError:
-            return 127, "not-found", f"{spec.argv[0]}: command not found {where}"
-        except PermissionError:
-            return 126, "not-executable", f"{spec.argv[0]}: permission denied {where}"
-        except OSError as e:
-            return 126, "not-executable", f"{spec.argv[0]}: {e.strerror} {where}"
-        except (ValueError, TypeError) as e:
-            return 255, "failed", f"cannot start {spec.argv[0]} {where}: {e}"
+        except (OSError, ValueError, TypeError) as e:
+            return self._spawn_failure(job.spec, e)
         return None
+
+    def _spawn_failure(self, spec: p.JobSpec, error: Exception) -> tuple[int, str, str]:
+        where = f"on worker {self.options.name} ({socket.gethostname()})"
+        if isinstance(error, NoDirectory):
+            if error.errno == errno.ENOENT:
+                return 255, "failed", f"directory {spec.cwd} does not exist {where}; use -C DIR to choose another"
+            return 255, "failed", f"cannot enter directory {spec.cwd} {where}: {error.strerror}"
+        if isinstance(error, FileNotFoundError):
+            return 127, "not-found", f"{spec.argv[0]}: command not found {where}"
+        if isinstance(error, PermissionError):
+            return 126, "not-executable", f"{spec.argv[0]}: permission denied {where}"
+        if isinstance(error, OSError):
+            return 126, "not-executable", f"{spec.argv[0]}: {error.strerror} {where}"
+        return 255, "failed", f"cannot start {spec.argv[0]} {where}: {error}"
 
     def _spawn_pipes(self, job: Job) -> None:
         """posix_spawn (a vfork) rather than Popen: a third of the worker's time per
@@ -384,9 +388,7 @@ class Worker:
                 actions.append((os.POSIX_SPAWN_DUP2, write_end, target))
             _enter(spec.cwd)
             try:
-                program = _find_program(spec.argv[0], spec.env)
-                job.pid = os.posix_spawn(program, spec.argv, spec.env, file_actions=actions, setsid=True,
-                                         setsigdef=self.ignored_signals)
+                job.pid = self._spawn_program(spec, actions)
             finally:
                 os.fchdir(self.home)
         except BaseException:
@@ -402,6 +404,29 @@ class Worker:
         for which, fd in zip((p.STDOUT, p.STDERR), ours):
             job.streams[which] = OutStream(fd)
             self._own(job, fd, which)
+
+    def _spawn_program(self, spec: p.JobSpec, actions: list[tuple[Any, ...]]) -> int:
+        """posix_spawn the job's program, found on its PATH (remembered per PATH and
+        directory; looked up again if it has gone)."""
+        name = spec.argv[0]
+        key = (spec.env.get("PATH", ""), spec.cwd, name)
+        for attempt in (1, 2):
+            cached = self.programs.get(key) if attempt == 1 else None
+            program = cached or _find_program(name, spec.env)
+            try:
+                pid = os.posix_spawn(program, spec.argv, spec.env, file_actions=actions, setsid=True,
+                                     setsigdef=self.ignored_signals)
+            except FileNotFoundError:
+                if cached is None:
+                    raise
+                del self.programs[key]
+                continue
+            if "/" not in name:
+                if len(self.programs) > 1000:
+                    self.programs.clear()
+                self.programs[key] = program
+            return pid
+        raise AssertionError("unreachable")
 
     def _spawn_tty(self, job: Job) -> None:
         if not os.path.isdir(job.spec.cwd):

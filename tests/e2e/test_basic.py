@@ -122,6 +122,10 @@ def test_job_starts_clean_of_the_workers_state(cluster: Cluster) -> None:
     env = {**cluster.env(), "PATH": f"tools:{os.environ['PATH']}"}  # a relative entry: from the job's directory
     r = cluster.jq("only-here", env=env)
     assert (r.returncode, r.stdout) == (0, f"found in {cluster.tmp}\n".encode())
+    (tools / "only-here").rename(tools / "moved")  # the worker remembers where it was: not for ever
+    assert cluster.jq("only-here", env=env).returncode == 127
+    (tools / "moved").rename(tools / "only-here")
+    assert cluster.jq("only-here", env=env).returncode == 0
     r = cluster.jq("./tools/only-here")
     assert (r.returncode, r.stdout) == (0, f"found in {cluster.tmp}\n".encode())
     r = cluster.jq("sh", "-c", "ls /proc/$$/fd; grep SigIgn /proc/$$/status")
