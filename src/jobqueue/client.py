@@ -97,7 +97,7 @@ class ClientJob:
         or :mod:`jobqueue.protocol` (msgspec: faster, for the Python API); the same bytes."""
         self.p: Any = proto or p
         self.job_id = job_id or new_job_id()
-        self.spec = spec if isinstance(spec, self.p.JobSpec) else _convert_spec(spec, self.p)
+        self.spec = spec  # a JobSpec of ``proto``
         self.io = io
         self.ticket = 0
         self.attempt = 0
@@ -219,13 +219,6 @@ class ClientJob:
         elif self.on_change is not None:
             self.on_change(self)  # nothing to send, but the session forgets the job
         self.io.finished(self, msg)
-
-
-def _convert_spec(spec: object, proto: Any) -> Any:
-    """A JobSpec of one message module as the other's (the same fields, in order)."""
-    cls = proto.JobSpec
-    names = getattr(cls, "__struct_fields__", None) or [name for name, _check, _default in cls.FIELDS]
-    return cls(*[getattr(spec, name) for name in names])
 
 
 class Session:

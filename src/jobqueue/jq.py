@@ -377,7 +377,7 @@ def build_spec(options: JqOptions) -> JobSpec:
     return p.JobSpec(
         argv=options.argv, env=env, cwd=cwd, tags=options.tags, priority=options.priority,
         timeout=options.timeout, tty=options.tty, rows=rows, cols=cols, max_attempts=options.max_attempts,
-        stdin=options.tty or _has_stdin(),
+        stdin=options.tty or _forwards_stdin(),
     )
 
 
@@ -423,7 +423,7 @@ def _loop(session: Session, job: ClientJob, term: Terminal, options: JqOptions) 
     now = time.monotonic()
     session.open(now)
     queue_deadline = now + options.queue_timeout if options.queue_timeout else None
-    stdin_open = _stdin_usable()
+    stdin_open = True  # until EOF (a job without stdin never wants any: see ClientJob.wants_stdin)
     while term.result is None:
         now = time.monotonic()
         timeout = session.conn.next_wakeup(now)
@@ -463,25 +463,15 @@ def _read_stdin(job: ClientJob) -> bool:
     return bool(data)
 
 
-def _has_stdin() -> bool:
-    """False when our stdin is closed or /dev/null: the job then gets /dev/null
-    itself, and no stdin messages need to go back and forth."""
-    try:
-        st = os.fstat(0)
-    except OSError:
+def _forwards_stdin() -> bool:
+    """Whether our stdin goes to the job: not when it is /dev/null (fd 0 is always
+    open, see config.open_missing_std_fds): the job then gets /dev/null itself and
+    no stdin messages go back and forth.  A pipe is grown so one read takes a chunk."""
+    st = os.fstat(0)
+    kind = st.st_mode & 0o170000
+    if kind == 0o020000 and st.st_rdev == os.makedev(1, 3):  # the character device 1,3
         return False
-    return not (st.st_mode & 0o170000 == 0o020000 and st.st_rdev == os.makedev(1, 3))  # char device 1,3
-
-
-def _stdin_usable() -> bool:
-    """Whether fd 0 is open; a pipe there is grown so one read takes a whole chunk."""
-    import stat
-
-    try:
-        mode = os.fstat(0).st_mode
-    except OSError:
-        return False
-    if stat.S_ISFIFO(mode):
+    if kind == 0o010000:  # a pipe
         import fcntl
 
         try:

@@ -50,6 +50,14 @@ def _from_dealer(router: zmq.Socket[bytes], dealer: zmtp.Dealer) -> list[bytes]:
     raise AssertionError("nothing reached the ROUTER")
 
 
+def _connected(server: zmq.Socket[bytes], endpoint: str, limit: int = LIMIT) -> tuple[zmtp.Dealer, bytes]:
+    """A dealer whose first message reached the ROUTER, and its routing id there."""
+    dealer = zmtp.Dealer(endpoint, limit)
+    dealer.send(b"hi")
+    identity, _ = _from_dealer(server, dealer)
+    return dealer, identity
+
+
 def test_messages_both_ways_queued_before_the_handshake(router: tuple[zmq.Socket[bytes], str]) -> None:
     server, endpoint = router
     dealer = zmtp.Dealer(endpoint, LIMIT)
@@ -71,9 +79,7 @@ def test_big_frames_read_into_their_own_buffer_arrive_whole_and_in_order(
     way the stream is cut; small and big ones must still come out byte-exact and in order
     (also as the frames of one multi-frame message)."""
     server, endpoint = router
-    dealer = zmtp.Dealer(endpoint, 4 << 20)
-    dealer.send(b"hi")
-    identity, _ = _from_dealer(server, dealer)
+    dealer, identity = _connected(server, endpoint, 4 << 20)
     rng = random.Random(6)
     sizes = [rng.choice([1, 300, zmtp.BIG_FRAME - 1, zmtp.BIG_FRAME, 700_000, 3 << 20]) for _ in range(60)]
     sent = [rng.randbytes(size) for size in sizes]
@@ -89,9 +95,7 @@ def test_big_frames_read_into_their_own_buffer_arrive_whole_and_in_order(
 def test_each_frame_of_a_multi_frame_message_is_a_message(router: tuple[zmq.Socket[bytes], str]) -> None:
     """The server sends a round's messages for one peer as one multi-frame message."""
     server, endpoint = router
-    dealer = zmtp.Dealer(endpoint, LIMIT)
-    dealer.send(b"hi")
-    identity, _ = _from_dealer(server, dealer)
+    dealer, identity = _connected(server, endpoint)
     server.send_multipart([identity, b"part1", b"part2"])
     server.send_multipart([identity, b"single"])
     assert _pump(dealer, until=3) == [b"part1", b"part2", b"single"]
@@ -100,9 +104,7 @@ def test_each_frame_of_a_multi_frame_message_is_a_message(router: tuple[zmq.Sock
 
 def test_over_the_size_limit_is_an_error(router: tuple[zmq.Socket[bytes], str]) -> None:
     server, endpoint = router
-    dealer = zmtp.Dealer(endpoint, LIMIT)
-    dealer.send(b"hi")
-    identity, _ = _from_dealer(server, dealer)
+    dealer, identity = _connected(server, endpoint)
     server.send_multipart([identity, b"x" * (LIMIT + 1)])
     with pytest.raises(zmtp.ZmtpError, match="over the limit"):
         _pump(dealer)
