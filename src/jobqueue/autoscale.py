@@ -15,7 +15,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+
+from .events import Event, SpawnArrived, SpawnFailed
 
 #: Environment variables the spawn command gets.
 ENV_SERVER = "JOBQUEUE_SERVER"
@@ -61,8 +62,8 @@ class Autoscaler:
     backoff_until: float = 0.0
     #: Spawns the last step had room for (0: at --spawn-max).
     last_room: int = 1
-    #: (kind, fields) for the log; the caller empties it.
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: What happened, for the log; the caller empties it.
+    events: list[Event] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     # --- inputs ------------------------------------------------------------------------
@@ -84,7 +85,7 @@ class Autoscaler:
         spawn = self.pending.pop(spawn_id, None)
         if spawn is None:
             return
-        self.events.append(("spawn-arrived", {"spawn": spawn_id, "after": round(now - spawn.started, 3)}))
+        self.events.append(SpawnArrived(spawn_id, round(now - spawn.started, 3)))
         self.failures = 0
         self.backoff_until = 0.0
 
@@ -92,8 +93,8 @@ class Autoscaler:
         """The spawn command ended; a failure if it failed before its worker came."""
         if status != 0 and spawn_id in self.pending:
             del self.pending[spawn_id]
-            self._failed(now, spawn=spawn_id, why=f"the command exited with status {status} before a worker "
-                                                   "connected; see its output in the server's log")
+            self._failed(now, spawn_id, f"the command exited with status {status} before a worker "
+                                        "connected; see its output in the server's log")
 
     # --- what the server asks ---------------------------------------------------------
 
@@ -156,11 +157,10 @@ class Autoscaler:
     def _expire(self, now: float) -> None:
         for spawn in [s for s in self.pending.values() if s.deadline <= now]:
             del self.pending[spawn.spawn_id]
-            self._failed(now, spawn=spawn.spawn_id,
-                         why=f"no worker connected within {self.policy.timeout:g}s (--spawn-timeout)")
+            self._failed(now, spawn.spawn_id, f"no worker connected within {self.policy.timeout:g}s (--spawn-timeout)")
 
-    def _failed(self, now: float, **fields: Any) -> None:
+    def _failed(self, now: float, spawn_id: str, why: str) -> None:
         self.failures += 1
         delay = min(self.policy.backoff_max, self.policy.backoff_first * 2 ** (self.failures - 1))
         self.backoff_until = now + delay
-        self.events.append(("spawn-failed", {**fields, "retry_in": round(delay, 3)}))
+        self.events.append(SpawnFailed(spawn_id, why, round(delay, 3)))

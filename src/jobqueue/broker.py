@@ -22,7 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import events as ev
 from . import protocol as p
+from .autoscale import WorkerView
 from .jobstate import TERMINAL, WAITING, JobEvent, JobState, next_state
 
 MAX_JOB_ID = 64
@@ -122,6 +124,15 @@ class Job:
 Handler = Callable[[bytes, Any, float], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Census:
+    queued: int
+    running: int
+    workers: int
+    busy: int
+    slots: int
+
+
 class Broker:
     def __init__(
         self,
@@ -142,7 +153,7 @@ class Broker:
         #: Jobs are not dispatched until then, so that after a restart the
         #: workers and clients can re-announce what ran before new work starts.
         self.hold_until = now + (2 * heartbeat if restart_hold is None else restart_hold)
-        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[ev.Event] = []
         self.peers: dict[bytes, Client | Worker] = {}
         self.sessions: dict[str, Client | Worker] = {}
         self.jobs: dict[str, Job] = {}
@@ -265,6 +276,20 @@ class Broker:
             candidates.append(self.hold_until)
         return min(candidates) if candidates else None
 
+    def census(self) -> Census:
+        """Counts of jobs and workers (read-only, for the metrics gauges)."""
+        states = [job.state for job in self.jobs.values()]
+        workers = [w for w in self.peers.values() if isinstance(w, Worker)]
+        return Census(queued=sum(state in WAITING for state in states),
+                      running=sum(state is JobState.RUNNING for state in states),
+                      workers=len(workers), busy=sum(bool(w.running) for w in workers),
+                      slots=sum(w.slots for w in workers))
+
+    def worker_views(self) -> list[WorkerView]:
+        """The connected workers as the autoscaler sees them (read-only)."""
+        return [WorkerView(w.tags, w.free, w.draining, w.spawn_id)
+                for w in self.peers.values() if isinstance(w, Worker)]
+
     def waiting_tag_sets(self) -> dict[frozenset[str], int]:
         """How many jobs wait, per tag set (read-only, for the autoscaler)."""
         counts: dict[frozenset[str], int] = {}
@@ -301,7 +326,7 @@ class Broker:
         elif old is None:
             client = Client(peer, hello.session, hello.name, hello.host, hello.pid, hello.software, now)
             self.peers[peer] = self.sessions[hello.session] = client
-            self._event("client-joined", client=client.name, host=client.host, pid=client.pid)
+            self._event(ev.ClientJoined(client.name, client.host, client.pid))
         else:
             self._reject(peer, "session id already used by a worker", fatal=True)
             return
@@ -322,8 +347,8 @@ class Broker:
                 slots=max(1, hello.slots), tags=frozenset(hello.tags), spawn_id=hello.spawn_id,
             )
             self.peers[peer] = self.sessions[hello.session] = worker
-            self._event("worker-joined", worker=worker.name, host=worker.host, slots=worker.slots,
-                        tags=sorted(worker.tags), **({"spawn": worker.spawn_id} if worker.spawn_id else {}))
+            self._event(ev.WorkerJoined(worker.name, worker.host, worker.slots, sorted(worker.tags),
+                                        worker.spawn_id))
         self._seen(peer, now)
         self._welcome(peer)
         self._sync_worker_jobs(worker, hello.jobs, now)
@@ -392,7 +417,7 @@ class Broker:
         self._send(peer.identity, p.Pong())
 
     def _on_bye(self, client: Client, _: p.Bye, now: float) -> None:
-        self._forget_client(client, now, "client left")
+        self._forget_client(client, now, ev.ClientLeft)
 
     # --- client messages -------------------------------------------------------------
 
@@ -400,7 +425,7 @@ class Broker:
         problem = _validate_submit(msg)
         if problem:
             self._send(client.identity, p.Error(problem, msg.job_id))
-            self._event("rejected", peer=client.name, why=problem)
+            self._event(ev.Rejected(client.name, problem))
             return
         job = self.jobs.get(msg.job_id)
         if job is not None:
@@ -414,7 +439,7 @@ class Broker:
             self.jobs[job.job_id] = job
             client.jobs[job.job_id] = None
             self._enqueue(job)
-            self._event("job-queued", job=job.job_id, client=client.name, priority=job.priority, tags=job.tags)
+            self._event(ev.JobQueued(job.job_id, client.name, job.priority, job.tags))
             self._send(client.identity, p.Queued(job.job_id, job.ticket, self._waiting))
 
     def _resubmit(self, client: Client, job: Job, msg: p.Submit, now: float) -> None:
@@ -454,7 +479,7 @@ class Broker:
         job = self.jobs.get(job_id)
         if job is None or job.owner is not client:
             self._send(client.identity, p.Error(f"no job {job_id} of yours", job_id))
-            self._event("rejected", peer=client.name, why=f"message for job {job_id} it does not own")
+            self._event(ev.Rejected(client.name, f"message for job {job_id} it does not own"))
             return None
         return job
 
@@ -495,7 +520,7 @@ class Broker:
         if job.state in WAITING:
             self._cancel(job, signum, now)
         elif job.state is JobState.RUNNING and job.worker is not None:
-            self._event("job-signal", job=job.job_id, worker=job.worker.name, signal=signum)
+            self._event(ev.JobSignal(job.job_id, job.worker.name, signum))
             self._send(job.worker.identity, p.Signal(job.job_id, signum))
 
     def _on_release(self, client: Client, msg: p.Release, now: float) -> None:
@@ -512,7 +537,7 @@ class Broker:
         job = self.jobs.get(job_id)
         if job is None or job.worker is not worker or job.attempt != attempt:
             if job_id not in worker.running and job_id not in worker.finished:
-                self._event("rejected", peer=worker.name, why=f"message for job {job_id} it was not given")
+                self._event(ev.Rejected(worker.name, f"message for job {job_id} it was not given"))
             return None
         return job
 
@@ -520,8 +545,7 @@ class Broker:
         job = self._worker_job(worker, msg.job_id, msg.attempt)
         if job is None or job.state is not JobState.RUNNING:
             return
-        self._event("job-started", job=job.job_id, worker=worker.name, attempt=job.attempt,
-                    waited=round(job.waited + now - job.since, 3))
+        self._event(ev.JobStarted(job.job_id, worker.name, job.attempt, round(job.waited + now - job.since, 3)))
         job.since = now
         if job.owner is not None:
             self._send(job.owner.identity, p.Started(job.job_id, job.attempt, msg.pid, worker.name, worker.host))
@@ -549,8 +573,8 @@ class Broker:
             if job.state is JobState.RUNNING:
                 self._transition(job, JobEvent.FINISH, now)
                 worker.finished.add(job.job_id)
-                self._event("job-finished", job=job.job_id, worker=worker.name, status=msg.status,
-                            reason=msg.reason, ran=round(now - job.since, 3))
+                self._event(ev.JobFinished(job.job_id, worker.name, msg.status, msg.reason,
+                                           round(now - job.since, 3)))
             if job.owner is not None:  # also a re-sent end, after a Resume
                 self._send(job.owner.identity, msg)
         self._refresh_ready(worker)
@@ -565,13 +589,13 @@ class Broker:
         self._refresh_ready(worker)
 
     def _on_goodbye(self, worker: Worker, msg: p.Goodbye, now: float) -> None:
-        self._event("worker-left", worker=worker.name, reason=msg.reason)
+        self._event(ev.WorkerLeft(worker.name, msg.reason))
         self._remove_worker(worker, now, counts_as_loss=False, reason=f"worker {worker.name} stopped")
 
     def _on_worker_drain(self, worker: Worker, _: p.Drain, now: float) -> None:
         worker.draining = True
         self._refresh_ready(worker)
-        self._event("worker-draining", worker=worker.name)
+        self._event(ev.WorkerDraining(worker.name))
 
     # --- control requests ----------------------------------------------------------------
 
@@ -606,10 +630,10 @@ class Broker:
 
     def _peer_lost(self, peer: Client | Worker, now: float) -> None:
         if isinstance(peer, Worker):
-            self._event("worker-lost", worker=peer.name, silent=round(now - self._last_seen[peer.identity], 3))
+            self._event(ev.WorkerLost(peer.name, round(now - self._last_seen[peer.identity], 3)))
             self._remove_worker(peer, now, counts_as_loss=True, reason=f"worker {peer.name} was lost")
         else:
-            self._forget_client(peer, now, "client lost")
+            self._forget_client(peer, now, ev.ClientLost)
 
     def _remove_worker(self, worker: Worker, now: float, *, counts_as_loss: bool, reason: str) -> None:
         self._forget_peer(worker)
@@ -633,18 +657,18 @@ class Broker:
             self._transition(job, JobEvent.GIVE_UP, now)
             message = (f"{reason}; the job's worker was lost {job.losses} times in a row, "
                        f"so it is not run again (a job that crashes its workers?)")
-            self._event("job-lost", job=job.job_id, why=message)
+            self._event(ev.JobLost(job.job_id, message))
             self._finish_for_client(job, p.Finished(job.job_id, job.attempt, 255, "lost", message))
             return
         self._transition(job, JobEvent.WORKER_LOST, now)
-        self._event("job-requeued", job=job.job_id, attempt=job.attempt, why=reason)
+        self._event(ev.JobRequeued(job.job_id, job.attempt, reason))
         if job.owner is not None:
             self._send(job.owner.identity, p.Requeued(job.job_id, job.attempt, reason))
         self._enqueue(job)
 
-    def _forget_client(self, client: Client, now: float, why: str) -> None:
+    def _forget_client(self, client: Client, now: float, event: type[ev.ClientLeft | ev.ClientLost]) -> None:
         self._forget_peer(client)
-        self._event(why.replace(" ", "-"), client=client.name, jobs=len(client.jobs))
+        self._event(event(client.name, len(client.jobs)))
         for job_id in list(client.jobs):
             job = self.jobs.get(job_id)
             if job is not None:
@@ -658,7 +682,7 @@ class Broker:
                 p.Kill(job.job_id, job.attempt, "its client is gone")
             self._send(job.worker.identity, kind)
         if job.state is JobState.LOST:
-            self._event("job-lost", job=job.job_id, why="its client is gone")
+            self._event(ev.JobLost(job.job_id, "its client is gone"))
         self._drop(job)
 
     def _reattach_expired(self, job: Job, now: float) -> None:
@@ -761,7 +785,7 @@ class Broker:
     def _cancel(self, job: Job, signum: int, now: float) -> None:
         waited = round(now - job.since, 3)
         self._transition(job, JobEvent.CANCEL, now)
-        self._event("job-cancelled", job=job.job_id, signal=signum, waited=waited)
+        self._event(ev.JobCancelled(job.job_id, signum, waited))
         self._finish_for_client(job, p.Finished(job.job_id, job.attempt, 128 + signum, "cancelled",
                                                 "cancelled while queued"))
 
@@ -799,16 +823,16 @@ class Broker:
         out, self._out = self._out, []
         return out
 
-    def _event(self, kind: str, **fields: Any) -> None:
-        self.events.append((kind, fields))
+    def _event(self, event: ev.Event) -> None:
+        self.events.append(event)
 
     def _reject(self, peer: bytes, reason: str, *, fatal: bool) -> None:
-        self._event("rejected", peer=peer.hex(), why=reason)
+        self._event(ev.Rejected(peer.hex(), reason))
         self._send(peer, p.Refused(reason) if fatal else p.Error(reason))
 
     def _refuse_role(self, peer: Client | Worker, message: p.Message, role: str) -> None:
         kind = _kind(message)
-        self._event("rejected", peer=peer.name, why=f"a {role} may not send {kind}")
+        self._event(ev.Rejected(peer.name, f"a {role} may not send {kind}"))
         self._send(peer.identity, p.Error(f"a {role} may not send {kind}"))
 
     # --- status ------------------------------------------------------------------------------

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from .events import Event
 
 
 class Logger:
@@ -40,6 +43,10 @@ class Logger:
         if self._second[0] != second:
             self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second)))
         return self._second[1]
+
+    def record(self, event: Event) -> None:
+        """A typed event (see :mod:`jobqueue.events`) as one line."""
+        self.event(event.kind, **event.fields())
 
     def flush(self) -> None:
         if not self._lines:

@@ -1,7 +1,7 @@
 """Prometheus metrics of the server (``jobqueue-server --metrics HOST:PORT``).
 
-Fed from the broker's event list (the same events the server logs) for the
-counters and histograms; the gauges are read from the broker's state, in the
+Fed from the broker's typed events (the same the server logs) for the
+counters and histograms; the gauges come from :meth:`Broker.census`, in the
 server's own thread, at most every :data:`REFRESH` seconds.  This module is
 imported only when ``--metrics`` is given.
 """
@@ -9,13 +9,12 @@ imported only when ``--metrics`` is given.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from .broker import Broker, Worker
+from . import events as ev
+from .broker import Broker
 from .config import UsageError
-from .jobstate import WAITING, JobState
 
 #: Seconds between two readings of the broker's state for the gauges.
 REFRESH = 0.5
@@ -31,20 +30,6 @@ def parse_address(text: str) -> tuple[str, int]:
     if not sep:
         host = "127.0.0.1"
     return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def outcome(kind: str, fields: dict[str, Any]) -> str | None:
-    """The ``outcome`` label of a job-ending event (None: not an end)."""
-    if kind == "job-cancelled":
-        return "cancelled"
-    if kind == "job-lost":
-        return "lost"
-    if kind != "job-finished":
-        return None
-    reason = str(fields.get("reason", ""))
-    if reason == "exited":
-        return "succeeded" if fields.get("status") == 0 else "nonzero"
-    return reason or "unknown"
 
 
 class Metrics:
@@ -75,25 +60,24 @@ class Metrics:
             raise UsageError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}; "
                              "choose another --metrics address") from None
 
-    def observe(self, events: Iterable[tuple[str, dict[str, Any]]], now: float) -> None:
+    def observe(self, events: Iterable[ev.Event], now: float) -> None:
         """Count the broker's new events; refresh the gauges when due."""
-        for kind, fields in events:
-            if kind == "job-started" and "waited" in fields:
-                self.queue_wait.observe(float(fields["waited"]))
-            label = outcome(kind, fields)
+        for event in events:
+            if isinstance(event, ev.JobStarted):
+                self.queue_wait.observe(event.waited)
+            elif isinstance(event, ev.JobFinished):
+                self.run_time.observe(event.ran)
+            label = ev.outcome(event)
             if label is not None:
                 self.finished.labels(outcome=label).inc()
-                if kind == "job-finished" and "ran" in fields:
-                    self.run_time.observe(float(fields["ran"]))
         if now >= self._next_refresh:
             self._next_refresh = now + REFRESH
             self.refresh()
 
     def refresh(self) -> None:
-        jobs = [job.state for job in self.broker.jobs.values()]
-        self.queued.set(sum(state in WAITING for state in jobs))
-        self.running.set(sum(state is JobState.RUNNING for state in jobs))
-        workers = [w for w in self.broker.peers.values() if isinstance(w, Worker)]
-        self.workers.set(len(workers))
-        self.busy.set(sum(bool(w.running) for w in workers))
-        self.slots.set(sum(w.slots for w in workers))
+        census = self.broker.census()
+        self.queued.set(census.queued)
+        self.running.set(census.running)
+        self.workers.set(census.workers)
+        self.busy.set(census.busy)
+        self.slots.set(census.slots)

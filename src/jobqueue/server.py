@@ -23,9 +23,10 @@ from zmq.utils import z85
 
 from . import __version__
 from . import protocol as p
-from .autoscale import ENV_SERVER, ENV_SPAWN_ID, ENV_SPAWN_TAGS, Autoscaler, SpawnPolicy, WorkerView
-from .broker import Broker, Send, Worker
+from .autoscale import ENV_SERVER, ENV_SPAWN_ID, ENV_SPAWN_TAGS, Autoscaler, SpawnPolicy
+from .broker import Broker, Send
 from .connection import COPY_THRESHOLD
+from .events import WorkerJoined
 from .logs import Logger
 from .security import ServerKeys, check_bind
 
@@ -217,10 +218,10 @@ class Server:
     def _deliver(self, sends: list[Send]) -> None:
         if self.metrics is not None:
             self.metrics.observe(self.broker.events, time.monotonic())
-        for kind, fields in self.broker.events:
-            self.log.event(kind, **fields)
-            if kind == "worker-joined" and "spawn" in fields and self.spawner is not None:
-                self.spawner.arrived(fields["spawn"], time.monotonic())
+        for event in self.broker.events:
+            self.log.record(event)
+            if isinstance(event, WorkerJoined) and event.spawn and self.spawner is not None:
+                self.spawner.arrived(event.spawn, time.monotonic())
         self.broker.events.clear()
         batches: dict[bytes, list[Any]] = {}  # per peer, in order: one ZeroMQ message each
         for send in sends:
@@ -277,9 +278,7 @@ class Spawner:
             self._due = True
             return
         self._next_step, self._due = now + SPAWN_STEP, False
-        workers = [WorkerView(w.tags, w.free, w.draining, w.spawn_id)
-                   for w in broker.peers.values() if isinstance(w, Worker)]
-        for spawn_id in self.autoscaler.step(now, broker.waiting_tag_sets(), workers):
+        for spawn_id in self.autoscaler.step(now, broker.waiting_tag_sets(), broker.worker_views()):
             self._run(spawn_id, now)
         self._log_events()
 
@@ -321,8 +320,8 @@ class Spawner:
         self._log_events()
 
     def _log_events(self) -> None:
-        for kind, fields in self.autoscaler.events:
-            self.log.event(kind, **fields)
+        for event in self.autoscaler.events:
+            self.log.record(event)
         self.autoscaler.events.clear()
 
 

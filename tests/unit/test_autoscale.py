@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from jobqueue.autoscale import Autoscaler, SpawnPolicy, WorkerView
+from jobqueue.events import SpawnArrived, SpawnFailed
 
 NONE: frozenset[str] = frozenset()
 GPU = frozenset({"gpu"})
@@ -64,7 +65,7 @@ def test_arrival_ends_pending() -> None:
     (spawn,) = a.step(0.0, {NONE: 1}, [])
     a.arrived(spawn, 0.4)
     assert a.pending == {}
-    assert a.events[-1] == ("spawn-arrived", {"spawn": spawn, "after": 0.4})
+    assert a.events[-1] == SpawnArrived(spawn, 0.4)
     a.arrived("unknown-7", 0.5)  # a worker of an earlier server: ignored
     assert len(a.events) == 1
 
@@ -75,8 +76,8 @@ def test_late_spawn_fails_and_backs_off_doubling_then_probes_one_at_a_time() -> 
     assert a.step(10.0, {NONE: 3}, []) == []  # all three late: failures 1, 2, 3
     assert a.failures == 3
     assert a.backoff_until == 14.0  # 1 s doubled twice
-    assert a.events[-1][0] == "spawn-failed"
-    assert "no worker connected within 10s" in a.events[-1][1]["why"]
+    assert isinstance(a.events[-1], SpawnFailed)
+    assert "no worker connected within 10s" in a.events[-1].why
     assert "next spawn in 4s" in a.why_waiting([], 10.0)
     assert a.step(13.9, {NONE: 3}, []) == []
     probe = a.step(14.0, {NONE: 3}, [])
@@ -105,7 +106,8 @@ def test_command_failing_before_its_worker_came_is_a_failure() -> None:
     assert one in a.pending
     a.exited(two, 1, 0.1)
     assert two not in a.pending and a.failures == 1
-    assert "exited with status 1" in a.events[-1][1]["why"]
+    assert isinstance(a.events[-1], SpawnFailed)
+    assert "exited with status 1" in a.events[-1].why
     a.arrived(one, 0.2)
     a.exited(one, 3, 0.3)  # it came, then failed: not the spawn's fault
     assert a.failures == 0
