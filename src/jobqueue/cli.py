@@ -188,60 +188,25 @@ def _guard(prog: str, body: Callable[[], int]) -> int:
 
 
 def _request(address: str | None, message: Any, timeout: float, key: str | None, server_key: str | None) -> Any:
-    """One request, one reply, without a session."""
-    import zmq
+    """One request, one reply, without a session: over the same connection code (and
+    transport choice) as every other peer."""
+    import time
 
     from . import protocol as p
-    from .connection import AuthFailed, HandshakeWatch
+    from .connection import Connection, Refused, ServerLost
     from .security import client_security
 
     endpoint = config.endpoint(config.server_address(address))
-    security = client_security(key, server_key)
-    sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    watch = None
-    if security is not None:
-        security.apply_client(sock)
-        watch = HandshakeWatch(sock, endpoint, security, "client")
-    sock.connect(endpoint)
+    conn = Connection(endpoint, None, p.decode_to_client, security=client_security(key, server_key))
     try:
-        sock.send(p.encode(message))
-        if not _wait_reply(sock, watch, timeout):
-            hint = "" if security else " (and if it uses CURVE keys, did you give --key and --server-key)"
-            raise config.UsageError(f"no answer from the server at {endpoint} in {timeout:g}s: "
-                                    f"is jobqueue-server running there{hint}?")
-        reply = p.decode_to_client(sock.recv())
-    except AuthFailed as e:
-        raise config.UsageError(str(e)) from None
-    finally:
-        if watch is not None:
-            watch.close(sock)
-        sock.close()
-    if isinstance(reply, (p.Refused, p.Error)):
+        reply = conn.request(message, timeout, time.monotonic)
+    except (ServerLost, Refused) as e:
+        text = str(e)
+        raise config.UsageError(text if isinstance(e, ServerLost) or text.startswith("authentication")
+                                else f"the server refused: {text}") from None
+    if isinstance(reply, p.Error):
         raise config.UsageError(f"the server refused: {reply.reason}")
     return reply
-
-
-def _wait_reply(sock: Any, watch: Any, timeout: float) -> bool:
-    """Whether a reply came within ``timeout``; a failed CURVE handshake raises at once."""
-    import time
-
-    import zmq
-
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if watch is None:
-            return bool(sock.poll(int(max(left, 0) * 1000)))
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(watch.monitor, zmq.POLLIN)
-        events = dict(poller.poll(int(max(left, 0) * 1000)))
-        if sock in events:
-            return True
-        watch.check()
-        if left <= 0:
-            return False
 
 
 def _control_parser(prog: str, description: str) -> argparse.ArgumentParser:

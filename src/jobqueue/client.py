@@ -240,7 +240,7 @@ class Session:
         self.name = name
         self.jobs: dict[str, ClientJob] = {}
         self._changed: dict[str, ClientJob] = {}  # jobs with messages to send, or ended
-        self.conn = Connection(endpoint, self._hello, self.p.decode_to_client, proto=self.p, lean=security is None,
+        self.conn = Connection(endpoint, self._hello, self.p.decode_to_client, proto=self.p,
                                connect_timeout=connect_timeout, grace=grace, security=security)
         self.conn.on_connect = self._restore
 
@@ -292,4 +292,4 @@ class Session:
     def close(self) -> None:
         if self.conn.socket is not None and self.conn.welcomed:
             self.conn.send(self.p.Bye())
-        self.conn.close(linger=1000)
+        self.conn.close(wait=1.0)

@@ -1,4 +1,4 @@
-"""A peer's link to the server, shared by workers and clients.
+"""A peer's link to the server, shared by workers, clients and control commands.
 
 Paranoid-Pirate style (ZeroMQ Guide, ch. 4): the peer pings every heartbeat,
 any message from the server counts as life, and after ``liveness`` silent
@@ -7,17 +7,20 @@ connection, opens a new one and says hello again, with back-off.  After the
 session ends the caller's ``on_connect`` re-sends its state, since the session
 id and the job ids survive the reconnection.
 
-Two transports carry the frames: :class:`ZmqTransport`, a pyzmq DEALER (the
-worker's, and a client's with CURVE keys), and the lean
-:class:`jobqueue.zmtp.Dealer` (a client without keys: no pyzmq import).  The
-messages come from ``proto``: :mod:`jobqueue.protocol` (msgspec) or
-:mod:`jobqueue.wire` (the client's lean copy); both encode the same bytes.
+Two transports carry the frames, behind one interface (:class:`Transport`),
+chosen once by :func:`transport_factory`: without keys the lean
+:class:`LeanTransport` (:mod:`jobqueue.zmtp`: no pyzmq import, and a round's
+messages leave in one write), with CURVE keys :class:`ZmqTransport` (a pyzmq
+DEALER).  The messages come from ``proto``: :mod:`jobqueue.protocol`
+(msgspec) or :mod:`jobqueue.wire` (the client's lean copy); both encode the
+same bytes.
 
 A poll loop either calls :meth:`Connection.wait`, or registers
 :attr:`Connection.socket` (a zmq socket, or the lean transport's fd, which
 changes on reconnection: register it afresh each time) for
 :meth:`Connection.poll_events`; it calls :meth:`Connection.receive` when that
-is ready, and :meth:`Connection.tick` after every wake-up.
+is ready, and :meth:`Connection.tick` after every wake-up.  Times are
+``time.monotonic()`` seconds, durations seconds.
 """
 
 from __future__ import annotations
@@ -30,11 +33,30 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing them would slow jq down
     from collections.abc import Callable
     from types import ModuleType
-    from typing import Any
+    from typing import Any, Protocol
 
     import zmq
 
     from .protocol import Message  # or its mirror in jobqueue.wire, on a lean connection
+
+    class Transport(Protocol):
+        """One connection's frames, whatever carries them.  ``receive`` and ``maintain``
+        raise :class:`Reconnect` when the connection dropped (the caller opens a new
+        one), :class:`ServerLost` or :class:`AuthFailed` when retrying cannot help."""
+
+        @property
+        def pollable(self) -> Any:
+            """What to register in a poller (an fd or a zmq socket)."""
+
+        def poll_events(self) -> int: ...
+        def wait(self, fds: list[int], timeout: float) -> tuple[bool, set[int]]: ...
+        def next_wakeup(self, now: float) -> float | None: ...
+        def maintain(self, now: float) -> None: ...
+        def send(self, data: bytes) -> bool: ...
+        def receive(self, now: float) -> list[bytes | bytearray]: ...
+        def close(self, wait: float) -> None: ...
+
+    TransportFactory = Callable[[str, int], Transport]
 
 #: Frames at least this big are handed to ZeroMQ without a copy.
 COPY_THRESHOLD = 64 * 1024
@@ -54,6 +76,101 @@ class Refused(Exception):
 
 class AuthFailed(Refused):
     """The CURVE handshake failed: a key the server does not list, or wrong keys."""
+
+
+class Reconnect(Exception):
+    """The transport's connection dropped: open a new one."""
+
+
+def transport_factory(security: Security | None, role: str,
+                      context: zmq.Context[Any] | None = None) -> TransportFactory:
+    """How this peer makes its connections, decided once: CURVE keys need pyzmq;
+    without them the lean ZMTP transport (jq's start-up, and a worker's few
+    messages per job in one write a round)."""
+    if security is None:
+        return LeanTransports()
+    return lambda endpoint, max_message: ZmqTransport(endpoint, max_message, security, role, context)
+
+
+class LeanTransports:
+    """Makes :class:`LeanTransport` connections; counts handshakes cut short in a row
+    across them (a server that uses CURVE closes ours during the handshake)."""
+
+    def __init__(self) -> None:
+        self.rejected = 0
+
+    def __call__(self, endpoint: str, max_message: int) -> LeanTransport:
+        return LeanTransport(endpoint, max_message, self)
+
+
+class LeanTransport:
+    """The lean DEALER of :mod:`jobqueue.zmtp` (NULL mechanism), its errors in this module's terms."""
+
+    def __init__(self, endpoint: str, max_message: int, factory: LeanTransports) -> None:
+        from .zmtp import Dealer, ZmtpError
+
+        self.endpoint = endpoint
+        self.factory = factory
+        try:
+            self.dealer = Dealer(endpoint, max_message)
+        except ZmtpError as e:
+            raise ServerLost(str(e)) from None
+
+    @property
+    def pollable(self) -> int:
+        return self.dealer.fileno()
+
+    def poll_events(self) -> int:
+        return self.dealer.poll_events()
+
+    def wait(self, fds: list[int], timeout: float) -> tuple[bool, set[int]]:
+        import select
+
+        poller = select.poll()
+        own = self.dealer.fileno()
+        poller.register(own, self.dealer.poll_events())
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        events = dict(poller.poll(int(timeout * 1000)))
+        return own in events, {fd for fd in fds if fd in events}
+
+    def next_wakeup(self, now: float) -> float | None:
+        return self.dealer.next_wakeup(now)
+
+    def maintain(self, now: float) -> None:
+        try:
+            self.dealer.maintain(now)
+        except ConnectionError:
+            raise Reconnect() from None
+
+    def send(self, data: bytes) -> bool:
+        return self.dealer.send(data)
+
+    def receive(self, now: float) -> list[bytes | bytearray]:
+        from .zmtp import HandshakeRejected, MechanismMismatch, ZmtpError
+
+        try:
+            frames = self.dealer.receive(now)
+            if self.dealer.is_open:
+                self.factory.rejected = 0
+            return frames
+        except MechanismMismatch as e:
+            raise AuthFailed(f"authentication failed: the server at {self.endpoint} uses {e} keys: "
+                             "give --key and --server-key ($JOBQUEUE_KEY, $JOBQUEUE_SERVER_KEY)") from None
+        except HandshakeRejected as e:
+            self.factory.rejected += 1
+            if self.factory.rejected >= HANDSHAKE_REJECTED_LIMIT:
+                raise AuthFailed(f"authentication failed: {e} (repeatedly): it probably uses CURVE keys: give "
+                                 "--key and --server-key ($JOBQUEUE_KEY, $JOBQUEUE_SERVER_KEY)") from None
+        except ZmtpError as e:
+            if not self.dealer.is_open:
+                raise ServerLost(f"cannot talk to the server at {self.endpoint}: {e}") from None
+        except ConnectionError:
+            pass
+        raise Reconnect()
+
+    def close(self, wait: float) -> None:
+        self.dealer.close(wait)
 
 
 class ZmqTransport:
@@ -85,6 +202,22 @@ class ZmqTransport:
     def poll_events(self) -> int:
         return POLLIN
 
+    def wait(self, fds: list[int], timeout: float) -> tuple[bool, set[int]]:
+        zmq = self._zmq
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        if self.handshakes is not None:  # a failed handshake wakes us too
+            poller.register(self.handshakes.monitor, zmq.POLLIN)
+        for fd in fds:
+            poller.register(fd, zmq.POLLIN)
+        try:
+            events = dict(poller.poll(int(timeout * 1000)))
+        except zmq.ZMQError as e:
+            if e.errno != errno.EINTR:
+                raise
+            events = {}
+        return self.socket in events, {fd for fd in fds if fd in events}
+
     def next_wakeup(self, now: float) -> float | None:
         return None
 
@@ -99,56 +232,63 @@ class ZmqTransport:
             return False
         return True
 
-    def receive(self, now: float) -> list[bytes]:
+    def receive(self, now: float) -> list[bytes | bytearray]:
         """Every message waiting: one per frame (the server sends a round's in one go)."""
-        out: list[bytes] = []
+        out: list[bytes | bytearray] = []
         while True:
             try:
                 out += self.socket.recv_multipart(self._zmq.NOBLOCK)
             except self._zmq.Again:
                 return out
 
-    def close(self, linger: float) -> None:
+    def close(self, wait: float) -> None:
         if self.handshakes is not None:
             self.handshakes.close(self.socket)
             self.handshakes = None
-        self.socket.close(linger=int(linger * 1000))
+        self.socket.close(linger=int(wait * 1000))
+
+
+def _wait_without_transport(fds: list[int], timeout: float) -> tuple[bool, set[int]]:
+    import select
+
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return False, {fd for fd, _ in poller.poll(int(timeout * 1000))}
 
 
 class Connection:
     def __init__(
         self,
         endpoint: str,
-        hello: Callable[[], Any],
-        decode: Callable[[bytes], Any],
+        hello: Callable[[], Any] | None,
+        decode: Callable[[bytes | bytearray], Any],
         *,
         proto: ModuleType | None = None,
-        lean: bool = False,
         connect_timeout: float = config.CONNECT_TIMEOUT,
         grace: float = config.SERVER_GRACE,
         security: Security | None = None,
         context: zmq.Context[Any] | None = None,
+        role: str = "client",
     ) -> None:
-        """``proto`` supplies the messages (default :mod:`jobqueue.protocol`); ``lean``
-        picks the pyzmq-free transport (refused with CURVE keys, which need pyzmq)."""
+        """``hello``: the message that opens a session (None: sessionless requests, see
+        :meth:`request`); ``proto`` supplies the messages (default :mod:`jobqueue.protocol`);
+        ``security``: CURVE keys (they choose the pyzmq transport)."""
         if proto is None:
             from . import protocol
 
             proto = protocol
-        if lean and security is not None:
-            raise ValueError("the lean transport speaks no CURVE: use pyzmq when keys are given")
         self.endpoint = endpoint
         self._hello = hello
         self._decode = decode
         self.proto = proto
-        self.lean = lean
         self.connect_timeout = connect_timeout
         self.grace = grace
         self.security = security
-        self.context = context
+        self._new_transport = transport_factory(security, role, context)
         self.heartbeat = config.HEARTBEAT
         self.liveness = config.LIVENESS
-        self.transport: Any = None  # ZmqTransport or zmtp.Dealer
+        self.transport: Transport | None = None
         self.welcomed = False  # the current connection got its Welcome
         self.ever_welcomed = False
         self.server_id = ""
@@ -157,7 +297,6 @@ class Connection:
         self._connected_at = 0.0
         self._lost_since: float | None = None
         self._backoff = 0.0
-        self._rejected = 0  # lean handshakes the server cut short in a row
         #: Called with the connection's time after (re)connecting: returns the
         #: messages that restore this peer's state on the server.
         self.on_connect: Callable[[], list[Any]] = lambda: []
@@ -176,32 +315,9 @@ class Connection:
     def wait(self, fds: list[int], timeout: float) -> tuple[bool, set[int]]:
         """Wait up to ``timeout`` seconds for this connection (to have input, or room for its
         output) or for one of ``fds`` to be readable: (connection ready, the ready fds)."""
-        ms = int(timeout * 1000)
-        if self.lean:
-            import select
-
-            lean_poller = select.poll()
-            if self.transport is not None:
-                lean_poller.register(self.transport.fileno(), self.transport.poll_events())
-            for fd in fds:
-                lean_poller.register(fd, select.POLLIN)
-            events = dict(lean_poller.poll(ms))
-            ready = self.transport is not None and self.transport.fileno() in events
-            return ready, {fd for fd in fds if fd in events}
-        import zmq
-
-        poller = zmq.Poller()
-        if self.socket is not None:
-            poller.register(self.socket, zmq.POLLIN)
-        for fd in fds:
-            poller.register(fd, zmq.POLLIN)
-        try:
-            zmq_events = dict(poller.poll(ms))
-        except zmq.ZMQError as e:
-            if e.errno != errno.EINTR:
-                raise
-            zmq_events = {}
-        return self.socket is not None and self.socket in zmq_events, {fd for fd in fds if fd in zmq_events}
+        if self.transport is None:
+            return _wait_without_transport(fds, timeout)
+        return self.transport.wait(fds, timeout)
 
     def open(self, now: float) -> None:
         """(Re)connect and say hello; queued stale messages die with the old connection."""
@@ -210,29 +326,18 @@ class Connection:
 
     def _start_transport(self) -> None:
         """A new connection carrying the hello and this peer's state (liveness timers kept)."""
-        self.close(linger=0)
-        max_message = self.proto.MAX_MESSAGE_SIZE + 4096
-        if self.lean:
-            from .zmtp import Dealer, ZmtpError
-
-            try:
-                self.transport = Dealer(self.endpoint, max_message)
-            except ZmtpError as e:
-                raise ServerLost(str(e)) from None
-        else:
-            self.transport = ZmqTransport(self.endpoint, max_message, self.security, self._role(), self.context)
+        self.close()
+        self.transport = self._new_transport(self.endpoint, self.proto.MAX_MESSAGE_SIZE + 4096)
         self.welcomed = False
-        self.send(self._hello())
+        if self._hello is not None:
+            self.send(self._hello())
         for message in self.on_connect():
             self.send(message)
 
-    def _role(self) -> str:
-        return "worker" if type(self._hello()).__name__ == "WorkerHello" else "client"
-
-    def close(self, linger: int = 0) -> None:
-        """Close the connection, after up to ``linger`` ms spent sending what is queued."""
+    def close(self, wait: float = 0.0) -> None:
+        """Close the connection, after up to ``wait`` seconds spent sending what is queued."""
         if self.transport is not None:
-            self.transport.close(linger / 1000)
+            self.transport.close(wait)
             self.transport = None
 
     def send(self, message: Any) -> bool:
@@ -244,6 +349,31 @@ class Connection:
             return bool(self.transport.send(self.proto.encode(message)))
         except ConnectionError:
             return False  # the next receive or tick reconnects
+
+    def request(self, message: Any, timeout: float, now: Callable[[], float]) -> Any:
+        """Send one sessionless request (status, cancel, drain) and return the reply
+        (raises :class:`ServerLost` after ``timeout`` seconds, :class:`Refused` if refused)."""
+        start = now()
+        self.open(start)
+        self.send(message)
+        try:
+            while True:
+                left = start + timeout - now()
+                if left <= 0:
+                    hint = "" if self.security else " (and if it uses CURVE keys, did you give --key and --server-key)"
+                    raise ServerLost(f"no answer from the server at {self.endpoint} in {timeout:g}s: "
+                                     f"is jobqueue-server running there{hint}?")
+                assert self.transport is not None
+                self.transport.wait([], min(left, 0.1))
+                for reply in self.receive(now()):
+                    return reply
+                if self.transport is None:  # it dropped: ask again on a new connection
+                    self.open(now())
+                    self.send(message)
+                else:
+                    self._maintain(now())
+        finally:
+            self.close()
 
     # --- events ----------------------------------------------------------------------
 
@@ -268,34 +398,22 @@ class Connection:
                 out.append(message)
         return out
 
-    def _frames(self, now: float) -> list[bytes]:
-        """Frames from the transport; a lean connection that dropped is made again at once."""
+    def _frames(self, now: float) -> list[bytes | bytearray]:
+        """Frames from the transport; a connection that dropped is made again at once."""
         if self.transport is None:
             return []
-        if not self.lean:
-            return list(self.transport.receive(now))
-        from .zmtp import HandshakeRejected, MechanismMismatch, ZmtpError
-
         try:
-            frames = list(self.transport.receive(now))
-            if self.transport.is_open:
-                self._rejected = 0
-            return frames
-        except MechanismMismatch as e:
-            raise AuthFailed(f"authentication failed: the server at {self.endpoint} uses {e} keys: "
-                             "give --key and --server-key ($JOBQUEUE_KEY, $JOBQUEUE_SERVER_KEY)") from None
-        except HandshakeRejected as e:
-            self._rejected += 1
-            if self._rejected >= HANDSHAKE_REJECTED_LIMIT:
-                raise AuthFailed(f"authentication failed: {e} (repeatedly): it probably uses CURVE keys: give "
-                                 "--key and --server-key ($JOBQUEUE_KEY, $JOBQUEUE_SERVER_KEY)") from None
-        except ZmtpError as e:
-            if not self.transport.is_open:
-                raise ServerLost(f"cannot talk to the server at {self.endpoint}: {e}") from None
-        except ConnectionError:
-            pass
-        self._start_transport()
-        return []
+            return self.transport.receive(now)
+        except Reconnect:
+            self._start_transport()
+            return []
+
+    def _maintain(self, now: float) -> None:
+        assert self.transport is not None
+        try:
+            self.transport.maintain(now)
+        except Reconnect:
+            self._start_transport()
 
     def _on_welcome(self, welcome: Any) -> None:
         self.welcomed = self.ever_welcomed = True
@@ -314,10 +432,7 @@ class Connection:
         if now - self._last_ping >= self.heartbeat:
             self._last_ping = now
             self.send(self.proto.Ping())
-        try:
-            self.transport.maintain(now)
-        except ConnectionError:
-            self._start_transport()
+        self._maintain(now)
         silent = now - self._last_heard
         if not self.ever_welcomed and now - self._connected_at > self.connect_timeout:
             raise ServerLost(

@@ -42,7 +42,7 @@ Role = Literal["client", "worker"]
 
 
 #: What a frame arrives as (a memoryview when the server avoids copying it).
-Buffer = bytes | memoryview
+Buffer = bytes | bytearray | memoryview
 
 
 class ProtocolError(Exception):

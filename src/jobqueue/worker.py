@@ -149,7 +149,7 @@ class Worker:
         # few messages per job leave in one write a loop round, where pyzmq would
         # wake its I/O thread for each (a fifth of the worker's time per trivial job).
         self.conn = Connection(
-            options.endpoint, self._hello, p.decode_to_worker, lean=options.security is None,
+            options.endpoint, self._hello, p.decode_to_worker, role="worker",
             connect_timeout=float("inf"), grace=options.grace, security=options.security,
         )
         self.poller = zmq.Poller()
@@ -216,7 +216,7 @@ class Worker:
             return 1
         finally:
             self.log.flush()
-            self.conn.close(linger=2000)
+            self.conn.close(wait=2.0)
         return 0
 
     def _should_exit(self) -> bool:
