@@ -150,9 +150,11 @@ class Broker:
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.lost_after = heartbeat * liveness
-        #: Jobs are not dispatched until then, so that after a restart the
-        #: workers and clients can re-announce what ran before new work starts.
+        #: After a restart, jobs are not dispatched until then, so that the workers and
+        #: clients can re-announce what ran and what waited before new work starts.
+        #: A fresh server (no peer says it knew an earlier one) dispatches at once.
         self.hold_until = now + (2 * heartbeat if restart_hold is None else restart_hold)
+        self._restarted = False
         self.events: list[ev.Event] = []
         self.peers: dict[bytes, Client | Worker] = {}
         self.sessions: dict[str, Client | Worker] = {}
@@ -272,7 +274,7 @@ class Broker:
         candidates = [min(d.values()) for d in (self._detached, self._unreachable) if d]
         if self._last_seen:
             candidates.append(next(iter(self._last_seen.values())) + self.lost_after)
-        if self._holding and self._waiting and self._ready:
+        if self._holding and self._restarted and self._waiting and self._ready:
             candidates.append(self.hold_until)
         return min(candidates) if candidates else None
 
@@ -314,6 +316,8 @@ class Broker:
         if hello.version != p.PROTOCOL_VERSION:
             self._reject(peer, p.version_mismatch(hello.version), fatal=True)
             return False
+        if hello.previous_server and hello.previous_server != self.server_id and self._holding:
+            self._restarted = True  # a peer of the previous server: let them all re-announce first
         if role is not None and role != wanted:
             self._reject(peer, f"this key is authorized as a {role}, not as a {wanted}", fatal=True)
             return False
@@ -745,7 +749,7 @@ class Broker:
     def _dispatch(self, now: float) -> None:
         """Give waiting jobs to ready slots, the longest-waiting slot first.  Only
         a queued job or a freed slot can make a new match: otherwise nothing to do."""
-        if now < self.hold_until or not self._waiting or not self._may_match:
+        if (self._restarted and now < self.hold_until) or not self._waiting or not self._may_match:
             return
         self._holding = self._may_match = False
         for token, worker in list(self._ready.items()):

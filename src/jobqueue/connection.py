@@ -330,7 +330,9 @@ class Connection:
         self.transport = self._new_transport(self.endpoint, self.proto.MAX_MESSAGE_SIZE + 4096)
         self.welcomed = False
         if self._hello is not None:
-            self.send(self._hello())
+            hello = self._hello()
+            hello.previous_server = self.server_id  # tells a restarted server that it is one
+            self.send(hello)
         for message in self.on_connect():
             self.send(message)
 

@@ -65,6 +65,9 @@ class ClientHello(Message, tag="hello"):
     host: str = ""
     pid: int = 0
     software: str = ""
+    #: The server this peer was connected to before (empty: none): proof that this
+    #: server is a restart, whose dispatch then waits for re-announced jobs.
+    previous_server: str = ""
 
 
 class JobSpec(msgspec.Struct, array_like=True):
@@ -113,6 +116,7 @@ class WorkerHello(Message, tag="whello"):
     jobs: list[ActiveJob] = []
     draining: bool = False
     spawn_id: str = ""  # $JOBQUEUE_SPAWN_ID: the server's --spawn started this worker
+    previous_server: str = ""  # as in ClientHello
 
 
 class Welcome(Message, tag="welcome"):

@@ -197,7 +197,7 @@ class JobSpec(Struct):
 class ClientHello(Message):
     TAG = "hello"
     FIELDS = (("version", _int, _REQUIRED), ("session", _str, _REQUIRED), ("name", _str, ""),
-              ("host", _str, ""), ("pid", _int, 0), ("software", _str, ""))
+              ("host", _str, ""), ("pid", _int, 0), ("software", _str, ""), ("previous_server", _str, ""))
     __slots__ = _names(FIELDS)
     version: int
     session: str
@@ -205,6 +205,7 @@ class ClientHello(Message):
     host: str
     pid: int
     software: str
+    previous_server: str
 
 
 class Welcome(Message):

@@ -38,13 +38,15 @@ class Harness:
         self.outbox += out
         return out
 
-    def client(self, peer: bytes, session: str | None = None) -> None:
-        self.send(peer, p.ClientHello(p.PROTOCOL_VERSION, session or peer.decode(), "c"))
+    def client(self, peer: bytes, session: str | None = None, previous_server: str = "") -> None:
+        self.send(peer, p.ClientHello(p.PROTOCOL_VERSION, session or peer.decode(), "c",
+                                      previous_server=previous_server))
 
     def worker(self, peer: bytes, slots: int = 1, tags: list[str] | None = None,
-               jobs: list[p.ActiveJob] | None = None, session: str | None = None) -> list[tuple[bytes, p.Message]]:
+               jobs: list[p.ActiveJob] | None = None, session: str | None = None,
+               previous_server: str = "") -> list[tuple[bytes, p.Message]]:
         hello = p.WorkerHello(p.PROTOCOL_VERSION, session or peer.decode(), peer.decode(), "h", 1, "0", slots,
-                              tags or [], jobs or [])
+                              tags or [], jobs or [], previous_server=previous_server)
         return self.send(peer, hello)
 
     def submit(self, client: bytes, job_id: str, argv: list[str] | None = None, **spec: Any) -> None:
@@ -192,15 +194,35 @@ def test_never_assigns_more_than_free_slots(h: Harness) -> None:
     assert len(h.assigned(h.outbox)) == 3
 
 
-def test_restart_hold_delays_dispatch() -> None:
+def test_restart_hold_delays_dispatch_once_a_peer_of_the_previous_server_says_hello() -> None:
     h = Harness(hold=2.0)
-    h.client(b"c")
+    h.client(b"c", previous_server="old-server")
     h.worker(b"w")
     h.submit(b"c", "j")
     assert h.assigned(h.outbox) == []
     assert h.broker.next_deadline() == pytest.approx(102.0)
     h.advance(2.0)
     assert h.assigned(h.outbox) == [(b"w", "j", 1)]
+
+
+def test_fresh_server_dispatches_the_first_job_at_once() -> None:
+    h = Harness(hold=2.0)
+    h.worker(b"w")
+    h.client(b"c")
+    h.submit(b"c", "j")
+    assert h.assigned(h.outbox) == [(b"w", "j", 1)]
+
+
+def test_restart_hold_keeps_the_order_of_reannounced_tickets() -> None:
+    h = Harness(hold=2.0)
+    h.worker(b"w", previous_server="old-server")
+    h.client(b"new")
+    h.submit(b"new", "fresh")
+    h.client(b"old", previous_server="old-server")
+    h.send(b"old", p.Submit("early", p.JobSpec(["true"], {}, "/"), ticket=5))
+    assert h.assigned(h.outbox) == []
+    h.advance(2.0)
+    assert h.assigned(h.outbox) == [(b"w", "early", 1)]
 
 
 # --- losses ---------------------------------------------------------------------------------
