@@ -4,7 +4,7 @@ and :class:`concurrent.futures.Executor`, with the jobs run by jobqueue workers.
 An executor keeps ONE connection to the server (a :class:`~jobqueue.client.Session`,
 the client side ``jq`` uses too) for any number of jobs.  A background thread runs
 its poll loop; other threads hand it submissions and cancellations through a
-queue and wake it through a socket pair.  Output is collected in memory
+queue and wake it through a pipe.  Output is collected in memory
 (``capture_output=True``) or written to this process's stdout/stderr fds.
 """
 

@@ -16,12 +16,11 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .events import Event, SpawnArrived, SpawnFailed
-
 #: Environment variables the spawn command gets.
-ENV_SERVER = "JOBQUEUE_SERVER"
-ENV_SPAWN_TAGS = "JOBQUEUE_SPAWN_TAGS"
-ENV_SPAWN_ID = "JOBQUEUE_SPAWN_ID"
+from .config import ENV_SERVER as ENV_SERVER
+from .config import ENV_SPAWN_ID as ENV_SPAWN_ID
+from .config import ENV_SPAWN_TAGS as ENV_SPAWN_TAGS
+from .events import Event, SpawnArrived, SpawnFailed
 
 
 @dataclass(frozen=True)

@@ -103,8 +103,6 @@ class Job:
     heap_seq: int = 0
     #: Seconds it waited in the queue before its current attempt was assigned.
     waited: float = 0.0
-    #: After a restart: when to give up waiting for the missing side.
-    deadline: float | None = None
 
     @property
     def tag_key(self) -> frozenset[str]:

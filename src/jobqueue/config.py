@@ -12,6 +12,11 @@ ENV_SERVER = "JOBQUEUE_SERVER"
 #: CURVE keys of a client or worker (see jobqueue.security).
 ENV_KEY = "JOBQUEUE_KEY"
 ENV_SERVER_KEY = "JOBQUEUE_SERVER_KEY"
+#: Given by the server's --spawn to the workers it starts (see jobqueue.autoscale).
+ENV_SPAWN_ID = "JOBQUEUE_SPAWN_ID"
+ENV_SPAWN_TAGS = "JOBQUEUE_SPAWN_TAGS"
+#: fcntl.F_SETPIPE_SZ (Linux), for Pythons whose fcntl lacks the name.
+F_SETPIPE_SZ = 1031
 
 #: Liveness defaults (ZeroMQ Guide, Paranoid Pirate): a heartbeat a second, a
 #: peer is lost after ``LIVENESS`` silent intervals.  The server's values win:

@@ -475,7 +475,7 @@ def _forwards_stdin() -> bool:
         import fcntl
 
         try:
-            fcntl.fcntl(0, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+            fcntl.fcntl(0, config.F_SETPIPE_SZ, 1 << 20)
         except OSError:
             pass
     return True

@@ -25,7 +25,7 @@ message that says what was wrong, so bad input is refused at the edge.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import msgspec
 
@@ -482,7 +482,7 @@ def assign_encoded(job_id: str, attempt: int, spec: bytes) -> AssignRaw:
     return AssignRaw(job_id, attempt, msgspec.Raw(spec))
 
 
-def _decode(decoder: msgspec.msgpack.Decoder, data: Buffer, side: str) -> Message:
+def _decode(decoder: msgspec.msgpack.Decoder[Any], data: Buffer, side: str) -> Message:
     try:
         message: Message = decoder.decode(data)
     except msgspec.DecodeError as e:

@@ -15,11 +15,11 @@ from typing import NamedTuple
 import zmq
 from zmq.utils import z85
 
+from .config import ENV_KEY as ENV_KEY
+from .config import ENV_SERVER_KEY as ENV_SERVER_KEY
 from .config import UsageError
 from .connection import Security
 
-ENV_KEY = "JOBQUEUE_KEY"
-ENV_SERVER_KEY = "JOBQUEUE_SERVER_KEY"
 KEY_LENGTH = 40  # z85 characters of a 32-byte CURVE key
 ROLES = ("client", "worker")
 

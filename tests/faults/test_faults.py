@@ -15,7 +15,7 @@ import psutil
 
 from jobqueue.protocol import PROTOCOL_VERSION
 from tests.conftest import BIN, Cluster, wait_for
-from tests.relay import Relay
+from tests.support.relay import Relay
 
 
 def _port(endpoint: str) -> int:

@@ -145,3 +145,39 @@ def test_truncated_or_extended_messages_are_refused(message: w.Message, data: st
 def test_errors_say_what_is_wrong(data: bytes, error: str) -> None:
     with pytest.raises(w.ProtocolError, match=error):
         w.decode_to_client(data)
+
+
+# --- the vocabulary: every message a client sends or receives is mirrored ------------------------
+
+#: Replies only the control commands (jobqueue status/cancel/drain) read: they use msgspec.
+CONTROL_ONLY = {"statusr", "controlr"}
+
+
+def _tag(cls: type) -> str:
+    return str(cls.__struct_config__.tag)
+
+
+def test_every_message_a_client_receives_is_mirrored() -> None:
+    theirs = {_tag(cls) for cls in p.ToClient.__args__} - CONTROL_ONLY  # type: ignore[attr-defined]
+    assert theirs == set(w._TO_CLIENT)
+
+
+def test_every_message_the_broker_takes_from_a_client_is_mirrored() -> None:
+    from jobqueue.broker import Broker
+
+    handled = {_tag(cls) for cls in Broker(0.0)._client_handlers} | {_tag(p.ClientHello)}
+    assert handled <= {cls.TAG for cls in w.MESSAGES}
+
+
+WIRE_TYPES = {w._int: int, w._str: str, w._bool: bool, w._bytes: bytes, w._float: float,
+              w._float_or_none: float | None, w._str_list: list[str], w._int_list: list[int],
+              w._str_map: dict[str, str], w._job_spec: p.JobSpec}
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_field_types_match_the_protocol(cls: type[w.Struct]) -> None:
+    import typing
+
+    hints = typing.get_type_hints(getattr(p, cls.__name__))
+    for name, check, _default in cls.FIELDS:
+        assert WIRE_TYPES[check] == hints[name], name
