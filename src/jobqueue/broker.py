@@ -387,6 +387,9 @@ class Broker:
                 del worker.running[job.job_id]
                 worker.finished.add(job.job_id)
             return
+        if job.state is JobState.QUEUED and job.worker is None and active.attempt > job.attempt:
+            self._adopt_queued(job, worker, active, now)
+            return
         if job.attempt != active.attempt or (job.worker is not None and job.worker is not worker):
             self._send(worker.identity, p.Kill(active.job_id, active.attempt, "stale attempt"))
             worker.running[active.job_id] = active.attempt
@@ -398,6 +401,19 @@ class Broker:
             self._resume(job, self._client_offsets.pop(job.job_id, [0, 0]))
         else:
             worker.running[job.job_id] = job.attempt
+
+    def _adopt_queued(self, job: Job, worker: Worker, active: p.ActiveJob, now: float) -> None:
+        """After a restart, a client re-queued its job without knowing that it had started
+        (the server died before relaying Started); its worker now says it runs (or ran)
+        it: that run is the job's, not a stale one to kill and run again."""
+        self._transition(job, JobEvent.REATTACH, now)
+        job.attempt = active.attempt
+        self._attach_worker(job, worker)
+        if active.finished:
+            self._transition(job, JobEvent.FINISH, now)
+            del worker.running[job.job_id]
+            worker.finished.add(job.job_id)
+        self._resume(job, [0, 0])
 
     def _attach_worker(self, job: Job, worker: Worker) -> None:
         job.worker = worker

@@ -199,6 +199,15 @@ class ClientJob:
         self.io.started(self, msg)
         self._send_stdin()
 
+    def _output_missing(self, msg: Any) -> bool:
+        """Whether the job wrote more than we have received (by the end's byte counts)."""
+        if msg.reason in ("cancelled", "lost"):
+            return False  # ended by the server: no worker holds output
+        if msg.attempt > self.attempt:  # it started while we could not hear of it
+            self.attempt, self.running = msg.attempt, True
+            self.received = [0, 0]
+        return any(sent > have for sent, have in zip(msg.offsets, self.received))
+
     def _on_output(self, msg: Any) -> None:
         if msg.attempt != self.attempt or msg.fd not in (p.STDOUT, p.STDERR) or self.ended is not None:
             return
@@ -211,6 +220,12 @@ class ClientJob:
 
     def _on_finished(self, msg: Any) -> None:
         if self.ended is not None or msg.attempt < self.attempt:
+            return
+        if self._output_missing(msg):
+            # The end overtook output that is still to come (a worker re-sends its end
+            # as it reconnects, before the output a resume re-sends): ask for the rest
+            # from what we have; the resumed stream ends with the end again.
+            self._post(self.submit_message())
             return
         self.ended = msg
         self.spool.close()

@@ -21,7 +21,7 @@ class JobState(enum.Enum):
 
 class JobEvent(enum.Enum):
     SUBMIT = "submit"  # a client queues a job
-    REATTACH = "reattach"  # after a server restart: a client or worker reports it running
+    REATTACH = "reattach"  # after a server restart: a client or worker reports it running (or ran)
     ASSIGN = "assign"  # the broker gives it to a ready worker
     REJECT = "reject"  # the worker had no free slot after all: back to the queue head
     WORKER_LOST = "worker-lost"  # worker silent, or left politely: run it again
@@ -39,6 +39,8 @@ TRANSITIONS: dict[tuple[JobState | None, JobEvent], JobState] = {
     (None, E.REATTACH): S.RUNNING,
     (S.QUEUED, E.ASSIGN): S.RUNNING,
     (S.QUEUED, E.CANCEL): S.CANCELLED,
+    # After a restart: its client re-queued it, not knowing it had started; its worker says it runs.
+    (S.QUEUED, E.REATTACH): S.RUNNING,
     (S.QUEUED, E.CLIENT_LOST): S.LOST,
     (S.REQUEUED, E.ASSIGN): S.RUNNING,
     (S.REQUEUED, E.CANCEL): S.CANCELLED,

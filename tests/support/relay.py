@@ -29,6 +29,10 @@ class Relay:
     def freeze(self) -> None:
         self.frozen.set()
 
+    def thaw(self) -> None:
+        """Forward again what was held (a cut that heals)."""
+        self.frozen.clear()
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)

@@ -360,6 +360,24 @@ def test_running_job_reattaches_after_restart_client_first(h: Harness) -> None:
     assert h.assigned(h.outbox) == []
 
 
+def test_job_its_client_requeued_unaware_it_had_started_is_adopted_from_its_worker(h: Harness) -> None:
+    """The server died before relaying Started: the client re-queues the job at attempt 0,
+    then its worker says it ran attempt 1 to the end.  That run is the job's: it is
+    resumed for the client, not killed as stale and run a second time."""
+    h.client(b"c")
+    h.send(b"c", p.Submit("j", p.JobSpec(["x"], {}, "/"), ticket=7))
+    assert h.state("j") is JobState.QUEUED
+    h.worker(b"w", jobs=[p.ActiveJob("j", 1, ["x"], [], finished=True)])
+    assert h.to(b"w", p.Kill) == [] and h.assigned(h.outbox) == []
+    assert h.to(b"w", p.Resume)[0].offsets == [0, 0]
+    started = h.to(b"c", p.Started)[0]
+    assert (started.attempt, started.resumed) == (1, True)
+    assert h.state("j") is JobState.FINISHED
+    h.send(b"w", p.Output("j", 1, 1, 0, b"all of it"))
+    h.send(b"w", p.Finished("j", 1, 3, "exited", offsets=[9, 0]))
+    assert h.to(b"c", p.Output)[0].data == b"all of it" and h.to(b"c", p.Finished)[0].status == 3
+
+
 def test_reattach_gives_up_when_worker_never_returns(h: Harness) -> None:
     h.client(b"c")
     h.send(b"c", p.Submit("j", p.JobSpec(["x"], {}, "/"), ticket=7, attempt=1, running=True))
