@@ -39,6 +39,8 @@ sys.path.insert(0, str(REPO))
 from tests.support.relay import Relay  # noqa: E402
 
 BIN = Path(os.environ.get("BENCH_BIN", REPO / ".venv" / "bin"))
+#: A killed client's job may still be starting this long after the kill (an Assign in flight).
+KILL_MARGIN = 1.0
 FAULTS = ("server-kill", "worker-kill", "worker-term", "link-freeze", "client-kill")
 
 
@@ -49,7 +51,7 @@ def free_port() -> int:
 
 
 def job_command(i: int, runs: Path) -> list[str]:
-    script = (f'echo {i} >> {runs}; read line; sleep 0.$(({i} % 9)); echo "job-{i} out $line"; '
+    script = (f'echo {i} $(date +%s.%N) >> {runs}; read line; sleep 0.$(({i} % 9)); echo "job-{i} out $line"; '
               f'echo "job-{i} err" >&2; exit $(({i} % 7))')
     return ["sh", "-c", script]
 
@@ -158,7 +160,7 @@ class Run:
             running = [c for c in self.clients if c.code is None and c.killed_at is None]
             if running:
                 victim = self.rng.choice(running)
-                victim.killed_at = time.monotonic()
+                victim.killed_at = time.time()
                 victim.proc.kill()
 
     def schedule(self) -> list[tuple[float, str]]:
@@ -198,12 +200,15 @@ class Run:
         return self.verdict(time.monotonic() - begin)
 
     def verdict(self, elapsed: float) -> dict[str, object]:
-        starts: dict[int, int] = {}
-        for line in self.runs.read_text().split():
-            starts[int(line)] = starts.get(int(line), 0) + 1
+        starts: dict[int, list[float]] = {}
+        for line in self.runs.read_text().splitlines():
+            index, when = line.split()
+            starts.setdefault(int(index), []).append(float(when))
         bad: dict[str, list[str]] = {"lost": [], "damaged": [], "hung": [], "ran-after-kill": []}
         for c in self.clients:
-            if c.killed_at is not None:
+            if c.killed_at is not None:  # its job is killed and never starts again
+                if any(when > c.killed_at + KILL_MARGIN for when in starts.get(c.index, [])):
+                    bad["ran-after-kill"].append(f"job-{c.index}")
                 continue
             if c.code is None:
                 bad["hung"].append(f"job-{c.index}")
@@ -217,7 +222,9 @@ class Run:
         return {
             "seed": self.seed, "scenario": self.scenario, "jobs": len(self.clients), "seconds": round(elapsed, 1),
             "faults": len(self.faults), "fault_kinds": sorted({f for _, f in self.faults}),
-            "runs": sum(starts.values()), **{k: len(v) for k, v in bad.items()},
+            "runs": sum(len(s) for s in starts.values()),
+            "clients_killed": sum(c.killed_at is not None for c in self.clients),
+            **{k: len(v) for k, v in bad.items()},
             "details": {k: v[:5] for k, v in bad.items() if v},
         }
 

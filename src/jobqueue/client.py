@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # annotations only: importing typing would slow jq down
     from types import ModuleType
     from typing import IO, Any, Protocol
 
+    from .connection import TransportFactory
+
     class JobIO(Protocol):
         """Where a job's events go (jq's terminal, or the API's buffers).  Messages are
         of the job's module (:mod:`jobqueue.wire` or :mod:`jobqueue.protocol`), hence Any."""
@@ -248,15 +250,18 @@ class Session:
         grace: float = config.SERVER_GRACE,
         name: str = "jq",
         proto: ModuleType | None = None,
+        transport: TransportFactory | None = None,
     ) -> None:
-        """``proto`` as for :class:`ClientJob` (the session's jobs must use the same)."""
+        """``proto`` as for :class:`ClientJob` (the session's jobs must use the same);
+        ``transport`` as for :class:`Connection`."""
         self.p: Any = proto or p
         self.id = os.urandom(8).hex()
         self.name = name
         self.jobs: dict[str, ClientJob] = {}
         self._changed: dict[str, ClientJob] = {}  # jobs with messages to send, or ended
         self.conn = Connection(endpoint, self._hello, self.p.decode_to_client, proto=self.p,
-                               connect_timeout=connect_timeout, grace=grace, security=security)
+                               connect_timeout=connect_timeout, grace=grace, security=security,
+                               transport=transport)
         self.conn.on_connect = self._restore
 
     def _hello(self) -> Any:

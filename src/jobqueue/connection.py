@@ -270,10 +270,12 @@ class Connection:
         security: Security | None = None,
         context: zmq.Context[Any] | None = None,
         role: str = "client",
+        transport: TransportFactory | None = None,
     ) -> None:
         """``hello``: the message that opens a session (None: sessionless requests, see
         :meth:`request`); ``proto`` supplies the messages (default :mod:`jobqueue.protocol`);
-        ``security``: CURVE keys (they choose the pyzmq transport)."""
+        ``security``: CURVE keys (they choose the pyzmq transport); ``transport``: another
+        way to make connections (the deterministic simulation's network)."""
         if proto is None:
             from . import protocol
 
@@ -285,7 +287,7 @@ class Connection:
         self.connect_timeout = connect_timeout
         self.grace = grace
         self.security = security
-        self._new_transport = transport_factory(security, role, context)
+        self._new_transport = transport or transport_factory(security, role, context)
         self.heartbeat = config.HEARTBEAT
         self.liveness = config.LIVENESS
         self.transport: Transport | None = None
