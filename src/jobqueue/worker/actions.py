@@ -1,0 +1,101 @@
+"""What the worker core asks its shell to do (actions), and what it is told (spawn failures, its configuration)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Union
+
+from .. import config
+from .. import protocol as p
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send this message to the server."""
+    message: p.Message
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    """Start the job's process; answer with on_spawned or on_spawn_failed before the next input."""
+    job_id: str
+    spec: p.JobSpec
+
+
+@dataclass(frozen=True, slots=True)
+class WriteStdin:
+    """Write these chunks (in order, as far as the pipe takes them now) to the job's
+    stdin; answer with on_stdin_accepted (even 0 bytes) or on_stdin_broken."""
+    job_id: str
+    chunks: tuple[memoryview, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClosePipe:
+    """Close our end of the job's fd 0, 1 or 2 (``say_eof``: a terminal's stdin gets ^D first)."""
+    job_id: str
+    fd: int
+    say_eof: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SignalGroup:
+    """Send ``signum`` to the process group ``pgid`` (a job's leader is its group's leader)."""
+    pgid: int
+    signum: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetWindowSize:
+    """Set the size of the job's terminal."""
+    job_id: str
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """The run is gone: close whatever fds of it are still open."""
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """Write a log line."""
+    event: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """The worker is done: close the connection (what was sent still goes out) and exit."""
+    status: int = 0
+
+
+Action = Union[Send, Spawn, WriteStdin, ClosePipe, SignalGroup, SetWindowSize, Forget, Log, Exit]
+
+
+class SpawnFailure(Enum):
+    NO_DIRECTORY = "no-directory"  # the job's directory does not exist
+    BAD_DIRECTORY = "bad-directory"  # it exists but cannot be entered (detail: why)
+    NOT_FOUND = "not-found"  # no such program on the job's PATH
+    NOT_EXECUTABLE = "not-executable"  # found, but exec refused it (detail: why)
+    OTHER = "other"  # anything else (detail: the error)
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    name: str
+    host: str = ""
+    slots: int = 1
+    tags: list[str] = field(default_factory=list)
+    max_jobs: int = 0  # 0: no limit
+    idle_timeout: float = 0.0  # 0: never
+    kill_grace: float = config.KILL_GRACE
+    # For the hello and log lines only:
+    session: str = ""
+    pid: int = 0
+    software: str = ""
+    spawn_id: str = ""
+    server: str = ""

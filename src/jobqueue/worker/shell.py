@@ -1,0 +1,282 @@
+"""jobqueue-worker's shell: the poll loop around :class:`~jobqueue.worker.core.WorkerCore`.
+
+It starts processes (:mod:`.spawn`), reads and writes their pipes, reaps
+them, turns OS signals into core inputs and carries out the core's actions;
+every decision is the core's.  Performance: messages leave in one write a
+loop round (the lean transport), the log is flushed once a round.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from .. import config
+from .. import protocol as p
+from ..connection import Connection, Refused, Security, ServerLost
+from ..logs import Logger
+from ..waker import Waker
+from . import actions as a
+from .core import WorkerCore
+from .spawn import Spawner, ignored_signals, no_inheritable_fds, set_winsize
+
+READ_SIZE = p.CHUNK_SIZE
+#: SIGCHLD wakes the loop when a job ends; this bounds the wait should one be missed.
+REAP_SAFETY_NET = 0.5
+
+
+@dataclass
+class WorkerOptions:
+    endpoint: str
+    name: str
+    slots: int = 1
+    tags: list[str] = field(default_factory=list)
+    max_jobs: int = 0  # 0: no limit
+    idle_timeout: float = 0.0  # 0: never
+    kill_grace: float = config.KILL_GRACE
+    grace: float = config.SERVER_GRACE
+    security: Security | None = None
+    log_format: str = "text"
+
+
+class Worker:
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self.log = Logger("worker", options.log_format, buffered=True)  # flushed once a loop round
+        config.open_missing_std_fds()
+        no_inheritable_fds()
+        self.spawner = Spawner()
+        if options.endpoint.startswith("ipc://"):  # immune to the spawner's directory changes
+            options.endpoint = "ipc://" + os.path.abspath(options.endpoint[len("ipc://"):])
+        self.core = WorkerCore(a.CoreConfig(
+            name=options.name, host=socket.gethostname(), slots=options.slots, tags=options.tags,
+            max_jobs=options.max_jobs, idle_timeout=options.idle_timeout, kill_grace=options.kill_grace,
+            session=os.urandom(8).hex(), pid=os.getpid(), software=_software(),
+            spawn_id=os.environ.get(config.ENV_SPAWN_ID, ""),  # set by the server's --spawn
+            server=options.endpoint,
+        ), time.monotonic())
+        # Without keys the worker speaks ZMTP itself (jobqueue.zmtp), as jq does: its
+        # few messages per job leave in one write a loop round, where pyzmq would
+        # wake its I/O thread for each (a fifth of the worker's time per trivial job).
+        self.conn = Connection(
+            options.endpoint, self.core.hello, p.decode_to_worker, role="worker",
+            connect_timeout=float("inf"), grace=options.grace, security=options.security,
+        )
+        self.waker = Waker()
+        self._signals: list[int] = []
+        self.pids: dict[str, int] = {}  # job -> pid of its process, until reaped
+        self.procs: dict[str, Any] = {}  # job -> its Popen (with -t only)
+        self.job_fds: dict[str, dict[int, int]] = {}  # job -> {0/1/2: our fd}
+        self.fd_owner: dict[int, tuple[str, int]] = {}  # our fd -> (job, 0/1/2)
+        self.done = False
+
+    # --- main loop ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        self.spawner.ignored_signals = ignored_signals()
+        self.conn.open(time.monotonic())
+        self.log.event("started", name=self.options.name, slots=self.options.slots,
+                       tags=self.options.tags, server=self.options.endpoint)
+        try:
+            while not self.done:
+                self._poll_once()
+        except Refused as e:
+            self.log.event("refused", reason=str(e))
+            print(f"jobqueue-worker: the server refused this worker: {e}", file=sys.stderr)
+            self._do(self.core.on_server_lost("server refused the worker", time.monotonic()))
+            return 1
+        except ServerLost as e:
+            print(f"jobqueue-worker: {e}", file=sys.stderr)
+            self._do(self.core.on_server_lost("server lost", time.monotonic()))
+            return 1
+        finally:
+            self.log.flush()
+            self.conn.close(wait=2.0)
+        return 0
+
+    def _poll_once(self) -> None:
+        now = time.monotonic()
+        poller = self._register()
+        try:
+            events = dict(poller.poll(int(self._timeout(now) * 1000)))
+        except zmq.ZMQError as e:
+            if e.errno != errno.EINTR:
+                raise
+            events = {}
+        now = time.monotonic()
+        if self.waker.fileno() in events:
+            self.waker.drain()
+            signals, self._signals = self._signals, []
+            for signum in signals:
+                self._do(self.core.on_os_signal(signum, now))
+        if self.conn.socket in events:
+            for message in self.conn.receive(now):
+                self._do(self.core.on_message(message, now))
+        for fd in events:
+            owner = self.fd_owner.get(fd) if isinstance(fd, int) else None
+            if owner is not None:
+                job_id, which = owner
+                if which == p.STDIN:
+                    self._do(self.core.on_stdin_writable(job_id, now))
+                else:
+                    self._read(job_id, which, now)
+        self._reap(now)
+        self._do(self.core.tick(now))
+        self.conn.tick(now)
+        self.log.flush()
+
+    def _timeout(self, now: float) -> float:
+        timeout = self.conn.next_wakeup(now)
+        deadline = self.core.next_deadline()
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline - now))
+        if self.pids:
+            timeout = min(timeout, REAP_SAFETY_NET)
+        return timeout
+
+    def _register(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        if self.conn.socket is not None:
+            poller.register(self.conn.socket, self.conn.poll_events())
+        poller.register(self.waker.fileno(), zmq.POLLIN)
+        for job_id, which in self.core.readable():
+            poller.register(self.job_fds[job_id][which], zmq.POLLIN)
+        for job_id in self.core.stdin_waiting():
+            poller.register(self.job_fds[job_id][p.STDIN], zmq.POLLOUT)
+        return poller
+
+    # --- carrying out the core's actions ------------------------------------------------------
+
+    def _do(self, actions: list[a.Action]) -> None:
+        for action in actions:
+            if isinstance(action, a.Send):
+                self.conn.send(action.message)
+            elif isinstance(action, a.Log):
+                self.log.event(action.event, **action.fields)
+            elif isinstance(action, a.Spawn):
+                self._spawn(action.job_id, action.spec)
+            elif isinstance(action, a.WriteStdin):
+                self._write_stdin(action.job_id, action.chunks)
+            elif isinstance(action, a.ClosePipe):
+                self._close_pipe(action.job_id, action.fd, action.say_eof)
+            elif isinstance(action, a.SignalGroup):
+                _killpg(action.pgid, action.signum)
+            elif isinstance(action, a.SetWindowSize):
+                set_winsize(self.job_fds[action.job_id][p.STDOUT], action.rows, action.cols)
+            elif isinstance(action, a.Forget):
+                for which in list(self.job_fds.get(action.job_id, ())):
+                    self._close_pipe(action.job_id, which)
+                self.job_fds.pop(action.job_id, None)
+            elif isinstance(action, a.Exit):
+                self.done = True
+
+    def _spawn(self, job_id: str, spec: p.JobSpec) -> None:
+        now = time.monotonic()
+        started = self.spawner.start(spec)
+        if isinstance(started, tuple):
+            self._do(self.core.on_spawn_failed(job_id, *started, now))
+            return
+        self.pids[job_id] = started.pid
+        if started.proc is not None:
+            self.procs[job_id] = started.proc
+        self.job_fds[job_id] = started.fds
+        for which, fd in started.fds.items():
+            self.fd_owner[fd] = (job_id, which)
+        self._do(self.core.on_spawned(job_id, started.pid, now))
+
+    def _read(self, job_id: str, which: int, now: float) -> None:
+        fd = self.job_fds[job_id][which]
+        while self.core.may_read(job_id, which):
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as e:  # EIO: the pty's last holder closed it
+                if e.errno != errno.EIO:
+                    raise
+                data = b""
+            if not data:
+                self._do(self.core.on_eof(job_id, which, now))
+                return
+            self._do(self.core.on_output(job_id, which, data, now))
+
+    def _write_stdin(self, job_id: str, chunks: tuple[memoryview, ...]) -> None:
+        fd = self.job_fds[job_id][p.STDIN]
+        written = 0
+        now = time.monotonic()
+        try:
+            for chunk in chunks:
+                n = os.write(fd, chunk)
+                written += n
+                if n < len(chunk):  # the pipe is full
+                    break
+        except BlockingIOError:
+            pass
+        except OSError:  # EPIPE: the job closed its stdin
+            self._do(self.core.on_stdin_broken(job_id, written, now))
+            return
+        self._do(self.core.on_stdin_accepted(job_id, written, now))
+
+    def _close_pipe(self, job_id: str, which: int, say_eof: bool = False) -> None:
+        fd = self.job_fds.get(job_id, {}).pop(which, None)
+        if fd is None or self.fd_owner.pop(fd, None) is None:
+            return
+        try:
+            if say_eof:
+                os.write(fd, b"\x04")  # EOF on a terminal is ^D
+            os.close(fd)
+        except OSError:
+            pass
+
+    def _reap(self, now: float) -> None:
+        for job_id, pid in list(self.pids.items()):
+            try:
+                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                info = None
+            if info is None:
+                continue
+            # The leader ended: so do the rest of its group, signalled while the
+            # unreaped leader still holds the group's id.
+            _killpg(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            del self.pids[job_id]
+            proc = self.procs.pop(job_id, None)
+            if proc is not None:
+                proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+            self._do(self.core.on_exit(job_id, status, now))
+            for which in (p.STDOUT, p.STDERR):  # the rest of its output, now rather than next round
+                if which in self.job_fds.get(job_id, {}):
+                    self._read(job_id, which, now)
+
+    # --- signals -------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self.waker.write_fd, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(signum, self._on_os_signal)
+
+    def _on_os_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+
+
+def _killpg(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (OSError, ValueError, OverflowError):
+        pass
+
+
+def _software() -> str:
+    from .. import __version__
+
+    return __version__
