@@ -267,7 +267,7 @@ class WorkerCore:
 
     def _on_assign(self, msg: p.Assign, now: float) -> None:
         running = sum(1 for r in self.runs.values() if r.state is not S.FINISHED)
-        if self.stopping or self.draining or running >= self.cfg.slots or msg.job_id in self.runs:
+        if self.stopping or self.draining or self.exited or running >= self.cfg.slots or msg.job_id in self.runs:
             self._send(p.Reject(msg.job_id, msg.attempt, "no free slot"))
             return
         self.runs[msg.job_id] = Run(msg, now)
