@@ -63,7 +63,7 @@ class Run:
         self.stdin = StdinBuffer(open=self.spec.stdin or self.spec.tty)
         self.exit_status: int | None = None
         self.reason = ""  # exited, signaled, timeout, killed; or why it failed to start
-        self.kill_reason = ""  # why we terminated it (empty: we did not)
+        self.kill_reason = ""  # why we terminated it (empty: we did not), or why it could not start
         self.kill_pending = ""  # terminated while STARTING: why, acted on once spawned
         self.kill_at: float | None = None  # SIGKILL due (KILLING)
         self.client_signalled = False  # its client forwarded a signal to it
