@@ -20,12 +20,15 @@ import signal as _signal
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import protocol as p
 from .autoscale import WorkerView
 from .jobstate import TERMINAL, WAITING, JobEvent, JobState, next_state
+
+if TYPE_CHECKING:
+    from .observe import Observer
 
 MAX_JOB_ID = 64
 MAX_ARGV_BYTES = 256 * 1024
@@ -175,6 +178,8 @@ class Broker:
         #: Offsets of clients that re-attached before their job's worker did.
         self._client_offsets: dict[str, list[int]] = {}
         self._frame: Frame = b""
+        #: What dashboards watch (see :meth:`watch`); None: nobody can watch.
+        self.observer: Observer | None = None
         self._handlers: dict[type, Handler] = {
             p.ClientHello: self._on_client_hello,
             p.WorkerHello: self._on_worker_hello,
@@ -256,6 +261,8 @@ class Broker:
             if deadline <= now:
                 self._reattach_expired(self.jobs[job_id], now)
         self._dispatch(now)
+        if self.observer is not None:
+            self.observer.tick(now)
         return self._flush()
 
     def peer_gone(self, peer: bytes, now: float) -> list[Send]:
@@ -274,6 +281,8 @@ class Broker:
             candidates.append(next(iter(self._last_seen.values())) + self.lost_after)
         if self._holding and self._restarted and self._waiting and self._ready:
             candidates.append(self.hold_until)
+        if self.observer is not None:
+            candidates.append(self.observer.next_deadline())
         return min(candidates) if candidates else None
 
     def census(self) -> Census:
@@ -289,6 +298,12 @@ class Broker:
         """The connected workers as the autoscaler sees them (read-only)."""
         return [WorkerView(w.tags, w.free, w.draining, w.spawn_id)
                 for w in self.peers.values() if isinstance(w, Worker)]
+
+    def watch(self, observer: Observer, handlers: dict[type, Callable[[Client, Any, float], None]]) -> None:
+        """Let ``observer`` see the broker through its hooks, and take the clients'
+        messages it handles (Watch, Tail...)."""
+        self.observer = observer
+        self._client_handlers.update(handlers)
 
     def waiting_tag_sets(self) -> dict[frozenset[str], int]:
         """How many jobs wait, per tag set (read-only, for the autoscaler)."""
@@ -575,6 +590,8 @@ class Broker:
         job = self._worker_job(worker, msg.job_id, msg.attempt)
         if job is not None and job.owner is not None and msg.fd in (p.STDOUT, p.STDERR):
             self._send(job.owner.identity, self._frame)
+            if self.observer is not None:
+                self.observer.output(job, msg, self._frame)
 
     def _on_worker_ack(self, worker: Worker, msg: p.Ack, now: float) -> None:
         job = self._worker_job(worker, msg.job_id, msg.attempt)
@@ -654,6 +671,8 @@ class Broker:
             self._forget_client(peer, now, ev.ClientLost)
 
     def _remove_worker(self, worker: Worker, now: float, *, counts_as_loss: bool, reason: str) -> None:
+        if self.observer is not None:
+            self.observer.worker_gone(worker, counts_as_loss, now)
         self._forget_peer(worker)
         for job_id in [*worker.running, *worker.finished]:
             job = self.jobs.get(job_id)
@@ -719,6 +738,8 @@ class Broker:
             del self.sessions[peer.session]
         if isinstance(peer, Worker):
             self._clear_tokens(peer)
+        elif self.observer is not None:
+            self.observer.peer_gone(peer)
 
     # --- the queue and the matching ------------------------------------------------------
 
@@ -786,6 +807,8 @@ class Broker:
 
     def _refresh_ready(self, worker: Worker) -> None:
         """Keep one ready token per free slot (none while draining)."""
+        if self.observer is not None:
+            self.observer.worker_changed(worker)
         wanted = 0 if worker.draining or worker.identity not in self.peers else max(0, worker.free)
         while len(worker.tokens) > wanted:
             self._ready.pop(worker.tokens.pop(), None)
@@ -829,6 +852,8 @@ class Broker:
         self._waiting += (job.state in WAITING) - (old in WAITING)
         if job.state is not JobState.FINISHED:
             job.since = now
+        if self.observer is not None:
+            self.observer.job_moved(job, old, now)
 
     def _seen(self, identity: bytes, now: float) -> None:
         self._last_seen[identity] = now

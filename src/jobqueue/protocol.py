@@ -415,6 +415,153 @@ class ControlReply(Message, tag="controlr"):
     unknown: list[str]
 
 
+
+# --- watching (the dashboard) ---------------------------------------------------------------
+# A client (the dashboard) subscribes with Watch: it gets the whole state once, in
+# WatchState pages, then Changes at most a few times a second.  Tail asks for a job's
+# output: the last bytes the server kept, then every chunk it relays (Output messages,
+# the very frames the job's client gets), acknowledged with TailAck; a watcher that falls
+# behind misses chunks (it sees the gap in the offsets), the job never waits for it.
+# All times are wall-clock seconds since the epoch.
+
+
+class Watch(Message, tag="watch"):
+    """Client -> server: send me the state, then push its changes."""
+
+
+class WatchedWorker(msgspec.Struct, array_like=True):
+    session: str
+    name: str
+    host: str
+    state: str  # idle, busy, draining, lost, left
+    slots: int
+    tags: list[str]
+    jobs: list[str]
+    joined: float  # when it connected
+    software: str
+    pid: int
+    changed: float = 0.0  # when it got its current state
+
+
+class WatchedJob(msgspec.Struct, array_like=True):
+    """A queued or running job."""
+
+    job_id: str
+    argv: list[str]
+    state: str  # queued, requeued, running
+    worker: str
+    tags: list[str]
+    priority: int
+    attempt: int
+    queued: float  # when it was first queued (0: unknown, after a server restart)
+    since: float  # when it entered its state (queued again, or started)
+    why: str = ""  # why a waiting job waits
+
+
+class Outcome(msgspec.Struct, array_like=True):
+    """A finished job, in the server's bounded history."""
+
+    job_id: str
+    argv: list[str]
+    tags: list[str]
+    worker: str
+    attempt: int
+    status: int
+    reason: str
+    outcome: str  # succeeded, nonzero, signaled, timeout, ..., cancelled, lost
+    queued: float
+    started: float  # 0: never started
+    ended: float
+
+
+class SeriesPoint(msgspec.Struct, array_like=True):
+    """One interval of the last hour: ``start`` and the figures seen in it."""
+
+    start: float
+    queued: int  # most jobs waiting at once
+    running: int  # most jobs running at once
+    finished: dict[str, int]  # outcome -> jobs ended in the interval (plus "requeued")
+    wait_p50: float  # queue wait of the jobs started in the interval (seconds; -1: none)
+    wait_p95: float
+
+
+class WatchState(Message, tag="watchs"):
+    """Server -> watcher: the whole state, in pages (``last`` on the final one)."""
+
+    server_id: str
+    software: str
+    now: float
+    interval: float
+    workers: list[WatchedWorker]
+    jobs: list[WatchedJob]
+    history: list[Outcome]
+    series: list[SeriesPoint]
+    last: bool
+
+
+class Changes(Message, tag="changes"):
+    """Server -> watcher: what changed since the last push (jobs and workers as they
+    are now; ``gone``: jobs no longer queued or running)."""
+
+    now: float
+    workers: list[WatchedWorker]
+    jobs: list[WatchedJob]
+    gone: list[str]
+    finished: list[Outcome]
+    series: list[SeriesPoint]  # the intervals closed since the last push
+
+
+class Tail(Message, tag="tail"):
+    """Client -> server: follow this job's output (``follow`` False: stop)."""
+
+    job_id: str
+    follow: bool = True
+
+
+class TimelineEntry(msgspec.Struct, array_like=True):
+    at: float
+    what: str  # queued, started, requeued, finished, ...
+    detail: str = ""
+
+
+class JobDetail(Message, tag="detail"):
+    """Server -> watcher, first answer to :class:`Tail`: the job as far as may be
+    shown (environment variable names, never their values).  ``known`` False: the
+    server has no such job (any more); ``output`` False: it kept none of its output."""
+
+    job_id: str
+    known: bool
+    argv: list[str] = []
+    cwd: str = ""
+    env_names: list[str] = []
+    tags: list[str] = []
+    priority: int = 0
+    timeout: float | None = None
+    tty: bool = False
+    state: str = ""
+    worker: str = ""
+    attempt: int = 0
+    timeline: list[TimelineEntry] = []
+    outcome: Outcome | None = None
+    output: bool = False
+
+
+class TailAck(Message, tag="tailack"):
+    """Watcher -> server: it has consumed the job's stream ``fd`` up to ``offset``."""
+
+    job_id: str
+    attempt: int
+    fd: int
+    offset: int
+
+
+class TailEnd(Message, tag="tailend"):
+    """Server -> watcher: no more output will come for this job (it ended, or
+    ``follow`` was turned off)."""
+
+    job_id: str
+
+
 ToServer = Union[
     ClientHello,
     WorkerHello,
@@ -435,6 +582,9 @@ ToServer = Union[
     StatusRequest,
     CancelRequest,
     DrainRequest,
+    Watch,
+    Tail,
+    TailAck,
 ]
 ToClient = Union[
     Welcome,
@@ -450,6 +600,10 @@ ToClient = Union[
     Finished,
     StatusReply,
     ControlReply,
+    WatchState,
+    Changes,
+    JobDetail,
+    TailEnd,
 ]
 ToWorker = Union[
     Welcome, Pong, Unknown, Refused, Error, Assign, Input, Ack, Signal, Resize, Resume, Release, Kill, Drain

@@ -28,6 +28,7 @@ from .broker import Broker, Send
 from .connection import COPY_THRESHOLD
 from .events import WorkerJoined
 from .logs import Logger
+from .observe import Observer
 from .security import ServerKeys, check_bind
 
 #: Messages queued per peer before the server drops (flow control keeps
@@ -65,6 +66,8 @@ class Server:
             time.monotonic(), server_id=self.server_id, software=__version__, heartbeat=options.heartbeat,
             liveness=options.liveness, restart_hold=options.restart_hold, wall_clock_ns=time.time_ns(),
         )
+        #: History, series, watchers and tails for dashboards (jobqueue dashboard).
+        self.observer = Observer(self.broker, time.monotonic(), wall_offset=time.time() - time.monotonic())
         self.in_clear = check_bind(options.endpoint, options.keys is not None, options.insecure)
         self.authenticator = self._start_authenticator() if options.keys is not None else None
         #: Under CURVE, the key (ZAP User-Id) each routing id first spoke with.
@@ -218,6 +221,7 @@ class Server:
     def _deliver(self, sends: list[Send]) -> None:
         if self.metrics is not None:
             self.metrics.observe(self.broker.events, time.monotonic())
+        self.observer.observe(self.broker.events, time.monotonic())
         for event in self.broker.events:
             self.log.record(event)
             if isinstance(event, WorkerJoined) and event.spawn and self.spawner is not None:

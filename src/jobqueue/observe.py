@@ -1,0 +1,544 @@
+"""What a dashboard watches, kept beside the broker: pure code, no clock, no I/O.
+
+- **History**: the last :data:`HISTORY` finished jobs (their outcome, times, worker).
+- **Series**: per :data:`INTERVAL` figures over the last hour: most jobs waiting and
+  running, jobs ended by outcome (and requeued), queue wait median and 95th percentile.
+- **Watchers**: clients that sent :class:`~jobqueue.protocol.Watch`.  They get the whole
+  state once (:class:`~jobqueue.protocol.WatchState` pages), then what changed, batched,
+  at most every :data:`PUSH_EVERY` seconds (:class:`~jobqueue.protocol.Changes`): never
+  a poll of the whole state.
+- **Tails**: while someone watches, the last :data:`TAIL_KEEP` bytes of each running
+  job's output are copied from the chunks the broker relays anyway; a tail watcher gets
+  them, then every new chunk (the very frame the job's client gets).  A watcher with
+  :data:`TAIL_WINDOW` bytes unacknowledged misses chunks (it sees the gap in the
+  offsets): the job and the broker never wait for a dashboard.
+
+Fed through a narrow interface: the broker's hooks (:meth:`Observer.job_moved`,
+:meth:`worker_changed`, :meth:`worker_gone`, :meth:`peer_gone`, :meth:`output`,
+:meth:`tick`), its typed events (:meth:`observe`, called by the server's shell with the
+events it logs), and the handlers of Watch, Tail and TailAck it registers with the
+broker.  Nothing costs more than a few dictionary operations per job unless a dashboard
+is connected.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import events as ev
+from . import protocol as p
+from .jobstate import TERMINAL, WAITING, JobState
+
+if TYPE_CHECKING:
+    from .broker import Broker, Client, Job, Peer, Worker
+
+#: Finished jobs kept for the dashboard.
+HISTORY = 1000
+#: Seconds per point of the series, and how many points (one hour).
+INTERVAL = 10.0
+POINTS = 360
+#: Least seconds between two pushes of changes to the watchers.
+PUSH_EVERY = 0.5
+#: Output bytes kept per job (both streams together) while someone watches.
+TAIL_KEEP = 64 * 1024
+#: Unacknowledged output bytes a tail watcher may have before chunks are skipped for it.
+TAIL_WINDOW = 256 * 1024
+#: Output kept for all running jobs together; past it, only tailed jobs keep theirs.
+RINGS_TOTAL = 64 << 20
+#: Output kept for finished jobs (the most recent ones), all together.
+ENDED_TAILS_TOTAL = 16 << 20
+#: Items per WatchState/Changes page (a message stays far below 1 MiB).
+PAGE = 500
+#: A command line in a list view is cut at this many characters.
+ARGV_SHOWN = 400
+#: Workers that left or were lost, kept for new watchers.
+DEPARTED = 100
+#: Queue-wait samples kept per interval (a uniform sample beyond that).
+WAIT_SAMPLES = 2048
+
+
+@dataclass(slots=True)
+class _Interval:
+    start: float
+    queued: int
+    running: int
+    finished: dict[str, int] = field(default_factory=dict)
+    waits: list[float] = field(default_factory=list)
+    seen: int = 0
+
+    def wait(self, seconds: float) -> None:
+        self.seen += 1
+        if len(self.waits) < WAIT_SAMPLES:
+            self.waits.append(seconds)
+        else:  # a deterministic spread over the interval's samples
+            slot = (self.seen * 2654435761) % self.seen
+            if slot < WAIT_SAMPLES:
+                self.waits[slot] = seconds
+
+    def point(self, wall_offset: float) -> p.SeriesPoint:
+        waits = sorted(self.waits)
+        return p.SeriesPoint(round(self.start + wall_offset, 3), self.queued, self.running, dict(self.finished),
+                             _quantile(waits, 0.5), _quantile(waits, 0.95))
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return -1.0
+    return round(values[min(len(values) - 1, int(q * len(values)))], 4)
+
+
+@dataclass(slots=True)
+class _Ended:
+    """A job that ended: enough to show it (its argv decoded only when shown)."""
+
+    job_id: str
+    raw_spec: bytes
+    tags: list[str]
+    worker: str
+    attempt: int
+    queued: float
+    started: float
+    ended: float
+    timeline: list[p.TimelineEntry]
+    status: int = 0
+    reason: str = ""
+    outcome: str = ""
+    _view: p.Outcome | None = None
+
+    def view(self) -> p.Outcome:
+        if self._view is None:
+            argv = _short_argv(p.decode_spec(self.raw_spec).argv) if self.raw_spec else []
+            self._view = p.Outcome(self.job_id, argv, self.tags, self.worker, self.attempt, self.status,
+                                   self.reason, self.outcome, self.queued, self.started, self.ended)
+        return self._view
+
+
+class _Ring:
+    """The last :data:`TAIL_KEEP` bytes of one attempt's output, as (fd, offset, bytes) chunks."""
+
+    __slots__ = ("attempt", "chunks", "size")
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+        self.chunks: deque[tuple[int, int, bytes]] = deque()
+        self.size = 0
+
+    def add(self, fd: int, offset: int, data: memoryview) -> int:
+        """Keep ``data``; returns the change of size."""
+        before = self.size
+        if len(data) > TAIL_KEEP:
+            offset += len(data) - TAIL_KEEP
+            data = data[-TAIL_KEEP:]
+        self.chunks.append((fd, offset, bytes(data)))
+        self.size += len(data)
+        while self.size > TAIL_KEEP:
+            first_fd, first_offset, first = self.chunks[0]
+            excess = self.size - TAIL_KEEP
+            if excess >= len(first):
+                self.chunks.popleft()
+                self.size -= len(first)
+            else:
+                self.chunks[0] = (first_fd, first_offset + excess, first[excess:])
+                self.size -= excess
+        return self.size - before
+
+
+class _TailSub:
+    """One watcher following one job: what it has not acknowledged yet, per stream."""
+
+    __slots__ = ("attempt", "pending", "outstanding", "skipped")
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+        self.pending: dict[int, deque[tuple[int, int]]] = {p.STDOUT: deque(), p.STDERR: deque()}
+        self.outstanding = 0
+        self.skipped = 0
+
+    def admit(self, attempt: int, fd: int, end: int, size: int) -> bool:
+        """Whether a chunk may go to this watcher now (else it is skipped for it)."""
+        if attempt != self.attempt:
+            self.__init__(attempt)  # type: ignore[misc]  # a new attempt: its output starts again
+        if self.outstanding + size > TAIL_WINDOW:
+            self.skipped += size
+            return False
+        self.pending[fd].append((end, size))
+        self.outstanding += size
+        return True
+
+    def ack(self, attempt: int, fd: int, offset: int) -> None:
+        queue = self.pending.get(fd)
+        if attempt != self.attempt or queue is None:
+            return
+        while queue and queue[0][0] <= offset:
+            self.outstanding -= queue.popleft()[1]
+
+
+class Observer:
+    def __init__(self, broker: Broker, now: float, wall_offset: float) -> None:
+        """``wall_offset``: what to add to the broker's clock to get wall-clock seconds."""
+        self.broker = broker
+        self.wall_offset = wall_offset
+        self._now = now
+        self.history: deque[_Ended] = deque(maxlen=HISTORY)
+        self.series: deque[p.SeriesPoint] = deque(maxlen=POINTS)
+        self._interval = _Interval(now, 0, 0)
+        self._queued = 0
+        self._running = 0
+        #: Jobs that have run: when their attempts started, and what happened to them.
+        self._timelines: dict[str, list[p.TimelineEntry]] = {}
+        self._started: dict[str, float] = {}
+        #: Ended jobs waiting for the event that tells their status (same round).
+        self._ending: dict[str, _Ended] = {}
+        self._departed: deque[p.WatchedWorker] = deque(maxlen=DEPARTED)
+        # What the watchers get; kept only while there are watchers.
+        self.watchers: dict[Client, None] = {}
+        self._dirty_jobs: dict[str, None] = {}
+        self._dirty_workers: dict[Worker, None] = {}
+        self._gone_workers: list[p.WatchedWorker] = []
+        self._new_ended: list[_Ended] = []
+        self._new_points: list[p.SeriesPoint] = []
+        self._next_push = now
+        self._worker_states: dict[str, tuple[str, float]] = {}
+        # Output.
+        self._rings: dict[str, _Ring] = {}
+        self._rings_size = 0
+        self._ended_tails: OrderedDict[str, _Ring] = OrderedDict()
+        self._ended_tails_size = 0
+        self._tails: dict[str, dict[Client, _TailSub]] = {}
+        broker.watch(self, {p.Watch: self._on_watch, p.Tail: self._on_tail, p.TailAck: self._on_tail_ack})
+
+    def wall(self, t: float) -> float:
+        return round(t + self.wall_offset, 3)
+
+    # --- hooks called by the broker ------------------------------------------------------
+
+    def job_moved(self, job: Job, old: JobState | None, now: float) -> None:
+        """``job`` went from ``old`` to ``job.state`` (the broker's single writer calls this)."""
+        self._now = now
+        new = job.state
+        self._queued += (new in WAITING) - (old in WAITING)
+        self._running += (new is JobState.RUNNING) - (old is JobState.RUNNING)
+        interval = self._interval
+        interval.queued = max(interval.queued, self._queued)
+        interval.running = max(interval.running, self._running)
+        if self.watchers:
+            self._dirty_jobs[job.job_id] = None
+        if new is JobState.RUNNING:  # its worker and attempt are set just after: see the JobStarted event
+            self._started[job.job_id] = now
+            self._timelines.setdefault(job.job_id, [])
+        elif new in TERMINAL and old not in TERMINAL:
+            self._ended(job, now)
+
+    def worker_changed(self, worker: Worker) -> None:
+        """Its slots, jobs or draining changed (or it joined)."""
+        if self.watchers:
+            self._dirty_workers[worker] = None
+
+    def worker_gone(self, worker: Worker, lost: bool, now: float) -> None:
+        view = self._worker_view(worker, "lost" if lost else "left", now)
+        self._departed.append(view)
+        self._dirty_workers.pop(worker, None)
+        self._worker_states.pop(worker.session, None)
+        if self.watchers:
+            self._gone_workers.append(view)
+
+    def peer_gone(self, peer: Peer) -> None:
+        """A peer's session ended: a watcher among them stops watching."""
+        if peer not in self.watchers:
+            return
+        del self.watchers[peer]
+        for job_id in [j for j, subs in self._tails.items() if peer in subs]:
+            self._untail(job_id, peer)
+        if not self.watchers:
+            self._dirty_jobs.clear()
+            self._dirty_workers.clear()
+            self._gone_workers.clear()
+            self._new_ended.clear()
+            self._new_points.clear()
+            self._rings.clear()
+            self._rings_size = 0
+
+    def output(self, job: Job, msg: p.RelayedOutput, frame: p.Buffer) -> None:
+        """A chunk of ``job``'s output the broker relays (``frame``: as it came)."""
+        if not self.watchers:
+            return
+        data = _bin_payload(msg.data)
+        subs = self._tails.get(job.job_id)
+        ring = self._rings.get(job.job_id)
+        if ring is None or ring.attempt != msg.attempt:
+            if ring is not None:
+                self._rings_size -= ring.size
+            ring = self._rings[job.job_id] = _Ring(msg.attempt)
+        if subs or self._rings_size < RINGS_TOTAL:
+            self._rings_size += ring.add(msg.fd, msg.offset, data)
+        if subs:
+            end = msg.offset + len(data)
+            for client, sub in subs.items():
+                if sub.admit(msg.attempt, msg.fd, end, len(data)):
+                    self.broker._send(client.identity, frame)
+
+    def tick(self, now: float) -> None:
+        """Close the intervals that ended; push the changes when due."""
+        self._now = now
+        while now >= self._interval.start + INTERVAL:
+            self._close_interval(now)
+        if self.watchers and now >= self._next_push and self._has_changes():
+            self._next_push = now + PUSH_EVERY
+            self._push(now)
+
+    def next_deadline(self) -> float:
+        due = self._interval.start + INTERVAL
+        if self.watchers and self._has_changes():
+            due = min(due, self._next_push)
+        return due
+
+    # --- events ------------------------------------------------------------------------
+
+    def observe(self, events: Iterable[ev.Event], now: float) -> None:
+        """The broker's events of the round (outcomes, waits, requeues)."""
+        self._now = now
+        for event in events:
+            if isinstance(event, ev.JobStarted):
+                self._interval.wait(event.waited)
+                self._timeline(event.job, "started", f"on worker {event.worker}, attempt {event.attempt}, "
+                               f"after waiting {event.waited:g}s")
+            elif isinstance(event, ev.JobRequeued):
+                self._count("requeued")
+                self._timeline(event.job, "requeued", event.why)
+            elif isinstance(event, (ev.JobFinished, ev.JobCancelled, ev.JobLost)):
+                ending = self._ending.pop(event.job, None)
+                if ending is not None:
+                    self._settle(ending, event)
+        for ending in self._ending.values():  # cannot happen: every end has its event
+            ending.outcome = ending.reason = "unknown"
+            self._record(ending)
+        self._ending.clear()
+
+    # --- internals: ends, series ------------------------------------------------------------------
+
+    def _ended(self, job: Job, now: float) -> None:
+        started = self._started.pop(job.job_id, None)
+        timeline = self._timelines.pop(job.job_id, [])
+        ended = _Ended(job.job_id, job.raw_spec, job.tags, job.worker.name if job.worker else "", job.attempt,
+                       _queued_at(job), self.wall(started) if started is not None else 0.0, self.wall(now),
+                       timeline)
+        self._ending[job.job_id] = ended
+        ring = self._rings.pop(job.job_id, None)
+        if ring is not None:
+            self._rings_size -= ring.size
+            if ring.size:
+                self._keep_ended_tail(job.job_id, ring)
+        subs = self._tails.pop(job.job_id, None)
+        for client in subs or ():
+            self.broker._send(client.identity, p.TailEnd(job.job_id))
+
+    def _settle(self, ending: _Ended, event: ev.JobFinished | ev.JobCancelled | ev.JobLost) -> None:
+        if isinstance(event, ev.JobFinished):
+            ending.status, ending.reason, ending.outcome = event.status, event.reason, event.outcome
+            what = "finished"
+            detail = (f"exit code {event.status}" if event.reason == "exited"
+                      else f"{event.reason}, status {event.status}")
+        elif isinstance(event, ev.JobCancelled):
+            ending.status, ending.reason, ending.outcome = 128 + event.signal, "cancelled", "cancelled"
+            what, detail = "cancelled", f"signal {event.signal} while queued"
+        else:
+            ending.status, ending.reason, ending.outcome = 255, "lost", "lost"
+            what, detail = "lost", event.why
+        ending.timeline.append(p.TimelineEntry(ending.ended, what, detail))
+        self._record(ending)
+
+    def _record(self, ending: _Ended) -> None:
+        self.history.append(ending)
+        self._count(ending.outcome)
+        if self.watchers:
+            self._new_ended.append(ending)
+
+    def _count(self, outcome: str) -> None:
+        finished = self._interval.finished
+        finished[outcome] = finished.get(outcome, 0) + 1
+
+    def _timeline(self, job_id: str, what: str, detail: str) -> None:
+        entries = self._timelines.get(job_id)
+        if entries is not None and job_id in self.broker.jobs:
+            entries.append(p.TimelineEntry(self.wall(self._now), what, detail))
+
+    def _close_interval(self, now: float) -> None:
+        point = self._interval.point(self.wall_offset)
+        self.series.append(point)
+        if self.watchers:
+            self._new_points.append(point)
+        start = self._interval.start + INTERVAL
+        if now - start > INTERVAL * POINTS:  # a long silence (a suspended machine): start afresh
+            start = now
+        self._interval = _Interval(start, self._queued, self._running)
+
+    def _keep_ended_tail(self, job_id: str, ring: _Ring) -> None:
+        self._ended_tails[job_id] = ring
+        self._ended_tails_size += ring.size
+        while self._ended_tails_size > ENDED_TAILS_TOTAL:
+            _, old = self._ended_tails.popitem(last=False)
+            self._ended_tails_size -= old.size
+
+    # --- watching ----------------------------------------------------------------------
+
+    def _on_watch(self, client: Client, msg: p.Watch, now: float) -> None:
+        self.watchers[client] = None
+        self._next_push = now + PUSH_EVERY
+        why: dict[frozenset[str], str] = {}
+        workers = [self._worker_view(w, None, now) for w in self._workers()] + list(self._departed)
+        jobs = [self._job_view(job, why) for job in self.broker.jobs.values() if _live(job)]
+        jobs.sort(key=lambda j: (-j.priority, j.queued))
+        history = [e.view() for e in self.history]
+        pages = list(_pages(workers, jobs, history))
+        for i, (w, j, h) in enumerate(pages):
+            self.broker._send(client.identity, p.WatchState(
+                self.broker.server_id, self.broker.software, self.wall(now), INTERVAL, w, j, h,
+                list(self.series) if i == 0 else [], i == len(pages) - 1))
+
+    def _has_changes(self) -> bool:
+        return bool(self._dirty_jobs or self._dirty_workers or self._gone_workers or self._new_ended
+                    or self._new_points)
+
+    def _push(self, now: float) -> None:
+        why: dict[frozenset[str], str] = {}
+        jobs: list[p.WatchedJob] = []
+        gone: list[str] = []
+        for job_id in self._dirty_jobs:
+            job = self.broker.jobs.get(job_id)
+            if job is not None and _live(job):
+                jobs.append(self._job_view(job, why))
+            else:
+                gone.append(job_id)
+        workers = [self._worker_view(w, None, now) for w in self._dirty_workers
+                   if w.identity in self.broker.peers] + self._gone_workers
+        finished = [e.view() for e in self._new_ended]
+        series = self._new_points
+        self._dirty_jobs, self._dirty_workers, self._gone_workers, self._new_ended, self._new_points = \
+            {}, {}, [], [], []
+        frames: list[bytes] = []
+        for w, j, f in _pages(workers, jobs, finished):
+            first = not frames
+            frames.append(p.encode(p.Changes(self.wall(now), w, j, gone if first else [], f,
+                                             series if first else [])))
+        for client in self.watchers:
+            for frame in frames:
+                self.broker._send(client.identity, frame)
+
+    def _workers(self) -> Iterator[Worker]:
+        from .broker import Worker
+
+        return (w for w in self.broker.peers.values() if isinstance(w, Worker))
+
+    def _worker_view(self, worker: Worker, gone: str | None, now: float) -> p.WatchedWorker:
+        state = gone or ("draining" if worker.draining else "busy" if worker.running else "idle")
+        known = self._worker_states.get(worker.session)
+        if known is None or known[0] != state:
+            known = self._worker_states[worker.session] = (state, self.wall(now))
+        return p.WatchedWorker(worker.session, worker.name, worker.host, state, worker.slots, sorted(worker.tags),
+                               list(worker.running), self.wall(worker.since), worker.software, worker.pid,
+                               known[1])
+
+    def _job_view(self, job: Job, why: dict[frozenset[str], str]) -> p.WatchedJob:
+        reason = ""
+        if job.state in WAITING:
+            key = job.tag_key
+            reason = why.get(key) or why.setdefault(key, self.broker._why_waiting(job))
+        state = job.state.value if job.state else "new"
+        return p.WatchedJob(job.job_id, _short_argv(job.argv), state, job.worker.name if job.worker else "",
+                            job.tags, job.priority, job.attempt, _queued_at(job), self.wall(job.since), reason)
+
+    # --- tails -------------------------------------------------------------------------
+
+    def _on_tail(self, client: Client, msg: p.Tail, now: float) -> None:
+        if not msg.follow:
+            self._untail(msg.job_id, client)
+            return
+        job = self.broker.jobs.get(msg.job_id)
+        send = self.broker._send
+        if job is not None and _live(job):
+            ring = self._rings.get(job.job_id)
+            if ring is not None and ring.attempt != job.attempt:
+                ring = None
+            send(client.identity, self._detail(job, ring is not None))
+            sub = self._tails.setdefault(job.job_id, {})[client] = _TailSub(job.attempt)
+            for fd, offset, data in ring.chunks if ring else ():
+                sub.admit(ring.attempt, fd, offset + len(data), len(data))  # type: ignore[union-attr]
+                send(client.identity, p.Output(job.job_id, job.attempt, fd, offset, data))
+            return
+        ended = next((e for e in reversed(self.history) if e.job_id == msg.job_id), None)
+        kept = self._ended_tails.get(msg.job_id)
+        if ended is None:
+            send(client.identity, p.JobDetail(msg.job_id, False))
+        else:
+            send(client.identity, self._ended_detail(ended, kept is not None))
+            for fd, offset, data in kept.chunks if kept else ():
+                send(client.identity, p.Output(ended.job_id, kept.attempt, fd, offset, data))  # type: ignore[union-attr]
+        send(client.identity, p.TailEnd(msg.job_id))
+
+    def _on_tail_ack(self, client: Client, msg: p.TailAck, now: float) -> None:
+        sub = self._tails.get(msg.job_id, {}).get(client)
+        if sub is not None:
+            sub.ack(msg.attempt, msg.fd, msg.offset)
+
+    def _untail(self, job_id: str, client: Client) -> None:
+        subs = self._tails.get(job_id)
+        if subs is not None:
+            subs.pop(client, None)
+            if not subs:
+                del self._tails[job_id]
+
+    def _detail(self, job: Job, output: bool) -> p.JobDetail:
+        spec = p.decode_spec(job.raw_spec)
+        timeline = [p.TimelineEntry(_queued_at(job), "queued", f"priority {job.priority}")]
+        timeline += self._timelines.get(job.job_id, [])
+        return p.JobDetail(job.job_id, True, spec.argv, spec.cwd, sorted(spec.env)[:500], spec.tags, spec.priority,
+                           spec.timeout, spec.tty, job.state.value if job.state else "",
+                           job.worker.name if job.worker else "", job.attempt, timeline, None, output)
+
+    def _ended_detail(self, ended: _Ended, output: bool) -> p.JobDetail:
+        spec = p.decode_spec(ended.raw_spec) if ended.raw_spec else p.JobSpec([], {}, "")
+        timeline = [p.TimelineEntry(ended.queued, "queued", ""), *ended.timeline]
+        return p.JobDetail(ended.job_id, True, spec.argv, spec.cwd, sorted(spec.env)[:500], spec.tags,
+                           spec.priority, spec.timeout, spec.tty, ended.outcome, ended.worker, ended.attempt,
+                           timeline, ended.view(), output)
+
+
+def _live(job: Job) -> bool:
+    return job.state in WAITING or job.state is JobState.RUNNING
+
+
+def _queued_at(job: Job) -> float:
+    """Tickets are wall-clock nanoseconds at first queueing (0: re-announced by its worker)."""
+    return round(job.ticket / 1e9, 3) if job.ticket > 1_000_000_000 else 0.0
+
+
+def _short_argv(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    left = ARGV_SHOWN
+    for arg in argv:
+        if len(arg) >= left:
+            out.append(arg[:left] + "…")
+            break
+        out.append(arg)
+        left -= len(arg) + 1
+    return out
+
+
+def _bin_payload(raw: Any) -> memoryview:
+    """The bytes of a MessagePack bin (checked by the broker), without copying them."""
+    view = memoryview(raw)
+    head = view[0]
+    skip = 2 if head == 0xC4 else 3 if head == 0xC5 else 5
+    return view[skip:]
+
+
+def _pages(*lists: list[Any]) -> Iterator[tuple[list[Any], ...]]:
+    """Split the lists side by side into pages of at most :data:`PAGE` items each (at least one page)."""
+    chunks = [[items[i:i + PAGE] for i in range(0, len(items), PAGE)] for items in lists]
+    count = max(1, *(len(c) for c in chunks))
+    for page in itertools.islice(itertools.count(), count):
+        yield tuple(c[page] if page < len(c) else [] for c in chunks)
