@@ -46,8 +46,39 @@ def _server_parser(prog: str = "jobqueue-server") -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--metrics", metavar="ADDRESS", default=None,
                         help="serve Prometheus metrics on HOST:PORT (:PORT: every interface)")
+    _dashboard_arguments(parser)
     _common(parser)
     return parser
+
+
+def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("dashboard", "start 'jobqueue dashboard' alongside, stopped with the server")
+    group.add_argument("--dashboard", metavar="HOST:PORT", default=None,
+                       help="serve the web dashboard there (e.g. 127.0.0.1:8321)")
+    group.add_argument("--dashboard-key", metavar="FILE", default=None,
+                       help="with CURVE: the dashboard's secret key (a key listed in --clients)")
+    group.add_argument("--dashboard-token-file", metavar="FILE", default=None,
+                       help="the dashboard's --token-file (needed for a non-loopback address or actions)")
+    group.add_argument("--dashboard-actions", action="store_true",
+                       help="let the dashboard cancel jobs and drain workers (needs --dashboard-token-file)")
+
+
+def _dashboard_command(args: argparse.Namespace) -> list[str] | None:
+    """The dashboard's command line (without the server's address and key), or None."""
+    if args.dashboard is None:
+        return None
+    if args.key and not args.dashboard_key:
+        raise config.UsageError("--dashboard with CURVE keys needs --dashboard-key: a client key listed in "
+                                "--clients, as the dashboard is a client of the server")
+    command = [sys.executable, "-m", "jobqueue.cli", "dashboard", "--listen", args.dashboard,
+               "--parent-pid", str(os.getpid())]
+    if args.dashboard_token_file:
+        command += ["--token-file", args.dashboard_token_file]
+    if args.dashboard_actions:
+        command.append("--actions")
+    if args.dashboard_key:
+        command += ["--key", args.dashboard_key]
+    return command
 
 
 def _spawn_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +155,7 @@ def _run_server(args: argparse.Namespace) -> int:
                             ipc_mode=args.ipc_mode, keys=server_keys(args.key, args.clients, args.workers),
                             insecure=args.insecure,
                             spawn=_spawn_policy(args), spawn_address=_spawn_address(args.spawn_address),
-                            metrics=args.metrics)
+                            metrics=args.metrics, dashboard=_dashboard_command(args))
     return Server(options).run()
 
 
@@ -340,6 +371,7 @@ commands:
   cancel JOB...           cancel queued jobs or signal running ones
   drain WORKER...         stop workers from taking new jobs
   keygen PATH             write a CURVE key pair (PATH and PATH.pub)
+  dashboard               serve a live web dashboard (http://127.0.0.1:8321/)
 
 'jobqueue COMMAND --help' tells more.
 """
@@ -365,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         "cancel": cancel_main,
         "drain": drain_main,
         "keygen": keygen_main,
+        "dashboard": dashboard_main,
     }
     if command not in commands:
         print(f"jobqueue: unknown command {command!r}\n\n{UMBRELLA}", end="", file=sys.stderr)
@@ -389,3 +422,13 @@ def keygen_main(argv: list[str]) -> int:
     return _guard("jobqueue keygen", body)
 
 
+
+
+def dashboard_main(argv: list[str]) -> int:
+    from .dashboard import main as dashboard
+
+    return dashboard(argv)
+
+
+if __name__ == "__main__":  # the server starts its --dashboard as python -m jobqueue.cli dashboard
+    sys.exit(main())

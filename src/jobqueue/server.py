@@ -54,6 +54,8 @@ class ServerOptions:
     spawn_address: str | None = None
     #: Serve Prometheus metrics on this HOST:PORT (None: no metrics).
     metrics: str | None = None
+    #: The command of a dashboard to start alongside (--dashboard), less the server's address.
+    dashboard: list[str] | None = None
 
 
 class Server:
@@ -76,6 +78,7 @@ class Server:
         self.metrics = _start_metrics(self.broker, options.metrics) if options.metrics else None
         self.spawner = Spawner(options.spawn, self._spawn_address(), self.log) if options.spawn else None
         self._stop = False
+        self.dashboard: subprocess.Popen[bytes] | None = None
 
     def _spawn_address(self) -> str:
         """Where spawned workers connect: --spawn-address, else the bound endpoint
@@ -128,6 +131,9 @@ class Server:
         if self.in_clear:
             self.log.event("warning", why="--insecure: serving a network address without CURVE; anyone who "
                            "can reach it can run commands on every worker and read their jobs")
+        if self.options.dashboard:
+            self.dashboard = _start_dashboard(self.options.dashboard, self.socket.getsockopt_string(zmq.LAST_ENDPOINT),
+                                              self.options.keys, self.log)
         self.log.flush()
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
@@ -149,6 +155,8 @@ class Server:
             if self.spawner is not None:
                 self.spawner.step(time.monotonic(), self.broker)
             self._forget_identities()
+        if self.dashboard is not None:
+            _stop_process(self.dashboard)
         self.log.event("stopped", server_id=self.server_id)
         self.log.flush()
         self.socket.close(linger=0)
@@ -335,6 +343,33 @@ def _start_metrics(broker: Broker, address: str) -> Any:
     metrics = Metrics(broker)
     metrics.serve(address)
     return metrics
+
+
+def _start_dashboard(command: list[str], endpoint: str, keys: ServerKeys | None,
+                     log: Logger) -> subprocess.Popen[bytes]:
+    """``jobqueue dashboard`` against this server, as a child process (its own GIL: watching
+    never competes with the broker for the CPU of this one)."""
+    endpoint = endpoint.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
+    command = [*command, "-s", endpoint]
+    if keys is not None:  # our public key, for the dashboard to pin
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="jobqueue-server-", suffix=".pub")
+        with os.fdopen(fd, "w") as f:
+            f.write(keys.public.decode() + "\n")
+        command += ["--server-key", path]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    log.event("dashboard", pid=proc.pid, listen=command[command.index("--listen") + 1])
+    return proc
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _remove_stale_ipc(path: str) -> None:
