@@ -411,6 +411,8 @@ class Observer:
             job = self.broker.jobs.get(job_id)
             if job is not None and _live(job):
                 jobs.append(self._job_view(job, why))
+                if job.worker is not None:  # assigned: its worker runs one more job
+                    self._dirty_workers[job.worker] = None
             else:
                 gone.append(job_id)
         workers = [self._worker_view(w, None, now) for w in self._dirty_workers

@@ -97,6 +97,7 @@ def test_watch_gets_whole_state_then_only_batched_changes(w: Watched) -> None:
     assert w.to(b"dash", p.Changes) == []
     w.advance(observe.PUSH_EVERY)
     (changes,) = w.to(b"dash", p.Changes)
+    assert [(wk.name, wk.state, wk.jobs) for wk in changes.workers] == [("w1", "busy", ["more0"])]
     assert "run1" in changes.gone and {j.job_id for j in changes.jobs} >= {f"more{i}" for i in range(19)}
     assert [o.job_id for o in changes.finished] == ["run1"] and changes.finished[0].outcome == "succeeded"
     assert changes.finished[0].started > 0 and changes.finished[0].ended >= changes.finished[0].started

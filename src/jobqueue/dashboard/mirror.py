@@ -204,8 +204,16 @@ class Mirror:
     def chart_data(self) -> dict[str, Any]:
         """Columns for the charts: one row per interval of the last hour."""
         points = list(self.series)
-        per_second = 1.0 / self.interval if self.interval else 1.0
-        groups = {g: [round(_group_counts([pt.finished])[g] * per_second, 3) for pt in points] for g in GROUPS}
+        per_second = [1.0 / self.interval] * len(points)
+        # the interval still open, as it is so far: the charts move at every push
+        now = self.now()
+        start = points[-1].start + self.interval if points else now - self.interval
+        if now > start:
+            running = sum(1 for j in self.jobs.values() if j.state == "running")
+            points.append(p.SeriesPoint(now, len(self.jobs) - running, running, dict(self.open_counts), -1, -1))
+            per_second.append(1.0 / max(1.0, now - start))
+        groups = {g: [round(_group_counts([pt.finished])[g] * rate, 3) for pt, rate in zip(points, per_second)]
+                  for g in GROUPS}
         return {
             "t": [pt.start for pt in points], "interval": self.interval,
             "queued": [pt.queued for pt in points], "running": [pt.running for pt in points],

@@ -42,6 +42,8 @@ STATIC = Path(__file__).parent / "static"
 MIN_PUSH = 0.4
 #: A comment line on idle streams this often (keeps proxies and the browser's connection alive).
 KEEPALIVE = 15.0
+#: Seconds between two pushes of the charts while no interval closes.
+CHARTS_EVERY = 2.0
 COOKIE = "jobqueue_dashboard"
 PAGE_SIZE = 50
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -158,7 +160,7 @@ def build_app(mirror: Mirror, link: Link | None, notifier: Notifier, *, token: s
         workers_args: dict[str, Any] = {"text": q.get("wq", ""), "page": _int(q.get("wpage")), "size": PAGE_SIZE}
 
         async def events() -> AsyncIterator[str]:
-            seen, seen_series = -1, -1
+            seen, seen_series, charts_at = -1, -1, 0.0
             while True:
                 with mirror.lock:
                     if mirror.version != seen or seen < 0:
@@ -166,8 +168,9 @@ def build_app(mirror: Mirror, link: Link | None, notifier: Notifier, *, token: s
                         data: dict[str, Any] = {"overview": mirror.overview(),
                                                 "workers": mirror.workers_page(**workers_args),
                                                 "jobs": mirror.jobs_page(**jobs_args)}
-                        if mirror.series_version != seen_series:
-                            seen_series = mirror.series_version
+                        # the charts (a few KiB) when a point closed, else now and then for the open one
+                        if mirror.series_version != seen_series or time.monotonic() - charts_at > CHARTS_EVERY:
+                            seen_series, charts_at = mirror.series_version, time.monotonic()
                             data["charts"] = mirror.chart_data()
                     else:
                         data = {}

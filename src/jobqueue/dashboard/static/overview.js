@@ -130,7 +130,9 @@ function chart(id, series, data, opts) {
       width, height: 180, series: [{}].concat(series.map(s => Object.assign({ spanGaps: false, points: { size: 4 } }, s))),
       axes: [{}, { size: 50 }], legend: { live: false }, cursor: { drag: { x: false, y: false } },
       // always the last hour, however few points there are yet
-      scales: { x: { time: true, range: () => { const t = JQ.now(); return [t - 3600, t]; } },
+      // the last hour at most, five minutes at least: a young server's few points stay readable
+      scales: { x: { time: true, range: u => { const t = JQ.now(), first = u.data[0].length ? u.data[0][0] : t;
+                                                 return [Math.max(t - 3600, Math.min(first - 10, t - 300)), t]; } },
                 y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
     }, opts || {}), data, box);
   } else {
