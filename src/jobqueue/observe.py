@@ -34,7 +34,7 @@ from . import protocol as p
 from .jobstate import TERMINAL, WAITING, JobState
 
 if TYPE_CHECKING:
-    from .broker import Broker, Client, Job, Peer, Worker
+    from .broker import Broker, Client, Frame, Job, Peer, Worker
 
 #: Finished jobs kept for the dashboard.
 HISTORY = 1000
@@ -262,7 +262,7 @@ class Observer:
             self._rings.clear()
             self._rings_size = 0
 
-    def output(self, job: Job, msg: p.RelayedOutput, frame: p.Buffer) -> None:
+    def output(self, job: Job, msg: p.RelayedOutput, frame: Frame) -> None:
         """A chunk of ``job``'s output the broker relays (``frame``: as it came)."""
         if not self.watchers:
             return

@@ -600,6 +600,18 @@ ToClient = Union[
     Finished,
     StatusReply,
     ControlReply,
+]
+#: What a watcher (the dashboard, a client that sent Watch) receives: a client's
+#: messages and the watching ones.  Jobs' clients never get these (jq's lean mirror
+#: in :mod:`jobqueue.wire` need not know them).
+ToWatcher = Union[
+    Welcome,
+    Pong,
+    Unknown,
+    Refused,
+    Error,
+    Output,
+    ControlReply,
     WatchState,
     Changes,
     JobDetail,
@@ -613,6 +625,7 @@ _encoder = msgspec.msgpack.Encoder()
 _server_decoder = msgspec.msgpack.Decoder(ToServer)
 _client_decoder = msgspec.msgpack.Decoder(ToClient)
 _worker_decoder = msgspec.msgpack.Decoder(ToWorker)
+_watcher_decoder = msgspec.msgpack.Decoder(ToWatcher)
 
 
 def encode(message: Message) -> bytes:
@@ -650,6 +663,10 @@ def decode_to_server(data: Buffer) -> Message:
 
 def decode_to_client(data: Buffer) -> Message:
     return _decode(_client_decoder, data, "client")
+
+
+def decode_to_watcher(data: Buffer) -> Message:
+    return _decode(_watcher_decoder, data, "watcher")
 
 
 def decode_to_worker(data: Buffer) -> Message:

@@ -65,7 +65,7 @@ def _decode(message: Any) -> Any:
     if isinstance(message, p.AssignRaw):
         return p.decode_to_worker(p.encode(message))
     data = p.encode(message) if isinstance(message, p.Message) else bytes(message)
-    for decode in (p.decode_to_client, p.decode_to_worker):
+    for decode in (p.decode_to_watcher, p.decode_to_client, p.decode_to_worker):
         try:
             return decode(data)
         except p.ProtocolError:

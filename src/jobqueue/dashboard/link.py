@@ -36,7 +36,7 @@ class Link(threading.Thread):
         self.notify = notify
         self.parent_pid = parent_pid
         self.session = os.urandom(8).hex()
-        self.conn = Connection(endpoint, self._hello, p.decode_to_client, proto=p, lean=False,
+        self.conn = Connection(endpoint, self._hello, p.decode_to_watcher, proto=p,
                                connect_timeout=connect_timeout, grace=FOREVER, security=security)
         self.conn.on_connect = self._on_connect
         #: Jobs followed, with how many pages follow each.
@@ -154,6 +154,9 @@ class Link(threading.Thread):
             if self._waiting_replies:
                 self._waiting_replies.pop(0).set_result(message)
         elif isinstance(message, p.Error):
+            if not self.ready.done():  # it refused Watch: a server from before the dashboard
+                raise Refused(f"the server at {self.endpoint} does not serve dashboards ({message.reason}): "
+                              "run the same jobqueue release on both sides")
             if self._waiting_replies and not message.job_id:
                 self._waiting_replies.pop(0).set_exception(RuntimeError(message.reason))
         else:
