@@ -1,0 +1,130 @@
+"""`jobqueue dashboard` as a command: its refusals, its errors (as jq's), its token,
+cookie and CSRF rules, seen over plain HTTP (the browser tests are in tests/browser)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import BIN, Cluster, free_port, wait_for
+
+
+def dashboard(cluster: Cluster, *args: str) -> subprocess.Popen[bytes]:
+    return cluster.spawn([str(BIN / "jobqueue"), "dashboard", "-s", cluster.endpoint, *args], log="dashboard",
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def run_dashboard(cluster: Cluster, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([str(BIN / "jobqueue"), "dashboard", "-s", cluster.endpoint, *args],
+                          capture_output=True, timeout=timeout, env=cluster.env())
+
+
+def request(port: int, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str],
+                                                                                                str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode()
+    finally:
+        conn.close()
+
+
+def serving(port: int) -> bool:
+    try:
+        request(port, "GET", "/api/session")
+    except OSError:
+        return False
+    return True
+
+
+def test_non_loopback_listen_without_token_is_refused(cluster: Cluster) -> None:
+    result = run_dashboard(cluster, "--listen", f"0.0.0.0:{free_port()}")
+    assert result.returncode == 255
+    assert b"refusing to serve the dashboard on 0.0.0.0" in result.stderr and b"--token-file" in result.stderr
+
+
+def test_actions_need_a_token(cluster: Cluster) -> None:
+    result = run_dashboard(cluster, "--actions")
+    assert result.returncode == 255 and b"--actions needs --token-file" in result.stderr
+
+
+def test_unreachable_server_is_the_same_error_as_jq(cluster: Cluster) -> None:
+    start = time.monotonic()
+    result = run_dashboard(cluster, "--connect-timeout", "1", "--listen", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 255 and time.monotonic() - start < 10
+    assert result.stderr.startswith(b"jobqueue dashboard: cannot reach the server at")
+    assert b"Traceback" not in result.stderr
+
+
+@pytest.fixture
+def guarded(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """A dashboard with actions, behind a token it wrote itself."""
+    cluster.server()
+    token_file = tmp_path / "token"
+    port = free_port()
+    proc = dashboard(cluster, "--listen", f"127.0.0.1:{port}", "--token-file", str(token_file), "--actions")
+    assert proc.stderr is not None
+    line = proc.stderr.readline().decode()
+    token = token_file.read_text().strip()
+    assert f"http://127.0.0.1:{port}/?token={token}" in line, line
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    wait_for(lambda: serving(port), 10, "the dashboard to serve")
+    yield port, token
+
+
+def test_token_then_cookie_then_csrf_checked_posts(guarded: tuple[int, str]) -> None:
+    port, token = guarded
+    status, _, body = request(port, "GET", "/")
+    assert status == 401 and "token" in body
+    status, _, _ = request(port, "GET", "/?token=wrong")
+    assert status == 403
+    status, headers, _ = request(port, "GET", f"/job/abc?token={token}")
+    assert status == 303 and headers["location"] == "/job/abc"  # the token leaves the address bar
+    cookie = headers["set-cookie"].split(";")[0]
+    assert token not in cookie and "httponly" in headers["set-cookie"].lower()
+    assert "samesite=strict" in headers["set-cookie"].lower()
+    status, _, body = request(port, "GET", "/api/session", {"Cookie": cookie})
+    session: dict[str, Any] = json.loads(body)
+    assert status == 200 and session["actions"] is True and session["csrf"]
+    # a POST without the CSRF token, or from another site, does nothing
+    status, _, body = request(port, "POST", "/api/jobs/nosuch/cancel", {"Cookie": cookie})
+    assert status == 403 and "CSRF" in body
+    status, _, body = request(port, "POST", "/api/jobs/nosuch/cancel",
+                              {"Cookie": cookie, "X-CSRF-Token": session["csrf"], "Origin": "http://evil.example"})
+    assert status == 403 and "cross-site" in body
+    status, _, body = request(port, "POST", "/api/jobs/nosuch/cancel",
+                              {"Cookie": cookie, "X-CSRF-Token": session["csrf"],
+                               "Origin": f"http://127.0.0.1:{port}"})
+    assert status == 404 and json.loads(body)["unknown"] == ["nosuch"]  # it reached the server
+
+
+def test_without_token_only_loopback_host_names_and_no_actions(cluster: Cluster) -> None:
+    cluster.server()
+    port = free_port()
+    dashboard(cluster, "--listen", f"127.0.0.1:{port}")
+    wait_for(lambda: serving(port), 15, "the dashboard to serve")
+    status, _, body = request(port, "GET", "/api/session")
+    assert status == 200 and json.loads(body)["actions"] is False
+    status, _, _ = request(port, "GET", "/", {"Host": "attacker.example"})  # DNS rebinding
+    assert status == 403
+    status, _, body = request(port, "POST", "/api/workers/w1/drain")
+    assert status == 403 and "actions are off" in body
+    status, _, body = request(port, "GET", "/static/uplot/uPlot.iife.min.js")
+    assert status == 200 and "uPlot" in body  # served from the package: works offline
+
+
+def test_server_dashboard_stops_with_the_server(cluster: Cluster) -> None:
+    port = free_port()
+    server = cluster.server("--dashboard", f"127.0.0.1:{port}")
+    wait_for(lambda: serving(port), 15, "the dashboard to serve")
+    server.terminate()
+    assert server.wait(timeout=10) == 0
+    wait_for(lambda: not serving(port), 10, "the dashboard to stop")
