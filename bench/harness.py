@@ -52,6 +52,8 @@ class Sizes:
     slow_bytes: int
     slow_rate: int  # bytes per second the slow reader takes
     profile_seconds: float
+    watch_queued: int = 10_000  # jobs waiting while the watching scenario measures
+    watch_rounds: int = 7
 
 
 FULL = Sizes(
@@ -64,7 +66,7 @@ QUICK = Sizes(
     latency_rounds=2, latency_runs=3, burst_jobs=20, burst_rounds=1, broker_jobs=300,
     broker_workers=(1, 10, 100), broker_rounds=1, chunk_messages=1000, server_jobs=100,
     server_workers=(2,), stream_bytes=8 << 20, stream_rounds=1, mem_workers=20, mem_jobs=1000,
-    slow_bytes=8 << 20, slow_rate=256 << 20, profile_seconds=1.0,
+    slow_bytes=8 << 20, slow_rate=256 << 20, profile_seconds=1.0, watch_queued=100, watch_rounds=1,
 )
 
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from harness import BENCH, FULL, QUICK, REPO, Cluster, Context, Processes, Section
 from report import history_row, old_history, render
-from scenarios import broker, latency, memory, streaming, throughput
+from scenarios import broker, latency, memory, streaming, throughput, watching
 
-SCENARIOS = ("latency", "throughput", "broker", "streaming", "memory")
+SCENARIOS = ("latency", "throughput", "broker", "streaming", "memory", "watching")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -73,9 +73,11 @@ def run_scenarios(ctx: Context, wanted: list[str]) -> list[Section]:
         "broker": lambda: broker.run(ctx),
         "streaming": lambda: streaming.run(ctx, _need(shared), slurm),
         "memory": lambda: memory.run(ctx),
+        "watching": lambda: watching.run(ctx),
     }
     titles = {"latency": "1. Latency", "throughput": "2. Throughput", "broker": "3. Broker capacity",
-              "streaming": "4. Streaming", "memory": "5. Memory"}
+              "streaming": "4. Streaming", "memory": "5. Memory",
+              "watching": "6. Watching"}
     sections = []
     for name in wanted:
         ctx.log(f"scenario {name}")

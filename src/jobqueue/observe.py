@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from . import events as ev
 from . import protocol as p
 from .jobstate import TERMINAL, WAITING, JobState
@@ -111,7 +113,7 @@ class _Ended:
 
     def view(self) -> p.Outcome:
         if self._view is None:
-            argv = _short_argv(p.decode_spec(self.raw_spec).argv) if self.raw_spec else []
+            argv = _argv(self.raw_spec) if self.raw_spec else []
             self._view = p.Outcome(self.job_id, argv, self.tags, self.worker, self.attempt, self.status,
                                    self.reason, self.outcome, self.queued, self.started, self.ended)
         return self._view
@@ -450,7 +452,7 @@ class Observer:
             key = job.tag_key
             reason = why.get(key) or why.setdefault(key, self.broker._why_waiting(job))
         state = job.state.value if job.state else "new"
-        return p.WatchedJob(job.job_id, _short_argv(job.argv), state, job.worker.name if job.worker else "",
+        return p.WatchedJob(job.job_id, _argv(job.raw_spec), state, job.worker.name if job.worker else "",
                             job.tags, job.priority, job.attempt, _queued_at(job), self.wall(job.since), reason)
 
     # --- tails -------------------------------------------------------------------------
@@ -516,6 +518,21 @@ def _live(job: Job) -> bool:
 def _queued_at(job: Job) -> float:
     """Tickets are wall-clock nanoseconds at first queueing (0: re-announced by its worker)."""
     return round(job.ticket / 1e9, 3) if job.ticket > 1_000_000_000 else 0.0
+
+
+class _SpecHead(msgspec.Struct, array_like=True):
+    """The first field of an encoded :class:`~jobqueue.protocol.JobSpec` (the rest is
+    skipped, not decoded: the environment is most of a spec's bytes)."""
+
+    argv: list[str]
+
+
+_head_decoder = msgspec.msgpack.Decoder(_SpecHead)
+
+
+def _argv(raw_spec: bytes) -> list[str]:
+    """A job's command line, for a list (cut short), from its encoded spec."""
+    return _short_argv(_head_decoder.decode(raw_spec).argv)
 
 
 def _short_argv(argv: list[str]) -> list[str]:

@@ -26,6 +26,6 @@ def test_bench_quick_runs_every_scenario(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-5000:]
     text = report.read_text()
     for heading in ("## 1. Latency", "## 2. Throughput", "## 3. Broker capacity", "## 4. Streaming",
-                    "## 5. Memory", "## Targets"):
+                    "## 5. Memory", "## 6. Watching", "## Targets"):
         assert heading in text
     assert "crashed" not in text

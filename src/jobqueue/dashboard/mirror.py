@@ -8,6 +8,7 @@ the web handlers read under it.  Outputs are kept per followed job in a :class:`
 from __future__ import annotations
 
 import codecs
+import heapq
 import threading
 import time
 from collections import OrderedDict, deque
@@ -232,19 +233,32 @@ class Mirror:
 
     def jobs_page(self, state: str = "", tag: str = "", worker: str = "", text: str = "", page: int = 0,
                   size: int = 50) -> dict[str, Any]:
-        live: list[Any] = []
-        if state in ("", "running"):
-            live += sorted((j for j in self.jobs.values() if j.state == "running"), key=lambda j: j.since)
-        if state in ("", "queued"):
-            live += sorted((j for j in self.jobs.values() if j.state != "running"),
-                           key=lambda j: (-j.priority, j.queued))
-        ended: list[Any] = list(reversed(self.history)) if state in ("", "finished") else []
         text = text.lower()
-        rows = [j for j in live + ended
-                if (not tag or tag in j.tags) and (not worker or worker == j.worker)
-                and (not text or text in " ".join(j.argv).lower() or j.job_id.startswith(text))]
-        shown = rows[page * size:(page + 1) * size]
-        return _paged([_job_row(j) for j in shown], len(rows), page, size)
+
+        def wanted(j: p.WatchedJob | p.Outcome) -> bool:
+            return ((not tag or tag in j.tags) and (not worker or worker == j.worker)
+                    and (not text or text in " ".join(j.argv).lower() or j.job_id.startswith(text)))
+
+        # running first (longest running first), then waiting (priority, then age), then finished (newest
+        # first); only the rows up to the page's end are sorted: 10,000 queued jobs cost a scan, not a sort
+        end = (page + 1) * size
+        groups: list[list[Any]] = []
+        if state in ("", "running"):
+            running = [j for j in self.jobs.values() if j.state == "running" and wanted(j)]
+            groups.append(heapq.nsmallest(end, running, key=lambda j: j.since))
+            total = len(running)
+        else:
+            total = 0
+        if state in ("", "queued"):
+            waiting = [j for j in self.jobs.values() if j.state != "running" and wanted(j)]
+            groups.append(heapq.nsmallest(end, waiting, key=lambda j: (-j.priority, j.queued)))
+            total += len(waiting)
+        if state in ("", "finished"):
+            ended = [j for j in reversed(self.history) if wanted(j)]
+            groups.append(ended)
+            total += len(ended)
+        rows = [j for group in groups for j in group][page * size:end]
+        return _paged([_job_row(j) for j in rows], total, page, size)
 
     def job_row(self, job_id: str) -> dict[str, Any] | None:
         job = self.jobs.get(job_id)
