@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jobqueue import observe
 from jobqueue import protocol as p
@@ -254,3 +256,48 @@ def test_snapshot_is_paged_under_the_message_limit(w: Watched) -> None:
     assert sum(len(pg.jobs) for pg in pages) == 1200
     assert all(len(p.encode(pg)) < p.MAX_MESSAGE_SIZE for pg in pages)
     assert pages[0].jobs[0].argv[0].endswith("…")
+
+
+# --- hostile or random input with a watcher connected ------------------------------------------
+
+job_ids = st.sampled_from(["j1", "j2", "nosuch", ""])
+operations = st.lists(st.one_of(
+    st.builds(lambda j: (b"dash", p.Tail(j)), job_ids),
+    st.builds(lambda j: (b"dash", p.Tail(j, follow=False)), job_ids),
+    st.builds(lambda j, a, fd, off: (b"dash", p.TailAck(j, a, fd, off)), job_ids, st.integers(-1, 3),
+              st.integers(-1, 3), st.integers(-(2**63), 2**63 - 1)),
+    st.builds(lambda: (b"dash", p.Watch())),
+    st.builds(lambda fd, n: (b"w1", p.Output("j1", 1, fd, 0, b"x" * n)), st.integers(0, 3), st.integers(0, 70_000)),
+    st.builds(lambda: (b"w1", p.Finished("j1", 1, 0, "exited"))),
+    st.builds(lambda: (b"c1", p.Signal("j2", 15))),
+    st.builds(lambda: (b"dash", p.Bye())),
+    st.builds(lambda: (b"tick", None)),
+), max_size=25)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+          deadline=None)
+@given(ops=operations)
+def test_random_watching_never_breaks_the_broker_and_tails_stay_bounded(ops: list[tuple[bytes, Any]]) -> None:
+    w = Watched()
+    w.worker(b"w1")
+    w.client(b"c1")
+    w.watcher()
+    w.submit(b"c1", "j1")
+    w.send(b"w1", p.Started("j1", 1, 7))
+    w.submit(b"c1", "j2", tags=["none"])
+    offsets: dict[int, int] = {1: 0, 2: 0}
+    for peer, msg in ops:
+        if peer == b"tick":
+            w.advance(observe.PUSH_EVERY)
+            continue
+        if isinstance(msg, p.Output) and msg.fd in offsets:  # a worker's offsets only grow
+            msg = p.Output("j1", 1, msg.fd, offsets[msg.fd], msg.data)
+            offsets[msg.fd] += len(msg.data)
+        w.send(peer, msg)
+    observer = w.observer
+    assert all(sub.outstanding <= observe.TAIL_WINDOW for subs in observer._tails.values() for sub in subs.values())
+    assert all(ring.size <= observe.TAIL_KEEP for ring in observer._rings.values())
+    assert observer._rings_size == sum(ring.size for ring in observer._rings.values())
+    relayed = sum(len(m.data) for m in w.to(b"c1", p.Output))
+    assert relayed == sum(offsets.values())  # the job's client got every byte, watched or not
