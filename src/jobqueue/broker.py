@@ -850,10 +850,10 @@ class Broker:
         old = job.state
         job.state = next_state(job.job_id, old, event)
         self._waiting += (job.state in WAITING) - (old in WAITING)
+        if self.observer is not None:  # before ``since`` moves: it tells how long the old state lasted
+            self.observer.job_moved(job, old, now)
         if job.state is not JobState.FINISHED:
             job.since = now
-        if self.observer is not None:
-            self.observer.job_moved(job, old, now)
 
     def _seen(self, identity: bytes, now: float) -> None:
         self._last_seen[identity] = now

@@ -94,6 +94,13 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 @dataclass(slots=True)
+class _Run:
+    queued: float  # wall clock
+    timeline: list[p.TimelineEntry]
+    started: float | None = None  # broker clock
+
+
+@dataclass(slots=True)
 class _Ended:
     """A job that ended: enough to show it (its argv decoded only when shown)."""
 
@@ -190,9 +197,9 @@ class Observer:
         self._interval = _Interval(now, 0, 0)
         self._queued = 0
         self._running = 0
-        #: Jobs that have run: when their attempts started, and what happened to them.
-        self._timelines: dict[str, list[p.TimelineEntry]] = {}
-        self._started: dict[str, float] = {}
+        #: Jobs that have started (a few per slot): when they were first queued, when their
+        #: latest attempt started, and what happened to them.  A job that never ran has none.
+        self._runs: dict[str, _Run] = {}
         #: Ended jobs waiting for the event that tells their status (same round).
         self._ending: dict[str, _Ended] = {}
         self._departed: deque[p.WatchedWorker] = deque(maxlen=DEPARTED)
@@ -219,7 +226,8 @@ class Observer:
     # --- hooks called by the broker ------------------------------------------------------
 
     def job_moved(self, job: Job, old: JobState | None, now: float) -> None:
-        """``job`` went from ``old`` to ``job.state`` (the broker's single writer calls this)."""
+        """``job`` went from ``old`` to ``job.state`` (the broker's single writer calls this;
+        ``job.since`` is still when it entered ``old``)."""
         self._now = now
         new = job.state
         self._queued += (new in WAITING) - (old in WAITING)
@@ -230,8 +238,11 @@ class Observer:
         if self.watchers:
             self._dirty_jobs[job.job_id] = None
         if new is JobState.RUNNING:  # its worker and attempt are set just after: see the JobStarted event
-            self._started[job.job_id] = now
-            self._timelines.setdefault(job.job_id, [])
+            run = self._runs.get(job.job_id)
+            if run is None:  # first start: it waited job.waited since it was queued
+                queued = self.wall(now - job.waited) if old is not None else 0.0
+                run = self._runs[job.job_id] = _Run(queued, [p.TimelineEntry(queued, "queued", "")])
+            run.started = now
         elif new in TERMINAL and old not in TERMINAL:
             self._ended(job, now)
 
@@ -323,11 +334,13 @@ class Observer:
     # --- internals: ends, series ------------------------------------------------------------------
 
     def _ended(self, job: Job, now: float) -> None:
-        started = self._started.pop(job.job_id, None)
-        timeline = self._timelines.pop(job.job_id, [])
+        run = self._runs.pop(job.job_id, None)
+        if run is None:  # it never ran: it waited since job.since
+            queued = self.wall(job.since)
+            run = _Run(queued, [p.TimelineEntry(queued, "queued", "")])
         ended = _Ended(job.job_id, job.raw_spec, job.tags, job.worker.name if job.worker else "", job.attempt,
-                       _queued_at(job), self.wall(started) if started is not None else 0.0, self.wall(now),
-                       timeline)
+                       run.queued, self.wall(run.started) if run.started is not None else 0.0, self.wall(now),
+                       run.timeline)
         self._ending[job.job_id] = ended
         ring = self._rings.pop(job.job_id, None)
         if ring is not None:
@@ -364,9 +377,9 @@ class Observer:
         finished[outcome] = finished.get(outcome, 0) + 1
 
     def _timeline(self, job_id: str, what: str, detail: str) -> None:
-        entries = self._timelines.get(job_id)
-        if entries is not None and job_id in self.broker.jobs:
-            entries.append(p.TimelineEntry(self.wall(self._now), what, detail))
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.timeline.append(p.TimelineEntry(self.wall(self._now), what, detail))
 
     def _close_interval(self, now: float) -> None:
         point = self._interval.point(self.wall_offset)
@@ -446,6 +459,11 @@ class Observer:
                                list(worker.running), self.wall(worker.since), worker.software, worker.pid,
                                known[1])
 
+    def _queued_at(self, job: Job) -> float:
+        """When it was first queued (0: unknown, after a server restart)."""
+        run = self._runs.get(job.job_id)
+        return run.queued if run is not None else self.wall(job.since)
+
     def _job_view(self, job: Job, why: dict[frozenset[str], str]) -> p.WatchedJob:
         reason = ""
         if job.state in WAITING:
@@ -453,7 +471,8 @@ class Observer:
             reason = why.get(key) or why.setdefault(key, self.broker._why_waiting(job))
         state = job.state.value if job.state else "new"
         return p.WatchedJob(job.job_id, _argv(job.raw_spec), state, job.worker.name if job.worker else "",
-                            job.tags, job.priority, job.attempt, _queued_at(job), self.wall(job.since), reason)
+                            job.tags, job.priority, job.attempt, self._queued_at(job), self.wall(job.since),
+                            reason)
 
     # --- tails -------------------------------------------------------------------------
 
@@ -497,8 +516,8 @@ class Observer:
 
     def _detail(self, job: Job, output: bool) -> p.JobDetail:
         spec = p.decode_spec(job.raw_spec)
-        timeline = [p.TimelineEntry(_queued_at(job), "queued", f"priority {job.priority}")]
-        timeline += self._timelines.get(job.job_id, [])
+        run = self._runs.get(job.job_id)
+        timeline = run.timeline if run else [p.TimelineEntry(self._queued_at(job), "queued", "")]
         return p.JobDetail(job.job_id, True, spec.argv, spec.cwd, sorted(spec.env)[:500], spec.tags, spec.priority,
                            spec.timeout, spec.tty, job.state.value if job.state else "",
                            job.worker.name if job.worker else "", job.attempt, timeline, None, output)
@@ -515,9 +534,6 @@ def _live(job: Job) -> bool:
     return job.state in WAITING or job.state is JobState.RUNNING
 
 
-def _queued_at(job: Job) -> float:
-    """Tickets are wall-clock nanoseconds at first queueing (0: re-announced by its worker)."""
-    return round(job.ticket / 1e9, 3) if job.ticket > 1_000_000_000 else 0.0
 
 
 class _SpecHead(msgspec.Struct, array_like=True):

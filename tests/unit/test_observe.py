@@ -91,7 +91,7 @@ def test_watch_gets_whole_state_then_only_batched_changes(w: Watched) -> None:
     jobs = {j.job_id: j for j in state.jobs}
     assert jobs["run1"].state == "running" and jobs["run1"].worker == "w1" and jobs["run1"].argv == ["sleep", "9"]
     assert jobs["wait1"].state == "queued" and "no connected worker has tags gpu" in jobs["wait1"].why
-    assert jobs["wait1"].queued == pytest.approx(WALL, abs=1)
+    assert jobs["wait1"].queued == pytest.approx(WALL + 100)
     # many changes within one push interval go out as one Changes message
     for i in range(20):
         w.submit(b"c1", f"more{i}")
@@ -133,9 +133,11 @@ def test_history_is_bounded_and_keeps_outcomes(w: Watched) -> None:
     assert len(history) == observe.HISTORY and history[0].job_id == "j5"
     assert {e.view().outcome for e in history} == {"succeeded", "nonzero"}
     w.submit(b"c1", "blocked", tags=["none"])
+    w.advance(3.0)
     w.send(b"c1", p.Signal("blocked", 15))
     last = history[-1].view()
     assert (last.job_id, last.outcome, last.status, last.started) == ("blocked", "cancelled", 143, 0.0)
+    assert last.ended - last.queued == pytest.approx(3.0)
 
 
 def test_series_points_per_interval_with_waits_and_outcomes(w: Watched) -> None:
@@ -189,6 +191,7 @@ def test_tail_sends_kept_output_then_live_chunks_then_end(w: Watched) -> None:
     w.client(b"c1")
     w.watcher()
     w.submit(b"c1", "j1", ["sh", "-c", "x"], timeout=5.0)
+    w.advance(2.0)
     w.send(b"w1", p.Started("j1", 1, 7))
     big = bytes(range(256)) * 400  # 100 KiB: only the last 64 KiB are kept
     _out(w, "j1", 1, 0, big)
@@ -197,7 +200,8 @@ def test_tail_sends_kept_output_then_live_chunks_then_end(w: Watched) -> None:
     (detail,) = w.to(b"dash", p.JobDetail)
     assert detail.known and detail.argv == ["sh", "-c", "x"] and detail.cwd == "/tmp" and detail.timeout == 5.0
     assert detail.env_names == ["SECRET"] and "hunter2" not in repr(detail)
-    assert [e.what for e in detail.timeline] == ["queued", "started"] and detail.output
+    assert [(e.what, e.at) for e in detail.timeline] == [("queued", WALL + 100), ("started", WALL + 102)]
+    assert detail.output
     kept = w.to(b"dash", p.Output)
     assert sum(len(o.data) for o in kept) == observe.TAIL_KEEP
     assert kept[0].offset == len(big) - (observe.TAIL_KEEP - 5) and kept[-1].data == b"oops\n"
