@@ -23,167 +23,34 @@ is connected.
 
 from __future__ import annotations
 
-import itertools
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import msgspec
-
-from . import events as ev
-from . import protocol as p
-from .jobstate import TERMINAL, WAITING, JobState
+from .. import events as ev
+from .. import protocol as p
+from ..broker import Worker
+from ..jobstate import TERMINAL, WAITING, JobState
+from .records import (
+    DEPARTED,
+    ENDED_TAILS_TOTAL,
+    HISTORY,
+    INTERVAL,
+    POINTS,
+    PUSH_EVERY,
+    RINGS_TOTAL,
+    Ended,
+    Interval,
+    Ring,
+    Run,
+    TailSub,
+    argv_of,
+    bin_payload,
+    pages,
+)
 
 if TYPE_CHECKING:
-    from .broker import Broker, Client, Frame, Job, Peer, Worker
-
-#: Finished jobs kept for the dashboard.
-HISTORY = 1000
-#: Seconds per point of the series, and how many points (one hour).
-INTERVAL = 10.0
-POINTS = 360
-#: Least seconds between two pushes of changes to the watchers.
-PUSH_EVERY = 0.5
-#: Output bytes kept per job (both streams together) while someone watches.
-TAIL_KEEP = 64 * 1024
-#: Unacknowledged output bytes a tail watcher may have before chunks are skipped for it.
-TAIL_WINDOW = 256 * 1024
-#: Output kept for all running jobs together; past it, only tailed jobs keep theirs.
-RINGS_TOTAL = 64 << 20
-#: Output kept for finished jobs (the most recent ones), all together.
-ENDED_TAILS_TOTAL = 16 << 20
-#: Items per WatchState/Changes page (a message stays far below 1 MiB).
-PAGE = 500
-#: A command line in a list view is cut at this many characters.
-ARGV_SHOWN = 400
-#: Workers that left or were lost, kept for new watchers.
-DEPARTED = 100
-#: Queue-wait samples kept per interval (a uniform sample beyond that).
-WAIT_SAMPLES = 2048
-
-
-@dataclass(slots=True)
-class _Interval:
-    start: float
-    queued: int
-    running: int
-    finished: dict[str, int] = field(default_factory=dict)
-    waits: list[float] = field(default_factory=list)
-    seen: int = 0
-
-    def wait(self, seconds: float) -> None:
-        self.seen += 1
-        if len(self.waits) < WAIT_SAMPLES:
-            self.waits.append(seconds)
-        else:  # a deterministic spread over the interval's samples
-            slot = (self.seen * 2654435761) % self.seen
-            if slot < WAIT_SAMPLES:
-                self.waits[slot] = seconds
-
-    def point(self, wall_offset: float) -> p.SeriesPoint:
-        waits = sorted(self.waits)
-        return p.SeriesPoint(round(self.start + wall_offset, 3), self.queued, self.running, dict(self.finished),
-                             _quantile(waits, 0.5), _quantile(waits, 0.95))
-
-
-def _quantile(values: list[float], q: float) -> float:
-    if not values:
-        return -1.0
-    return round(values[min(len(values) - 1, int(q * len(values)))], 4)
-
-
-@dataclass(slots=True)
-class _Run:
-    queued: float  # wall clock
-    timeline: list[p.TimelineEntry]
-    started: float | None = None  # broker clock
-
-
-@dataclass(slots=True)
-class _Ended:
-    """A job that ended: enough to show it (its argv decoded only when shown)."""
-
-    job_id: str
-    raw_spec: bytes
-    tags: list[str]
-    worker: str
-    attempt: int
-    queued: float
-    started: float
-    ended: float
-    timeline: list[p.TimelineEntry]
-    status: int = 0
-    reason: str = ""
-    outcome: str = ""
-    _view: p.Outcome | None = None
-
-    def view(self) -> p.Outcome:
-        if self._view is None:
-            argv = _argv(self.raw_spec) if self.raw_spec else []
-            self._view = p.Outcome(self.job_id, argv, self.tags, self.worker, self.attempt, self.status,
-                                   self.reason, self.outcome, self.queued, self.started, self.ended)
-        return self._view
-
-
-class _Ring:
-    """The last :data:`TAIL_KEEP` bytes of one attempt's output, as (fd, offset, bytes) chunks."""
-
-    __slots__ = ("attempt", "chunks", "size")
-
-    def __init__(self, attempt: int) -> None:
-        self.attempt = attempt
-        self.chunks: deque[tuple[int, int, bytes]] = deque()
-        self.size = 0
-
-    def add(self, fd: int, offset: int, data: memoryview) -> int:
-        """Keep ``data``; returns the change of size."""
-        before = self.size
-        if len(data) > TAIL_KEEP:
-            offset += len(data) - TAIL_KEEP
-            data = data[-TAIL_KEEP:]
-        self.chunks.append((fd, offset, bytes(data)))
-        self.size += len(data)
-        while self.size > TAIL_KEEP:
-            first_fd, first_offset, first = self.chunks[0]
-            excess = self.size - TAIL_KEEP
-            if excess >= len(first):
-                self.chunks.popleft()
-                self.size -= len(first)
-            else:
-                self.chunks[0] = (first_fd, first_offset + excess, first[excess:])
-                self.size -= excess
-        return self.size - before
-
-
-class _TailSub:
-    """One watcher following one job: what it has not acknowledged yet, per stream."""
-
-    __slots__ = ("attempt", "pending", "outstanding", "skipped")
-
-    def __init__(self, attempt: int) -> None:
-        self.attempt = attempt
-        self.pending: dict[int, deque[tuple[int, int]]] = {p.STDOUT: deque(), p.STDERR: deque()}
-        self.outstanding = 0
-        self.skipped = 0
-
-    def admit(self, attempt: int, fd: int, end: int, size: int) -> bool:
-        """Whether a chunk may go to this watcher now (else it is skipped for it)."""
-        if attempt != self.attempt:
-            self.__init__(attempt)  # type: ignore[misc]  # a new attempt: its output starts again
-        if self.outstanding + size > TAIL_WINDOW:
-            self.skipped += size
-            return False
-        self.pending[fd].append((end, size))
-        self.outstanding += size
-        return True
-
-    def ack(self, attempt: int, fd: int, offset: int) -> None:
-        queue = self.pending.get(fd)
-        if attempt != self.attempt or queue is None:
-            return
-        while queue and queue[0][0] <= offset:
-            self.outstanding -= queue.popleft()[1]
+    from ..broker import Broker, Client, Frame, Job, Peer
 
 
 class Observer:
@@ -192,32 +59,32 @@ class Observer:
         self.broker = broker
         self.wall_offset = wall_offset
         self._now = now
-        self.history: deque[_Ended] = deque(maxlen=HISTORY)
+        self.history: deque[Ended] = deque(maxlen=HISTORY)
         self.series: deque[p.SeriesPoint] = deque(maxlen=POINTS)
-        self._interval = _Interval(now, 0, 0)
+        self._interval = Interval(now, 0, 0)
         self._queued = 0
         self._running = 0
         #: Jobs that have started (a few per slot): when they were first queued, when their
         #: latest attempt started, and what happened to them.  A job that never ran has none.
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, Run] = {}
         #: Ended jobs waiting for the event that tells their status (same round).
-        self._ending: dict[str, _Ended] = {}
+        self._ending: dict[str, Ended] = {}
         self._departed: deque[p.WatchedWorker] = deque(maxlen=DEPARTED)
         # What the watchers get; kept only while there are watchers.
         self.watchers: dict[Client, None] = {}
         self._dirty_jobs: dict[str, None] = {}
         self._dirty_workers: dict[Worker, None] = {}
         self._gone_workers: list[p.WatchedWorker] = []
-        self._new_ended: list[_Ended] = []
+        self._new_ended: list[Ended] = []
         self._new_points: list[p.SeriesPoint] = []
         self._next_push = now
         self._worker_states: dict[str, tuple[str, float]] = {}
         # Output.
-        self._rings: dict[str, _Ring] = {}
+        self._rings: dict[str, Ring] = {}
         self._rings_size = 0
-        self._ended_tails: OrderedDict[str, _Ring] = OrderedDict()
+        self._ended_tails: OrderedDict[str, Ring] = OrderedDict()
         self._ended_tails_size = 0
-        self._tails: dict[str, dict[Client, _TailSub]] = {}
+        self._tails: dict[str, dict[Client, TailSub]] = {}
         broker.watch(self, {p.Watch: self._on_watch, p.Tail: self._on_tail, p.TailAck: self._on_tail_ack})
 
     def wall(self, t: float) -> float:
@@ -241,7 +108,7 @@ class Observer:
             run = self._runs.get(job.job_id)
             if run is None:  # first start: it waited job.waited since it was queued
                 queued = self.wall(now - job.waited) if old is not None else 0.0
-                run = self._runs[job.job_id] = _Run(queued, [p.TimelineEntry(queued, "queued", "")])
+                run = self._runs[job.job_id] = Run(queued, [p.TimelineEntry(queued, "queued", "")])
             run.started = now
         elif new in TERMINAL and old not in TERMINAL:
             self._ended(job, now)
@@ -279,13 +146,13 @@ class Observer:
         """A chunk of ``job``'s output the broker relays (``frame``: as it came)."""
         if not self.watchers:
             return
-        data = _bin_payload(msg.data)
+        data = bin_payload(msg.data)
         subs = self._tails.get(job.job_id)
         ring = self._rings.get(job.job_id)
         if ring is None or ring.attempt != msg.attempt:
             if ring is not None:
                 self._rings_size -= ring.size
-            ring = self._rings[job.job_id] = _Ring(msg.attempt)
+            ring = self._rings[job.job_id] = Ring(msg.attempt)
         if subs or self._rings_size < RINGS_TOTAL:
             self._rings_size += ring.add(msg.fd, msg.offset, data)
         if subs:
@@ -337,8 +204,8 @@ class Observer:
         run = self._runs.pop(job.job_id, None)
         if run is None:  # it never ran: it waited since job.since
             queued = self.wall(job.since)
-            run = _Run(queued, [p.TimelineEntry(queued, "queued", "")])
-        ended = _Ended(job.job_id, job.raw_spec, job.tags, job.worker.name if job.worker else "", job.attempt,
+            run = Run(queued, [p.TimelineEntry(queued, "queued", "")])
+        ended = Ended(job.job_id, job.raw_spec, job.tags, job.worker.name if job.worker else "", job.attempt,
                        run.queued, self.wall(run.started) if run.started is not None else 0.0, self.wall(now),
                        run.timeline)
         self._ending[job.job_id] = ended
@@ -351,7 +218,7 @@ class Observer:
         for client in subs or ():
             self.broker._send(client.identity, p.TailEnd(job.job_id))
 
-    def _settle(self, ending: _Ended, event: ev.JobFinished | ev.JobCancelled | ev.JobLost) -> None:
+    def _settle(self, ending: Ended, event: ev.JobFinished | ev.JobCancelled | ev.JobLost) -> None:
         if isinstance(event, ev.JobFinished):
             ending.status, ending.reason, ending.outcome = event.status, event.reason, event.outcome
             what = "finished"
@@ -366,7 +233,7 @@ class Observer:
         ending.timeline.append(p.TimelineEntry(ending.ended, what, detail))
         self._record(ending)
 
-    def _record(self, ending: _Ended) -> None:
+    def _record(self, ending: Ended) -> None:
         self.history.append(ending)
         self._count(ending.outcome)
         if self.watchers:
@@ -389,9 +256,9 @@ class Observer:
         start = self._interval.start + INTERVAL
         if now - start > INTERVAL * POINTS:  # a long silence (a suspended machine): start afresh
             start = now
-        self._interval = _Interval(start, self._queued, self._running)
+        self._interval = Interval(start, self._queued, self._running)
 
-    def _keep_ended_tail(self, job_id: str, ring: _Ring) -> None:
+    def _keep_ended_tail(self, job_id: str, ring: Ring) -> None:
         self._ended_tails[job_id] = ring
         self._ended_tails_size += ring.size
         while self._ended_tails_size > ENDED_TAILS_TOTAL:
@@ -408,11 +275,11 @@ class Observer:
         jobs = [self._job_view(job, why) for job in self.broker.jobs.values() if _live(job)]
         jobs.sort(key=lambda j: (-j.priority, j.queued))
         history = [e.view() for e in self.history]
-        pages = list(_pages(workers, jobs, history))
-        for i, (w, j, h) in enumerate(pages):
+        paged = list(pages(workers, jobs, history))
+        for i, (w, j, h) in enumerate(paged):
             self.broker._send(client.identity, p.WatchState(
                 self.broker.server_id, self.broker.software, self.wall(now), INTERVAL, w, j, h,
-                list(self.series) if i == 0 else [], i == len(pages) - 1))
+                list(self.series) if i == 0 else [], i == len(paged) - 1))
 
     def _has_changes(self) -> bool:
         return bool(self._dirty_jobs or self._dirty_workers or self._gone_workers or self._new_ended
@@ -437,7 +304,7 @@ class Observer:
         self._dirty_jobs, self._dirty_workers, self._gone_workers, self._new_ended, self._new_points = \
             {}, {}, [], [], []
         frames: list[bytes] = []
-        for w, j, f in _pages(workers, jobs, finished):
+        for w, j, f in pages(workers, jobs, finished):
             first = not frames
             frames.append(p.encode(p.Changes(self.wall(now), w, j, gone if first else [], f,
                                              series if first else [])))
@@ -446,8 +313,6 @@ class Observer:
                 self.broker._send(client.identity, frame)
 
     def _workers(self) -> Iterator[Worker]:
-        from .broker import Worker
-
         return (w for w in self.broker.peers.values() if isinstance(w, Worker))
 
     def _worker_view(self, worker: Worker, gone: str | None, now: float) -> p.WatchedWorker:
@@ -470,7 +335,7 @@ class Observer:
             key = job.tag_key
             reason = why.get(key) or why.setdefault(key, self.broker._why_waiting(job))
         state = job.state.value if job.state else "new"
-        return p.WatchedJob(job.job_id, _argv(job.raw_spec), state, job.worker.name if job.worker else "",
+        return p.WatchedJob(job.job_id, argv_of(job.raw_spec), state, job.worker.name if job.worker else "",
                             job.tags, job.priority, job.attempt, self._queued_at(job), self.wall(job.since),
                             reason)
 
@@ -487,7 +352,7 @@ class Observer:
             if ring is not None and ring.attempt != job.attempt:
                 ring = None
             send(client.identity, self._detail(job, ring is not None))
-            sub = self._tails.setdefault(job.job_id, {})[client] = _TailSub(job.attempt)
+            sub = self._tails.setdefault(job.job_id, {})[client] = TailSub(job.attempt)
             for fd, offset, data in ring.chunks if ring else ():
                 sub.admit(ring.attempt, fd, offset + len(data), len(data))  # type: ignore[union-attr]
                 send(client.identity, p.Output(job.job_id, job.attempt, fd, offset, data))
@@ -522,7 +387,7 @@ class Observer:
                            spec.timeout, spec.tty, job.state.value if job.state else "",
                            job.worker.name if job.worker else "", job.attempt, timeline, None, output)
 
-    def _ended_detail(self, ended: _Ended, output: bool) -> p.JobDetail:
+    def _ended_detail(self, ended: Ended, output: bool) -> p.JobDetail:
         spec = p.decode_spec(ended.raw_spec) if ended.raw_spec else p.JobSpec([], {}, "")
         timeline = [p.TimelineEntry(ended.queued, "queued", ""), *ended.timeline]
         return p.JobDetail(ended.job_id, True, spec.argv, spec.cwd, sorted(spec.env)[:500], spec.tags,
@@ -532,48 +397,3 @@ class Observer:
 
 def _live(job: Job) -> bool:
     return job.state in WAITING or job.state is JobState.RUNNING
-
-
-
-
-class _SpecHead(msgspec.Struct, array_like=True):
-    """The first field of an encoded :class:`~jobqueue.protocol.JobSpec` (the rest is
-    skipped, not decoded: the environment is most of a spec's bytes)."""
-
-    argv: list[str]
-
-
-_head_decoder = msgspec.msgpack.Decoder(_SpecHead)
-
-
-def _argv(raw_spec: bytes) -> list[str]:
-    """A job's command line, for a list (cut short), from its encoded spec."""
-    return _short_argv(_head_decoder.decode(raw_spec).argv)
-
-
-def _short_argv(argv: list[str]) -> list[str]:
-    out: list[str] = []
-    left = ARGV_SHOWN
-    for arg in argv:
-        if len(arg) >= left:
-            out.append(arg[:left] + "…")
-            break
-        out.append(arg)
-        left -= len(arg) + 1
-    return out
-
-
-def _bin_payload(raw: Any) -> memoryview:
-    """The bytes of a MessagePack bin (checked by the broker), without copying them."""
-    view = memoryview(raw)
-    head = view[0]
-    skip = 2 if head == 0xC4 else 3 if head == 0xC5 else 5
-    return view[skip:]
-
-
-def _pages(*lists: list[Any]) -> Iterator[tuple[list[Any], ...]]:
-    """Split the lists side by side into pages of at most :data:`PAGE` items each (at least one page)."""
-    chunks = [[items[i:i + PAGE] for i in range(0, len(items), PAGE)] for items in lists]
-    count = max(1, *(len(c) for c in chunks))
-    for page in itertools.islice(itertools.count(), count):
-        yield tuple(c[page] if page < len(c) else [] for c in chunks)
