@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -121,10 +122,40 @@ def test_without_token_only_loopback_host_names_and_no_actions(cluster: Cluster)
     assert status == 200 and "uPlot" in body  # served from the package: works offline
 
 
-def test_server_dashboard_stops_with_the_server(cluster: Cluster) -> None:
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_server_dashboard_stops_with_the_server(cluster: Cluster, how: signal.Signals) -> None:
     port = free_port()
     server = cluster.server("--dashboard", f"127.0.0.1:{port}")
     wait_for(lambda: serving(port), 15, "the dashboard to serve")
-    server.terminate()
-    assert server.wait(timeout=10) == 0
+    server.send_signal(how)
+    assert server.wait(timeout=10) == (0 if how == signal.SIGTERM else -how)
     wait_for(lambda: not serving(port), 10, "the dashboard to stop")
+
+
+def first_event(port: int) -> dict[str, Any]:
+    """The first server-sent event of the overview's stream."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/api/stream")
+        response = conn.getresponse()
+        while True:
+            line = response.readline().decode()
+            if line.startswith("data: "):
+                return dict(json.loads(line[6:]))
+    finally:
+        conn.close()
+
+
+def test_dashboard_follows_a_restarted_server(cluster: Cluster) -> None:
+    server = cluster.server()
+    port = free_port()
+    dashboard(cluster, "--listen", f"127.0.0.1:{port}")
+    wait_for(lambda: serving(port), 15, "the dashboard to serve")
+    before = first_event(port)["overview"]
+    assert before["connected"] and before["server"]
+    server.kill()
+    server.wait()
+    wait_for(lambda: not first_event(port)["overview"]["connected"], 15, "the page to say the server is gone")
+    cluster.server()
+    wait_for(lambda: first_event(port)["overview"]["server"] not in ("", before["server"])
+             and first_event(port)["overview"]["connected"], 20, "the dashboard to watch the new server")
