@@ -156,6 +156,16 @@ def test_worker_killed_is_shown_lost_and_its_job_requeued(dash: Dash, page: Any,
         kill_tree(proc.pid)
 
 
+def test_drain_button_drains_a_worker(dash: Dash, page: Any) -> None:
+    worker = dash.cluster.worker("--tag", "spare", name="spare")
+    page.goto(dash.url + "/")
+    row = page.locator("tr[data-worker='spare']")
+    expect(row.locator(".state")).to_have_text("idle")
+    row.locator("button", has_text="Drain").click()
+    assert worker.wait(timeout=15) == 0  # drained while idle: it exits at once
+    expect(row.locator(".state")).to_have_text("left", timeout=15_000)
+
+
 def test_overview_screenshot_with_jobs_of_every_kind(dash: Dash, page: Any) -> None:
     """Last in the module: the charts have points by now.  Saved for the README."""
     c = dash.cluster
@@ -171,7 +181,7 @@ def test_overview_screenshot_with_jobs_of_every_kind(dash: Dash, page: Any) -> N
         expect(page.locator("tr[data-state='running']")).to_have_count(1)
         expect(page.locator("#c-hour-pills .pill")).not_to_have_count(0)
         wait_for(lambda: page.evaluate("document.querySelectorAll('#ch-load canvas').length") == 1, 10, "charts")
-        page.wait_for_timeout(1200)  # one more push: the latest counters in the picture
+        page.wait_for_timeout(2200)  # the charts catch up (pushed every second between points)
         page.screenshot(path=str(DOCS / "dashboard-overview.png"), full_page=True)
     finally:
         for proc in [*waiting, running]:

@@ -43,7 +43,7 @@ MIN_PUSH = 0.4
 #: A comment line on idle streams this often (keeps proxies and the browser's connection alive).
 KEEPALIVE = 15.0
 #: Seconds between two pushes of the charts while no interval closes.
-CHARTS_EVERY = 2.0
+CHARTS_EVERY = 1.0
 COOKIE = "jobqueue_dashboard"
 PAGE_SIZE = 50
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -160,23 +160,25 @@ def build_app(mirror: Mirror, link: Link | None, notifier: Notifier, *, token: s
         workers_args: dict[str, Any] = {"text": q.get("wq", ""), "page": _int(q.get("wpage")), "size": PAGE_SIZE}
 
         async def events() -> AsyncIterator[str]:
-            seen, seen_series, charts_at = -1, -1, 0.0
+            seen = seen_series = charts_of = -1
+            charts_at = 0.0
             while True:
+                data: dict[str, Any] = {}
                 with mirror.lock:
-                    if mirror.version != seen or seen < 0:
+                    if mirror.version != seen:
                         seen = mirror.version
-                        data: dict[str, Any] = {"overview": mirror.overview(),
-                                                "workers": mirror.workers_page(**workers_args),
-                                                "jobs": mirror.jobs_page(**jobs_args)}
-                        # the charts (a few KiB) when a point closed, else now and then for the open one
-                        if mirror.series_version != seen_series or time.monotonic() - charts_at > CHARTS_EVERY:
-                            seen_series, charts_at = mirror.series_version, time.monotonic()
-                            data["charts"] = mirror.chart_data()
-                    else:
-                        data = {}
+                        data = {"overview": mirror.overview(), "workers": mirror.workers_page(**workers_args),
+                                "jobs": mirror.jobs_page(**jobs_args)}
+                    # the charts (a few KiB) when a point closed, else at most every CHARTS_EVERY while
+                    # things change (the open interval's point moves)
+                    due = time.monotonic() - charts_at >= CHARTS_EVERY
+                    if mirror.series_version != seen_series or (due and charts_of != mirror.version):
+                        seen_series, charts_of, charts_at = mirror.series_version, mirror.version, time.monotonic()
+                        data["charts"] = mirror.chart_data()
+                    charts_pending = charts_of != mirror.version
                 yield _sse(data) if data else ": keep-alive\n\n"
                 started = time.monotonic()
-                await notifier.wait(KEEPALIVE)
+                await notifier.wait(CHARTS_EVERY if charts_pending else KEEPALIVE)
                 await asyncio.sleep(max(0.0, MIN_PUSH - (time.monotonic() - started)))
 
         return _event_stream(events())
