@@ -79,6 +79,7 @@ class Server:
         self.spawner = Spawner(options.spawn, self._spawn_address(), self.log) if options.spawn else None
         self._stop = False
         self.dashboard: subprocess.Popen[bytes] | None = None
+        self._dashboard_key: str | None = None  # our public key in a file, for the dashboard to pin
 
     def _spawn_address(self) -> str:
         """Where spawned workers connect: --spawn-address, else the bound endpoint
@@ -132,8 +133,8 @@ class Server:
             self.log.event("warning", why="--insecure: serving a network address without CURVE; anyone who "
                            "can reach it can run commands on every worker and read their jobs")
         if self.options.dashboard:
-            self.dashboard = _start_dashboard(self.options.dashboard, self.socket.getsockopt_string(zmq.LAST_ENDPOINT),
-                                              self.options.keys, self.log)
+            self.dashboard, self._dashboard_key = _start_dashboard(
+                self.options.dashboard, self.socket.getsockopt_string(zmq.LAST_ENDPOINT), self.options.keys, self.log)
         self.log.flush()
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
@@ -157,6 +158,8 @@ class Server:
             self._forget_identities()
         if self.dashboard is not None:
             _stop_process(self.dashboard)
+        if self._dashboard_key is not None:
+            os.unlink(self._dashboard_key)
         self.log.event("stopped", server_id=self.server_id)
         self.log.flush()
         self.socket.close(linger=0)
@@ -346,11 +349,12 @@ def _start_metrics(broker: Broker, address: str) -> Any:
 
 
 def _start_dashboard(command: list[str], endpoint: str, keys: ServerKeys | None,
-                     log: Logger) -> subprocess.Popen[bytes]:
+                     log: Logger) -> tuple[subprocess.Popen[bytes], str | None]:
     """``jobqueue dashboard`` against this server, as a child process (its own GIL: watching
     never competes with the broker for the CPU of this one)."""
     endpoint = endpoint.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
     command = [*command, "-s", endpoint]
+    path = None
     if keys is not None:  # our public key, for the dashboard to pin
         import tempfile
 
@@ -360,7 +364,7 @@ def _start_dashboard(command: list[str], endpoint: str, keys: ServerKeys | None,
         command += ["--server-key", path]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     log.event("dashboard", pid=proc.pid, listen=command[command.index("--listen") + 1])
-    return proc
+    return proc, path
 
 
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:

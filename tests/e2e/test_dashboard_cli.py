@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BIN, Cluster, free_port, wait_for
+from tests.e2e.test_security import SecureCluster, secure  # noqa: F401  (the fixture)
 
 
 def dashboard(cluster: Cluster, *args: str) -> subprocess.Popen[bytes]:
@@ -159,3 +160,19 @@ def test_dashboard_follows_a_restarted_server(cluster: Cluster) -> None:
     cluster.server()
     wait_for(lambda: first_event(port)["overview"]["server"] not in ("", before["server"])
              and first_event(port)["overview"]["connected"], 20, "the dashboard to watch the new server")
+
+
+def test_server_dashboard_with_curve_keys(secure: SecureCluster) -> None:  # noqa: F811
+    port = free_port()
+    server_options = ["--key", secure.key("server"), "--clients", str(secure.keys / "clients"),
+                      "--workers", secure.key("worker.pub"), "--dashboard", f"127.0.0.1:{port}"]
+    refused = subprocess.run([str(BIN / "jobqueue-server"), secure.endpoint, *server_options],
+                             capture_output=True, timeout=20, env=secure.env())
+    assert refused.returncode == 255 and b"--dashboard-key" in refused.stderr
+    server = secure.server(*server_options, "--dashboard-key", secure.key("client"))
+    secure.worker_as("worker", name="kw")
+    wait_for(lambda: serving(port), 15, "the dashboard to serve")
+    wait_for(lambda: [w["name"] for w in first_event(port)["workers"]["rows"]] == ["kw"], 15, "the worker shown")
+    server.terminate()
+    assert server.wait(timeout=10) == 0
+    wait_for(lambda: not serving(port), 10, "the dashboard to stop")
