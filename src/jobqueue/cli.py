@@ -422,8 +422,6 @@ def keygen_main(argv: list[str]) -> int:
     return _guard("jobqueue keygen", body)
 
 
-
-
 def dashboard_main(argv: list[str]) -> int:
     from .dashboard import main as dashboard
 

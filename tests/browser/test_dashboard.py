@@ -57,6 +57,8 @@ def dash(tmp_path_factory: pytest.TempPathFactory, browser_context: Any) -> Iter
         wait_for(lambda: token_file.exists() and _serving(url), 20, "the dashboard to serve")
         token = token_file.read_text().strip()
         assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+        wait_for(lambda: str(token_file) in cluster.log_text(), 10, "the dashboard to say where its token is")
+        assert token not in cluster.log_text()  # the server's log holds no secret
         login = browser_context.new_page()
         login.goto(f"{url}/?token={token}")  # the printed URL: sets the cookie, then drops the token
         assert login.url == url + "/"

@@ -127,8 +127,12 @@ def _serve(args: argparse.Namespace) -> int:
     if ":" in shown:
         shown = f"[{shown}]"
     url = f"http://{shown}:{bound_port}/"
-    print(f"{PROG}: serving {url}{'?token=' + token if token else ''} for the server at {endpoint}"
-          f"{' (actions on)' if args.actions else ''}", file=sys.stderr, flush=True)
+    if token and args.parent_pid:  # started by jobqueue-server: its log is no place for a secret
+        login = f" (first visit: {url}?token=TOKEN, the token in {args.token_file})"
+    else:
+        login = f"?token={token}" if token else ""
+    print(f"{PROG}: serving {url}{login} for the server at {endpoint}{' (actions on)' if args.actions else ''}",
+          file=sys.stderr, flush=True)
     app = build_app(mirror, link, notifier, token=token, actions=args.actions, loopback=loopback)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
                                            timeout_graceful_shutdown=1))
