@@ -389,10 +389,9 @@ class Observer:
 
     def _ended_detail(self, ended: Ended, output: bool) -> p.JobDetail:
         spec = p.decode_spec(ended.raw_spec) if ended.raw_spec else p.JobSpec([], {}, "")
-        timeline = [p.TimelineEntry(ended.queued, "queued", ""), *ended.timeline]
         return p.JobDetail(ended.job_id, True, spec.argv, spec.cwd, sorted(spec.env)[:500], spec.tags,
                            spec.priority, spec.timeout, spec.tty, ended.outcome, ended.worker, ended.attempt,
-                           timeline, ended.view(), output)
+                           ended.timeline, ended.view(), output)
 
 
 def _live(job: Job) -> bool:

@@ -22,6 +22,9 @@ function paint() {
   if (d.known === false && !job) {
     $("argv").textContent = "The server does not know this job (any more): it keeps the last 1,000 finished jobs.";
     $("job-state").replaceChildren(JQ.state("unknown", "left"));
+    for (const id of ["facts", "timeline", "actions"]) $(id).replaceChildren();
+    $("result").textContent = "";
+    $("output-state").textContent = "no output";
     return;
   }
   const argv = d.argv && d.argv.length ? d.argv : row.argv || [];
@@ -42,7 +45,7 @@ function paint() {
     ...fact("attempt", row.attempt || d.attempt),
     ...fact("priority", String(d.priority ?? row.priority ?? "")),
     ...fact("tags", JQ.tags(d.tags || row.tags || [])),
-    ...fact("time limit", d.timeout ? JQ.age(d.timeout) : "none"),
+    ...fact("time limit", detail ? (d.timeout ? JQ.age(d.timeout) : "none") : ""),
     ...fact("terminal", d.tty ? "yes (-t): stdout and stderr are one stream" : ""),
     ...fact("why it waits", row.why),
     ...fact("environment", envNames.length ? `${envNames.length} variables (values never shown): ` +
