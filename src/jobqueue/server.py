@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -25,10 +26,12 @@ from . import __version__
 from . import protocol as p
 from .autoscale import ENV_SERVER, ENV_SPAWN_ID, ENV_SPAWN_TAGS, Autoscaler, SpawnPolicy
 from .broker import Broker, Send
+from .config import UsageError
 from .connection import COPY_THRESHOLD
 from .events import WorkerJoined
 from .logs import Logger
 from .security import ServerKeys, check_bind
+from .tenancy import LOCAL, Policy, Tenancy
 
 #: Messages queued per peer before the server drops (flow control keeps
 #: well-behaved peers far below this).
@@ -53,6 +56,8 @@ class ServerOptions:
     spawn_address: str | None = None
     #: Serve Prometheus metrics on this HOST:PORT (None: no metrics).
     metrics: str | None = None
+    #: --fair-share (with keys, it is also in ``keys.sources``).
+    fair_share: bool = False
 
 
 class Server:
@@ -64,15 +69,40 @@ class Server:
         self.broker = Broker(
             time.monotonic(), server_id=self.server_id, software=__version__, heartbeat=options.heartbeat,
             liveness=options.liveness, restart_hold=options.restart_hold, wall_clock_ns=time.time_ns(),
+            tenancy=Tenancy(self._policy()),
         )
         self.in_clear = check_bind(options.endpoint, options.keys is not None, options.insecure)
         self.authenticator = self._start_authenticator() if options.keys is not None else None
         #: Under CURVE, the key (ZAP User-Id) each routing id first spoke with.
         self._identity_users: dict[bytes, str] = {}
+        #: Per routing id: its role and owner (None: its key was revoked); see :meth:`_principal`.
+        self._principals: dict[bytes, tuple[p.Role | None, str] | None] = {}
+        self._reload = False
+        self._uid_names: dict[int, str] = {}
         self.socket = self._bind()
         self.metrics = _start_metrics(self.broker, options.metrics) if options.metrics else None
         self.spawner = Spawner(options.spawn, self._spawn_address(), self.log) if options.spawn else None
         self._stop = False
+
+    def _policy(self) -> Policy:
+        """Who may do what: from the key files with CURVE; without keys, on ipc the
+        server's Unix user and root are admins (each peer is its Unix user), and on
+        loopback TCP everyone is the one owner ``local``, an admin."""
+        if self.options.keys is not None:
+            return self.options.keys.access.policy
+        if self.options.endpoint.startswith("ipc://"):
+            return Policy(admins=frozenset({self._user_name(os.getuid()), "root"}), fair_share=self.options.fair_share)
+        return Policy(fair_share=self.options.fair_share)
+
+    def _user_name(self, uid: int) -> str:
+        name = self._uid_names.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = f"uid{uid}"
+            self._uid_names[uid] = name
+        return name
 
     def _spawn_address(self) -> str:
         """Where spawned workers connect: --spawn-address, else the bound endpoint
@@ -119,6 +149,7 @@ class Server:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
         self.log.event("listening", endpoint=self.socket.getsockopt_string(zmq.LAST_ENDPOINT),
                        server_id=self.server_id, version=__version__, heartbeat=self.options.heartbeat,
                        liveness=self.options.liveness, curve="on" if self.options.keys else "off")
@@ -129,6 +160,9 @@ class Server:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         while not self._stop:
+            if self._reload:
+                self._reload = False
+                self._reload_keys()
             deadline = self.broker.next_deadline()
             if self.spawner is not None:
                 deadline = _earliest(deadline, self.spawner.next_wakeup())
@@ -156,6 +190,38 @@ class Server:
     def _on_stop(self, signum: int, frame: Any) -> None:
         self._stop = True
 
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        self._reload = True
+
+    def _reload_keys(self) -> None:
+        """SIGHUP: read --clients, --workers and --admins again.  A file that does not
+        parse leaves the previous keys in force; connections of removed keys are
+        refused (the broker drops or kills their jobs, or requeues a worker's)."""
+        keys = self.options.keys
+        if keys is None or self.authenticator is None:
+            self.log.event("keys-reloaded", why="nothing to reload: the server runs without CURVE keys")
+            return
+        try:
+            access = keys.sources.load()
+        except UsageError as e:
+            self.log.event("error", why=f"reloading the keys failed, the previous keys stay in force: {e}")
+            return
+        old = keys.access
+        self.options.keys = keys._replace(access=access)
+        self.authenticator.roles = access.roles
+        self._principals.clear()
+        now = time.monotonic()
+        self._deliver(self.broker.configure(access.policy, now))
+        revoked: list[str] = []
+        for identity, user in list(self._identity_users.items()):
+            role, _, key = user.partition(" ")
+            if access.roles.get(key.encode()) != role:
+                name = old.names.get(key.encode(), key[:8])
+                revoked.append(name)
+                why = f"the key of {name} was revoked: the server no longer lists it in --{role}s"
+                self._deliver(self.broker.revoke(identity, why, now))
+        self.log.event("keys-reloaded", **access.counts(), revoked=sorted(set(revoked)))
+
     def _receive_batch(self) -> None:
         """Handle what arrived.  Answers wait for the end of the burst (at most
         DELIVER_EVERY messages), so that several for one peer leave as one ZeroMQ
@@ -165,7 +231,7 @@ class Server:
         try:
             for count in range(1, BATCH + 1):
                 try:
-                    frames, role = self._recv()
+                    frames, role, owner = self._recv()
                 except zmq.Again:
                     return
                 now = time.monotonic()
@@ -175,7 +241,7 @@ class Server:
                     self.log.event("rejected", peer=frames[0].hex(), why=f"{len(frames) - 1} frames, expected 1")
                     sends.append(Send(frames[0], p.Error("one frame per message, please")))
                 else:
-                    answers = self.broker.receive(frames[0], frames[1], now, role)
+                    answers = self.broker.receive(frames[0], frames[1], now, role, owner)
                     sends += answers
                     if any(not isinstance(send.message, p.Message) for send in answers):
                         count = 0  # a relayed frame: deliver now
@@ -185,26 +251,53 @@ class Server:
         finally:
             self._deliver(sends)
 
-    def _recv(self) -> tuple[list[Any], p.Role | None]:
+    def _recv(self) -> tuple[list[Any], p.Role | None, str]:
         """A message (routing id as bytes, then the frames' buffers, not copied: a job's
-        stream data is relayed as received) and the role of the key that sent it
-        (None: CURVE off); no frames: refused."""
+        stream data is relayed as received), the role of the key that sent it
+        (None: CURVE off) and its owner; no frames: refused."""
         parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
         frames: list[Any] = [parts[0].bytes, *(part.buffer for part in parts[1:])]
-        if self.authenticator is None:
-            return frames, None
-        user = str(parts[-1].get("User-Id"))
-        first = self._identity_users.setdefault(frames[0], user)
-        if first != user:  # a peer chose a routing id another key is using: drop it
-            self.log.event("rejected", peer=frames[0].hex(), why="routing id already used by another key")
-            self._deliver([Send(frames[0], p.Refused("this routing id belongs to another key"))])
-            return [], None
-        return frames, "worker" if user.startswith("worker ") else "client"
+        if self.authenticator is not None:
+            user = str(parts[-1].get("User-Id"))
+            first = self._identity_users.setdefault(frames[0], user)
+            if first != user:  # a peer chose a routing id another key is using: drop it
+                self.log.event("rejected", peer=frames[0].hex(), why="routing id already used by another key")
+                self._deliver([Send(frames[0], p.Refused("this routing id belongs to another key"))])
+                return [], None, ""
+        try:
+            principal = self._principals[frames[0]]
+        except KeyError:
+            principal = self._principals[frames[0]] = self._principal(parts[-1])
+        if principal is None:  # its key was removed on SIGHUP: whatever it sends is refused
+            self._deliver([Send(frames[0], p.Refused("this key was revoked: the server no longer lists it"))])
+            return [], None, ""
+        return frames, principal[0], principal[1]
+
+    def _principal(self, frame: Any) -> tuple[p.Role | None, str] | None:
+        """Who sent ``frame``: with CURVE, its key's role and name (None: a key no longer
+        listed); on ipc without keys, its Unix user, which libzmq (built with SO_PEERCRED,
+        as on Linux) appends to the ``Peer-Address`` property as ``:UID:GID:PID``; on
+        loopback TCP without keys, the one local owner."""
+        keys = self.options.keys
+        if keys is not None:
+            role, _, key = str(frame.get("User-Id")).partition(" ")
+            if keys.access.roles.get(key.encode()) != role:
+                return None
+            return ("worker" if role == "worker" else "client"), keys.access.names[key.encode()]
+        if self.options.endpoint.startswith("ipc://"):
+            try:
+                uid = int(str(frame.get("Peer-Address")).rsplit(":", 3)[1])
+            except (zmq.ZMQError, IndexError, ValueError):
+                return None, LOCAL
+            return None, self._user_name(uid)
+        return None, LOCAL
 
     def _forget_identities(self) -> None:
         """Drop the key of routing ids the broker no longer knows (keeps the table small)."""
         if len(self._identity_users) > 2 * len(self.broker.peers) + 1000:
             self._identity_users = {i: u for i, u in self._identity_users.items() if i in self.broker.peers}
+        if len(self._principals) > 2 * len(self.broker.peers) + 1000:
+            self._principals = {i: u for i, u in self._principals.items() if i in self.broker.peers}
 
     def _send_frames(self, peer: bytes, frames: list[Any]) -> None:
         """One ZeroMQ message to ``peer``, one protocol message per frame (the ROUTER
