@@ -66,6 +66,7 @@ class Server:
         self.log = Logger("server", options.log_format, buffered=True)
         self.context = context or zmq.Context.instance()
         self.server_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self._uid_names: dict[int, str] = {}
         self.broker = Broker(
             time.monotonic(), server_id=self.server_id, software=__version__, heartbeat=options.heartbeat,
             liveness=options.liveness, restart_hold=options.restart_hold, wall_clock_ns=time.time_ns(),
@@ -78,7 +79,6 @@ class Server:
         #: Per routing id: its role and owner (None: its key was revoked); see :meth:`_principal`.
         self._principals: dict[bytes, tuple[p.Role | None, str] | None] = {}
         self._reload = False
-        self._uid_names: dict[int, str] = {}
         self.socket = self._bind()
         self.metrics = _start_metrics(self.broker, options.metrics) if options.metrics else None
         self.spawner = Spawner(options.spawn, self._spawn_address(), self.log) if options.spawn else None
