@@ -386,7 +386,7 @@ class Broker:
         elif old is None:
             client = Client(peer, hello.session, hello.name, hello.host, hello.pid, hello.software, now, self._owner)
             self.peers[peer] = self.sessions[hello.session] = client
-            self._event(ev.ClientJoined(client.name, client.host, client.pid))
+            self._event(ev.ClientJoined(client.name, client.host, client.pid, client.owner))
         else:
             self._reject(peer, "session id already used by a worker", fatal=True)
             return
@@ -601,7 +601,7 @@ class Broker:
             return
         job = self._owned_job(client, msg.job_id)
         if job is not None:
-            self._signal_job(job, msg.signum, now)
+            self._signal_job(job, msg.signum, now, by=client.owner)
 
     def _signal_job(self, job: Job, signum: int, now: float, by: str = "") -> None:
         if job.state in WAITING:
@@ -938,7 +938,7 @@ class Broker:
         self.events.append(event)
 
     def _reject(self, peer: bytes, reason: str, *, fatal: bool) -> None:
-        self._event(ev.Rejected(peer.hex(), reason))
+        self._event(ev.Rejected(peer.hex(), reason, self._owner))
         self._send(peer, p.Refused(reason) if fatal else p.Error(reason))
 
     def _refuse_role(self, peer: Client | Worker, message: p.Message, role: str) -> None:

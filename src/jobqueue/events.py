@@ -40,6 +40,8 @@ class ClientJoined(Event):
     client: str
     host: str
     pid: int
+    #: Its owner: a CURVE key's name, a Unix user (ipc), or "local" (see jobqueue.tenancy).
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
