@@ -235,7 +235,7 @@ def test_fair_share_bobs_five_start_before_alices_next_ten(team: Team) -> None:
 
 def test_sighup_revokes_bob_and_alices_job_goes_on(team: Team) -> None:
     server = team.start()
-    team.worker_as("w1", "-j", "2")
+    w1 = team.worker_as("w1", "-j", "2")
     pid_file = team.tmp / "bob.pid"
     alice = team.popen_as("alice", "sh", "-c", "sleep 60", "alice-job")
     bob_running = team.popen_as("bob", "sh", "-c", f"echo $$ > {pid_file}; exec sleep 60")
@@ -262,7 +262,8 @@ def test_sighup_revokes_bob_and_alices_job_goes_on(team: Team) -> None:
     server.send_signal(signal.SIGHUP)
     wait_for(lambda: team.jobs_seen_by("admin").get(_job_of(team, "alice", "alice-job"), {}).get("worker") == "w2",
              15, "alice's job to move to w2")
-    assert alice.poll() is None
+    assert alice.poll() is None and w1.wait(timeout=15) == 1
+    assert "the key of w1 was revoked: the server no longer lists it in --workers" in team.logs[1].read_text()
 
 
 def test_malformed_keys_file_on_reload_keeps_the_old_keys(team: Team) -> None:
