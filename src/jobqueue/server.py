@@ -220,7 +220,10 @@ class Server:
                 revoked.append(name)
                 why = f"the key of {name} was revoked: the server no longer lists it in --{role}s"
                 self._deliver(self.broker.revoke(identity, why, now))
-        self.log.event("keys-reloaded", **access.counts(), revoked=sorted(set(revoked)))
+        removed = sorted({old.names[k] for k in old.roles if k not in access.roles})
+        added = sorted({access.names[k] for k in access.roles if k not in old.roles})
+        self.log.event("keys-reloaded", **access.counts(), added=added, removed=removed,
+                       revoked=sorted(set(revoked)))
 
     def _receive_batch(self) -> None:
         """Handle what arrived.  Answers wait for the end of the burst (at most
@@ -459,4 +462,6 @@ class KeyAuthenticator(ThreadAuthenticator):
 
     def curve_user_id(self, client_public_key: bytes) -> str:
         key = z85.encode(client_public_key)
-        return f"{self.roles[key]} {key.decode()}"
+        # roles may be replaced (SIGHUP) between the check and this call: a key gone
+        # meanwhile gets a role no message is accepted with
+        return f"{self.roles.get(key, 'revoked')} {key.decode()}"
