@@ -32,6 +32,7 @@ from .events import WorkerJoined
 from .logs import Logger
 from .security import ServerKeys, check_bind
 from .tenancy import LOCAL, Policy, Tenancy
+from .waker import Waker
 
 #: Messages queued per peer before the server drops (flow control keeps
 #: well-behaved peers far below this).
@@ -78,6 +79,8 @@ class Server:
         self._identity_users: dict[bytes, str] = {}
         #: Per routing id: its role and owner (None: its key was revoked); see :meth:`_principal`.
         self._principals: dict[bytes, tuple[p.Role | None, str] | None] = {}
+        #: Under CURVE, the connection each routing id speaks over (see :class:`Connections`).
+        self._connections = Connections()
         self._reload = False
         self.socket = self._bind()
         self.metrics = _start_metrics(self.broker, options.metrics) if options.metrics else None
@@ -150,6 +153,8 @@ class Server:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        waker = Waker()  # a signal wakes the poll at once (pyzmq retries a poll that EINTR interrupts)
+        signal.set_wakeup_fd(waker.write_fd, warn_on_full_buffer=False)
         self.log.event("listening", endpoint=self.socket.getsockopt_string(zmq.LAST_ENDPOINT),
                        server_id=self.server_id, version=__version__, heartbeat=self.options.heartbeat,
                        liveness=self.options.liveness, curve="on" if self.options.keys else "off")
@@ -159,6 +164,7 @@ class Server:
         self.log.flush()
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        poller.register(waker.fileno(), zmq.POLLIN)
         while not self._stop:
             if self._reload:
                 self._reload = False
@@ -168,14 +174,17 @@ class Server:
                 deadline = _earliest(deadline, self.spawner.next_wakeup())
             timeout = 1000.0 if deadline is None else max(0.0, (deadline - time.monotonic()) * 1000)
             try:
-                ready = poller.poll(int(min(timeout, 1000.0)))
+                ready = dict(poller.poll(int(min(timeout, 1000.0))))
             except zmq.ZMQError as e:
                 if e.errno == errno.EINTR:
                     continue
                 raise
-            if ready:
+            if waker.fileno() in ready:
+                waker.drain()
+            if self.socket in ready:
                 self._receive_batch()
             self._deliver(self.broker.tick(time.monotonic()))
+            self._connections.close_due(time.monotonic())
             self.log.flush()
             if self.spawner is not None:
                 self.spawner.step(time.monotonic(), self.broker)
@@ -211,7 +220,11 @@ class Server:
         self.authenticator.roles = access.roles
         self._principals.clear()
         now = time.monotonic()
-        self._deliver(self.broker.configure(access.policy, now))
+        sends = self.broker.configure(access.policy, now)
+        for send in sends:
+            if isinstance(send.message, p.Refused):  # a worker that may no longer advertise its tags
+                self._connections.close_later(send.peer, now + CLOSE_AFTER * self.options.heartbeat)
+        self._deliver(sends)
         revoked: list[str] = []
         for identity, user in list(self._identity_users.items()):
             role, _, key = user.partition(" ")
@@ -220,6 +233,8 @@ class Server:
                 revoked.append(name)
                 why = f"the key of {name} was revoked: the server no longer lists it in --{role}s"
                 self._deliver(self.broker.revoke(identity, why, now))
+                # the refusal goes out first; a peer that does not close on it is closed on
+                self._connections.close_later(identity, now + CLOSE_AFTER * self.options.heartbeat)
         removed = sorted({old.names[k] for k in old.roles if k not in access.roles})
         added = sorted({access.names[k] for k in access.roles if k not in old.roles})
         self.log.event("keys-reloaded", **access.counts(), added=added, removed=removed,
@@ -270,19 +285,20 @@ class Server:
         try:
             principal = self._principals[frames[0]]
         except KeyError:
-            principal = self._principals[frames[0]] = self._principal(parts[-1])
+            principal = self._principals[frames[0]] = self._principal(frames[0], parts[-1])
         if principal is None:  # its key was removed on SIGHUP: whatever it sends is refused
             self._deliver([Send(frames[0], p.Refused("this key was revoked: the server no longer lists it"))])
             return [], None, ""
         return frames, principal[0], principal[1]
 
-    def _principal(self, frame: Any) -> tuple[p.Role | None, str] | None:
+    def _principal(self, identity: bytes, frame: Any) -> tuple[p.Role | None, str] | None:
         """Who sent ``frame``: with CURVE, its key's role and name (None: a key no longer
         listed); on ipc without keys, its Unix user, which libzmq (built with SO_PEERCRED,
         as on Linux) appends to the ``Peer-Address`` property as ``:UID:GID:PID``; on
         loopback TCP without keys, the one local owner."""
         keys = self.options.keys
         if keys is not None:
+            self._connections.remember(identity, frame)
             role, _, key = str(frame.get("User-Id")).partition(" ")
             if keys.access.roles.get(key.encode()) != role:
                 return None
@@ -301,6 +317,7 @@ class Server:
             self._identity_users = {i: u for i, u in self._identity_users.items() if i in self.broker.peers}
         if len(self._principals) > 2 * len(self.broker.peers) + 1000:
             self._principals = {i: u for i, u in self._principals.items() if i in self.broker.peers}
+            self._connections.keep(self.broker.peers)
 
     def _send_frames(self, peer: bytes, frames: list[Any]) -> None:
         """One ZeroMQ message to ``peer``, one protocol message per frame (the ROUTER
@@ -337,6 +354,62 @@ class Server:
                 unreachable.append(peer)
         for peer in dict.fromkeys(unreachable):  # its connection is gone: lost now, not after the silence
             self._deliver(self.broker.peer_gone(peer, time.monotonic()))
+
+
+#: A revoked peer's connection is closed this many heartbeats after its refusal was sent.
+CLOSE_AFTER = 2
+
+
+class Connections:
+    """The socket behind each routing id, so that the connection of a revoked key can be
+    closed (ZeroMQ has no call to drop one peer of a ROUTER).  libzmq tells the file
+    descriptor a message came over (``ZMQ_SRCFD``); a descriptor number may be reused by
+    a later connection, so each is kept with its peer (address, or credentials on ipc)
+    and shut down only if the peer is still the same.  ``shutdown`` on it makes libzmq
+    see the connection end and drop it as if the peer had closed it."""
+
+    def __init__(self) -> None:
+        self._sockets: dict[bytes, tuple[int, object]] = {}
+        self._closing: dict[bytes, float] = {}
+
+    def remember(self, identity: bytes, frame: Any) -> None:
+        try:
+            fd = int(frame.get(zmq.SRCFD))
+            self._sockets[identity] = (fd, _peer_of(fd))
+        except (zmq.ZMQError, OSError, ValueError, TypeError):
+            pass  # a libzmq without SRCFD: refusals alone then stop the peer
+
+    def close_later(self, identity: bytes, when: float) -> None:
+        self._closing[identity] = when
+
+    def close_due(self, now: float) -> None:
+        for identity, when in list(self._closing.items()):
+            if when <= now:
+                del self._closing[identity]
+                self._close(identity)
+
+    def keep(self, identities: Any) -> None:
+        self._sockets = {i: s for i, s in self._sockets.items() if i in identities or i in self._closing}
+
+    def _close(self, identity: bytes) -> None:
+        entry = self._sockets.pop(identity, None)
+        if entry is None:
+            return
+        fd, peer = entry
+        try:
+            if _peer_of(fd) == peer:
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # gone already: the peer closed it
+
+
+def _peer_of(fd: int) -> object:
+    """What tells the connection on ``fd`` from a later one given the same number."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        if sock.family == socket.AF_UNIX:
+            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        return sock.getpeername()
 
 
 #: A round's answers go out after at most this many messages handled.

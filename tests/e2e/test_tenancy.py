@@ -269,6 +269,47 @@ def test_sighup_revokes_bob_and_alices_job_goes_on(team: Team) -> None:
     assert "the key of w1 was revoked: the server no longer lists it in --workers" in team.logs[1].read_text()
 
 
+def test_a_revoked_key_that_ignores_its_refusal_is_disconnected(team: Team) -> None:
+    import zmq
+    from zmq.utils.monitor import recv_monitor_message
+
+    from jobqueue import protocol as p
+    from jobqueue.security import client_security
+
+    server = team.start()
+    security = client_security(team.key("bob"), team.key("server.pub"))
+    assert security is not None
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    security.apply_client(sock)
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    try:
+        sock.connect(team.endpoint)
+        sock.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "rogue-session", "rogue")))
+        assert sock.poll(10_000) and isinstance(p.decode_to_client(sock.recv()), p.Welcome)
+        team.write_keys(clients=("alice",))
+        server.send_signal(signal.SIGHUP)
+
+        def refused() -> p.Message | None:  # a live client: it pings, as jq does
+            sock.send(p.encode(p.Ping()))
+            while sock.poll(100):
+                reply = p.decode_to_client(sock.recv())
+                if isinstance(reply, p.Refused):
+                    return reply
+            return None
+
+        reply = wait_for(refused, 10, "the refusal")
+        assert "the key of bob was revoked" in reply.reason
+        sock.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "rogue-session", "rogue")))  # it carries on...
+        assert sock.poll(10_000) and isinstance(p.decode_to_client(sock.recv()), p.Refused)
+        assert monitor.poll(10_000), "the server did not close the revoked key's connection"
+        assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED  # ...until the server closes it
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+
+
 def test_malformed_keys_file_on_reload_keeps_the_old_keys(team: Team) -> None:
     server = team.start()
     team.worker_as("w1")
