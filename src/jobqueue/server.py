@@ -1,15 +1,15 @@
 """jobqueue-server: the ZeroMQ shell around the sans-IO :class:`~jobqueue.broker.Broker`.
 
 One ROUTER socket; every peer (worker, client, control command) connects to
-it.  Each received frame goes to the broker with the time; what the broker
-returns is sent.  Nothing else happens here.
+it.  Each received frame goes to the broker with the time and who sent it
+(:mod:`jobqueue.identities`); what the broker returns is sent.  SIGHUP reloads
+the key files.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import pwd
 import signal
 import socket
 import subprocess
@@ -29,9 +29,10 @@ from .broker import Broker, Send
 from .config import UsageError
 from .connection import COPY_THRESHOLD
 from .events import WorkerJoined
+from .identities import CLOSE_AFTER, Identities
 from .logs import Logger
 from .security import ServerKeys, check_bind
-from .tenancy import LOCAL, Policy, Tenancy
+from .tenancy import Tenancy
 from .waker import Waker
 
 #: Messages queued per peer before the server drops (flow control keeps
@@ -67,45 +68,20 @@ class Server:
         self.log = Logger("server", options.log_format, buffered=True)
         self.context = context or zmq.Context.instance()
         self.server_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        self._uid_names: dict[int, str] = {}
+        #: Who is behind each routing id (key, Unix user), and their connections.
+        self.identities = Identities(options.keys, options.endpoint)
         self.broker = Broker(
             time.monotonic(), server_id=self.server_id, software=__version__, heartbeat=options.heartbeat,
             liveness=options.liveness, restart_hold=options.restart_hold, wall_clock_ns=time.time_ns(),
-            tenancy=Tenancy(self._policy()),
+            tenancy=Tenancy(self.identities.policy(options.fair_share)),
         )
         self.in_clear = check_bind(options.endpoint, options.keys is not None, options.insecure)
         self.authenticator = self._start_authenticator() if options.keys is not None else None
-        #: Under CURVE, the key (ZAP User-Id) each routing id first spoke with.
-        self._identity_users: dict[bytes, str] = {}
-        #: Per routing id: its role and owner (None: its key was revoked); see :meth:`_principal`.
-        self._principals: dict[bytes, tuple[p.Role | None, str] | None] = {}
-        #: Under CURVE, the connection each routing id speaks over (see :class:`Connections`).
-        self._connections = Connections()
         self._reload = False
         self.socket = self._bind()
         self.metrics = _start_metrics(self.broker, options.metrics) if options.metrics else None
         self.spawner = Spawner(options.spawn, self._spawn_address(), self.log) if options.spawn else None
         self._stop = False
-
-    def _policy(self) -> Policy:
-        """Who may do what: from the key files with CURVE; without keys, on ipc the
-        server's Unix user and root are admins (each peer is its Unix user), and on
-        loopback TCP everyone is the one owner ``local``, an admin."""
-        if self.options.keys is not None:
-            return self.options.keys.access.policy
-        if self.options.endpoint.startswith("ipc://"):
-            return Policy(admins=frozenset({self._user_name(os.getuid()), "root"}), fair_share=self.options.fair_share)
-        return Policy(fair_share=self.options.fair_share)
-
-    def _user_name(self, uid: int) -> str:
-        name = self._uid_names.get(uid)
-        if name is None:
-            try:
-                name = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                name = f"uid{uid}"
-            self._uid_names[uid] = name
-        return name
 
     def _spawn_address(self) -> str:
         """Where spawned workers connect: --spawn-address, else the bound endpoint
@@ -184,7 +160,7 @@ class Server:
             if self.socket in ready:
                 self._receive_batch()
             self._deliver(self.broker.tick(time.monotonic()))
-            self._connections.close_due(time.monotonic())
+            self.identities.connections.close_due(time.monotonic())
             self.log.flush()
             if self.spawner is not None:
                 self.spawner.step(time.monotonic(), self.broker)
@@ -218,23 +194,19 @@ class Server:
         old = keys.access
         self.options.keys = keys._replace(access=access)
         self.authenticator.roles = access.roles
-        self._principals.clear()
         now = time.monotonic()
+        # the refusals go out first; a peer that does not close on its own is closed after a while
+        close_at = now + CLOSE_AFTER * self.options.heartbeat
         sends = self.broker.configure(access.policy, now)
         for send in sends:
             if isinstance(send.message, p.Refused):  # a worker that may no longer advertise its tags
-                self._connections.close_later(send.peer, now + CLOSE_AFTER * self.options.heartbeat)
+                self.identities.connections.close_later(send.peer, close_at)
         self._deliver(sends)
         revoked: list[str] = []
-        for identity, user in list(self._identity_users.items()):
-            role, _, key = user.partition(" ")
-            if access.roles.get(key.encode()) != role:
-                name = old.names.get(key.encode(), key[:8])
-                revoked.append(name)
-                why = f"the key of {name} was revoked: the server no longer lists it in --{role}s"
-                self._deliver(self.broker.revoke(identity, why, now))
-                # the refusal goes out first; a peer that does not close on it is closed on
-                self._connections.close_later(identity, now + CLOSE_AFTER * self.options.heartbeat)
+        for identity, name, why in self.identities.reload(self.options.keys):
+            revoked.append(name)
+            self._deliver(self.broker.revoke(identity, why, now))
+            self.identities.connections.close_later(identity, close_at)
         removed = sorted({old.names[k] for k in old.roles if k not in access.roles})
         added = sorted({access.names[k] for k in access.roles if k not in old.roles})
         self.log.event("keys-reloaded", **access.counts(), added=added, removed=removed,
@@ -275,49 +247,16 @@ class Server:
         (None: CURVE off) and its owner; no frames: refused."""
         parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
         frames: list[Any] = [parts[0].bytes, *(part.buffer for part in parts[1:])]
-        if self.authenticator is not None:
-            user = str(parts[-1].get("User-Id"))
-            first = self._identity_users.setdefault(frames[0], user)
-            if first != user:  # a peer chose a routing id another key is using: drop it
-                self.log.event("rejected", peer=frames[0].hex(), why="routing id already used by another key")
-                self._deliver([Send(frames[0], p.Refused("this routing id belongs to another key"))])
-                return [], None, ""
-        try:
-            principal = self._principals[frames[0]]
-        except KeyError:
-            principal = self._principals[frames[0]] = self._principal(frames[0], parts[-1])
-        if principal is None:  # its key was removed on SIGHUP: whatever it sends is refused
-            self._deliver([Send(frames[0], p.Refused("this key was revoked: the server no longer lists it"))])
+        who = self.identities.who(frames[0], parts[-1])
+        if isinstance(who, str):  # another key's routing id, or a key revoked since (SIGHUP)
+            self.log.event("rejected", peer=frames[0].hex(), why=who)
+            self._deliver([Send(frames[0], p.Refused(who))])
             return [], None, ""
-        return frames, principal[0], principal[1]
-
-    def _principal(self, identity: bytes, frame: Any) -> tuple[p.Role | None, str] | None:
-        """Who sent ``frame``: with CURVE, its key's role and name (None: a key no longer
-        listed); on ipc without keys, its Unix user, which libzmq (built with SO_PEERCRED,
-        as on Linux) appends to the ``Peer-Address`` property as ``:UID:GID:PID``; on
-        loopback TCP without keys, the one local owner."""
-        keys = self.options.keys
-        if keys is not None:
-            self._connections.remember(identity, frame)
-            role, _, key = str(frame.get("User-Id")).partition(" ")
-            if keys.access.roles.get(key.encode()) != role:
-                return None
-            return ("worker" if role == "worker" else "client"), keys.access.names[key.encode()]
-        if self.options.endpoint.startswith("ipc://"):
-            try:
-                uid = int(str(frame.get("Peer-Address")).rsplit(":", 3)[1])
-            except (zmq.ZMQError, IndexError, ValueError):
-                return None, LOCAL
-            return None, self._user_name(uid)
-        return None, LOCAL
+        return frames, who[0], who[1]
 
     def _forget_identities(self) -> None:
-        """Drop the key of routing ids the broker no longer knows (keeps the table small)."""
-        if len(self._identity_users) > 2 * len(self.broker.peers) + 1000:
-            self._identity_users = {i: u for i, u in self._identity_users.items() if i in self.broker.peers}
-        if len(self._principals) > 2 * len(self.broker.peers) + 1000:
-            self._principals = {i: u for i, u in self._principals.items() if i in self.broker.peers}
-            self._connections.keep(self.broker.peers)
+        """Forget routing ids the broker no longer knows (keeps the tables small)."""
+        self.identities.forget(self.broker.peers)
 
     def _send_frames(self, peer: bytes, frames: list[Any]) -> None:
         """One ZeroMQ message to ``peer``, one protocol message per frame (the ROUTER
@@ -354,62 +293,6 @@ class Server:
                 unreachable.append(peer)
         for peer in dict.fromkeys(unreachable):  # its connection is gone: lost now, not after the silence
             self._deliver(self.broker.peer_gone(peer, time.monotonic()))
-
-
-#: A revoked peer's connection is closed this many heartbeats after its refusal was sent.
-CLOSE_AFTER = 2
-
-
-class Connections:
-    """The socket behind each routing id, so that the connection of a revoked key can be
-    closed (ZeroMQ has no call to drop one peer of a ROUTER).  libzmq tells the file
-    descriptor a message came over (``ZMQ_SRCFD``); a descriptor number may be reused by
-    a later connection, so each is kept with its peer (address, or credentials on ipc)
-    and shut down only if the peer is still the same.  ``shutdown`` on it makes libzmq
-    see the connection end and drop it as if the peer had closed it."""
-
-    def __init__(self) -> None:
-        self._sockets: dict[bytes, tuple[int, object]] = {}
-        self._closing: dict[bytes, float] = {}
-
-    def remember(self, identity: bytes, frame: Any) -> None:
-        try:
-            fd = int(frame.get(zmq.SRCFD))
-            self._sockets[identity] = (fd, _peer_of(fd))
-        except (zmq.ZMQError, OSError, ValueError, TypeError):
-            pass  # a libzmq without SRCFD: refusals alone then stop the peer
-
-    def close_later(self, identity: bytes, when: float) -> None:
-        self._closing[identity] = when
-
-    def close_due(self, now: float) -> None:
-        for identity, when in list(self._closing.items()):
-            if when <= now:
-                del self._closing[identity]
-                self._close(identity)
-
-    def keep(self, identities: Any) -> None:
-        self._sockets = {i: s for i, s in self._sockets.items() if i in identities or i in self._closing}
-
-    def _close(self, identity: bytes) -> None:
-        entry = self._sockets.pop(identity, None)
-        if entry is None:
-            return
-        fd, peer = entry
-        try:
-            if _peer_of(fd) == peer:
-                with socket.socket(fileno=os.dup(fd)) as sock:
-                    sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # gone already: the peer closed it
-
-
-def _peer_of(fd: int) -> object:
-    """What tells the connection on ``fd`` from a later one given the same number."""
-    with socket.socket(fileno=os.dup(fd)) as sock:
-        if sock.family == socket.AF_UNIX:
-            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        return sock.getpeername()
 
 
 #: A round's answers go out after at most this many messages handled.
