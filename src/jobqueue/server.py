@@ -204,7 +204,8 @@ class Server:
         self._deliver(sends)
         revoked: list[str] = []
         for identity, name, why in self.identities.reload(self.options.keys):
-            revoked.append(name)
+            if identity in self.broker.peers:  # else a connection that only asked for status
+                revoked.append(name)
             self._deliver(self.broker.revoke(identity, why, now))
             self.identities.connections.close_later(identity, close_at)
         removed = sorted({old.names[k] for k in old.roles if k not in access.roles})
