@@ -17,7 +17,7 @@ from jobqueue.broker import Broker
 from jobqueue.config import UsageError
 from jobqueue.jobstate import JobState
 from jobqueue.tenancy import LOCAL, Limits, Policy, Tenancy
-from tests.unit.test_broker import Harness
+from tests.unit.test_broker import Harness, _decode
 
 KEYS = [zmq.curve_keypair()[0].decode() for _ in range(6)]
 
@@ -155,12 +155,6 @@ class TeamHarness(Harness):
         owner = self.broker.jobs[job_id].owner
         assert owner is not None
         return owner.identity
-
-
-def _decode(message: Any) -> p.Message:
-    from tests.unit.test_broker import _decode as decode
-
-    return decode(message)
 
 
 TEAM = {b"a": "alice", b"b": "bob", b"r": "root"}
