@@ -2,10 +2,12 @@
 client that answer at once (no sockets, no fork): what it costs per job.
 
 usage:
-  broker_capacity.py jobs --workers W --jobs J [--profile]
+  broker_capacity.py jobs --workers W --jobs J [--owners N] [--fair-share] [--profile]
       J jobs submitted while W one-slot workers are connected; each worker
       answers an Assign with Started and Finished, the client a Finished with
-      Release.  Times the submissions and the drain of the queue.
+      Release.  Times the submissions and the drain of the queue.  With
+      --owners N the jobs come from N clients of N owners in turn (tenancy);
+      --fair-share turns on the server's --fair-share among them.
   broker_capacity.py chunks --messages M [--size BYTES] [--profile]
       One running job: M small Output frames worker -> client, each
       acknowledged by the client (Ack client -> worker).
@@ -34,6 +36,7 @@ from typing import Any
 
 from jobqueue import protocol as p
 from jobqueue.broker import Broker, Send
+from jobqueue.tenancy import Policy, Tenancy
 
 NOW = 1.0
 CLIENT = b"client"
@@ -51,8 +54,8 @@ def tag_of(message: Any) -> str:
     return head[2:2 + (head[1] & 0x1F)].decode()
 
 
-def new_broker(workers: int) -> Broker:
-    broker = Broker(0.0, restart_hold=0.0)
+def new_broker(workers: int, fair_share: bool = False) -> Broker:
+    broker = Broker(0.0, restart_hold=0.0, tenancy=Tenancy(Policy(fair_share=fair_share)))
     for i in range(workers):
         hello = p.WorkerHello(p.PROTOCOL_VERSION, f"ws{i}", f"w{i}", "bench", 1, "bench", slots=1)
         broker.receive(worker_id(i), p.encode(hello), NOW)
@@ -113,8 +116,51 @@ def _job_id(message: Any, decode: Callable[[bytes], p.Message]) -> str:
     return str(msg.job_id)  # type: ignore[attr-defined]
 
 
-def measure_jobs(workers: int, jobs: int) -> dict[str, Any]:
-    driver = JobDriver(new_broker(workers), jobs)
+class OwnersDriver(JobDriver):
+    """The same, with the jobs submitted by N clients of N owners in turn."""
+
+    def __init__(self, broker: Broker, jobs: int, owners: int) -> None:
+        super().__init__(broker, jobs)
+        self.clients = {b"client%d" % i: f"owner{i}" for i in range(owners)}
+        for peer, owner in self.clients.items():
+            hello = p.ClientHello(p.PROTOCOL_VERSION, peer.decode(), "bench")
+            broker.receive(peer, p.encode(hello), NOW, None, owner)
+        broker.events.clear()
+        peers = list(self.clients)
+        self.client_of = {j: peers[i % owners] for i, j in enumerate(self.ids)}
+
+    def submit_all(self) -> None:
+        for job_id, frame in zip(self.ids, self.submits):
+            peer = self.client_of[job_id]
+            self.deliver(self.broker.receive(peer, frame, NOW, None, self.clients[peer]))
+
+    def drain(self) -> None:
+        pending, receive, deliver, clients = self.pending, self.broker.receive, self.deliver, self.clients
+        while pending:
+            peer, frame = pending.popleft()
+            deliver(receive(peer, frame, NOW, None, clients.get(peer, "")))
+
+    def deliver(self, sends: list[Send]) -> None:
+        self.messages_in += 1
+        for send in sends:
+            message = send.message
+            if isinstance(message, p.Message):
+                p.encode(message)
+            self.messages_out += 1
+            tag = tag_of(message)
+            if tag == "assign":
+                started, finished = self.replies[_job_id(message, p.decode_to_worker)]
+                self.pending.append((send.peer, started))
+                self.pending.append((send.peer, finished))
+            elif tag == "finished" and send.peer in self.clients:
+                self.finished += 1
+                job_id = _job_id(message, p.decode_to_client)
+                self.pending.append((send.peer, self.releases[job_id]))
+
+
+def measure_jobs(workers: int, jobs: int, owners: int = 0, fair_share: bool = False) -> dict[str, Any]:
+    broker = new_broker(workers, fair_share)
+    driver = OwnersDriver(broker, jobs, owners) if owners else JobDriver(broker, jobs)
     start = time.perf_counter()
     driver.submit_all()
     submitted = time.perf_counter()
@@ -122,7 +168,8 @@ def measure_jobs(workers: int, jobs: int) -> dict[str, Any]:
     end = time.perf_counter()
     if driver.finished != jobs:
         raise SystemExit(f"only {driver.finished} of {jobs} jobs finished: the driver or the broker is wrong")
-    return {"workers": workers, "jobs": jobs, "submit_seconds": submitted - start, "drain_seconds": end - submitted,
+    return {"workers": workers, "jobs": jobs, "owners": owners, "fair_share": fair_share,
+            "submit_seconds": submitted - start, "drain_seconds": end - submitted,
             "total_seconds": end - start, "messages_in": driver.messages_in, "messages_out": driver.messages_out}
 
 
@@ -190,12 +237,14 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--env", choices=("minimal", "full"), default="minimal")
+    parser.add_argument("--owners", type=int, default=0)
+    parser.add_argument("--fair-share", action="store_true")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     work: Callable[[], dict[str, Any]]
     if args.mode == "jobs":
         def work() -> dict[str, Any]:
-            return measure_jobs(args.workers, args.jobs)
+            return measure_jobs(args.workers, args.jobs, args.owners, args.fair_share)
     elif args.mode == "chunks":
         def work() -> dict[str, Any]:
             return measure_chunks(args.messages, args.size)

@@ -40,6 +40,7 @@ def _in_process(ctx: Context, section: Section) -> None:
                                 Stats.of(drains[workers])))
     if not ctx.quick:
         _queue_length(ctx, section)
+        _fair_share(ctx, section)
     chunks = [run_json(_helper(ctx, "chunks", "--messages", str(sizes.chunk_messages)), 600)
               for _ in range(sizes.broker_rounds)]
     section.commands.append(shlex.join(_helper(ctx, "chunks", "--messages", str(sizes.chunk_messages))))
@@ -71,6 +72,16 @@ def _queue_length(ctx: Context, section: Section) -> None:
     section.ratio(f"match+route rate at {jobs} queued / at {ctx.sizes.broker_jobs} queued (1.0 = independent)",
                   f"Broker, 100 workers, {jobs} queued: match and route only",
                   f"Broker, 100 workers, {ctx.sizes.broker_jobs} queued: match and route only")
+
+
+def _fair_share(ctx: Context, section: Section) -> None:
+    """The same jobs from 10 owners in turn, with --fair-share (the scheduler compares owners)."""
+    jobs, workers = ctx.sizes.broker_jobs, max(ctx.sizes.broker_workers)
+    args = _helper(ctx, "jobs", "--workers", str(workers), "--jobs", str(jobs), "--owners", "10", "--fair-share")
+    rates = [jobs / run_json(args, 600)["total_seconds"] for _ in range(ctx.sizes.broker_rounds)]
+    section.commands.append(shlex.join(args))
+    section.rows.append(Row(f"Broker, {workers} workers, {jobs} queued, 10 owners, --fair-share: whole job",
+                            "jobs/s", Stats.of(rates), shlex.join(args)))
 
 
 def _through_server(ctx: Context, section: Section) -> None:

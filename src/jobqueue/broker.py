@@ -26,6 +26,7 @@ from . import events as ev
 from . import protocol as p
 from .autoscale import WorkerView
 from .jobstate import TERMINAL, WAITING, JobEvent, JobState, next_state
+from .tenancy import LOCAL, UNKNOWN, Policy, Tenancy
 
 if TYPE_CHECKING:
     from .observe import Observer
@@ -56,6 +57,8 @@ class Peer:
     pid: int
     software: str
     since: float
+    #: Its owner (client) or key name (worker): see :mod:`jobqueue.tenancy`.
+    owner: str = LOCAL
 
 
 @dataclass(eq=False)
@@ -96,6 +99,8 @@ class Job:
     owner: Client | None
     since: float
     raw_spec: bytes = b""
+    #: Who it belongs to (its client's owner; UNKNOWN until a client claims it after a restart).
+    owner_name: str = UNKNOWN
     tags: list[str] = field(default_factory=lambda: _NO_TAGS)
     priority: int = 0
     max_attempts: int = 1
@@ -145,8 +150,13 @@ class Broker:
         liveness: int = 5,
         restart_hold: float | None = None,
         wall_clock_ns: int = 0,
+        tenancy: Tenancy | None = None,
     ) -> None:
         self.server_id = server_id
+        #: Owners, admins, per-key limits and fair share (default: one owner, no limits).
+        self.tenancy = tenancy or Tenancy()
+        #: The owner the current message comes from (see :meth:`receive`).
+        self._owner = LOCAL
         self.software = software
         self.heartbeat = heartbeat
         self.liveness = liveness
@@ -162,7 +172,8 @@ class Broker:
         self.jobs: dict[str, Job] = {}
         self._last_seen: OrderedDict[bytes, float] = OrderedDict()
         self._out: list[Send] = []
-        self._queues: dict[frozenset[str], list[tuple[int, int, int, str]]] = {}
+        #: Waiting jobs per (tag set, owner part) as heaps of (-priority, ticket, seq, job id).
+        self._queues: dict[tuple[frozenset[str], str], list[tuple[int, int, int, str]]] = {}
         self._waiting = 0
         self._ready: dict[int, Worker] = {}
         self._token = itertools.count(1)
@@ -210,10 +221,13 @@ class Broker:
 
     # --- the two entry points ---------------------------------------------------
 
-    def receive(self, peer: bytes, data: Frame, now: float, role: p.Role | None = None) -> list[Send]:
+    def receive(self, peer: bytes, data: Frame, now: float, role: p.Role | None = None,
+                owner: str = LOCAL) -> list[Send]:
         """Handle one frame from ``peer``.  ``role`` is the role its
-        authenticated key allows (None: no authentication, any role)."""
+        authenticated key allows (None: no authentication, any role); ``owner``
+        the name the server's shell found for it (its key's, or its Unix user's)."""
         self._frame = data
+        self._owner = owner
         try:
             message = p.decode_to_server(data)
         except p.ProtocolError as e:
@@ -285,6 +299,47 @@ class Broker:
             candidates.append(self.observer.next_deadline())
         return min(candidates) if candidates else None
 
+    # --- tenancy: the server's key files changed (SIGHUP) -----------------------------
+
+    def configure(self, tenancy_policy: Policy, now: float) -> list[Send]:
+        """Take new limits, admins and worker tags: the queues are rebuilt (which owners
+        have queues of their own may have changed), and connected workers whose key
+        may no longer advertise their tags are disconnected as if revoked."""
+        self.tenancy.configure(tenancy_policy)
+        self._queues.clear()
+        for job in sorted(self.jobs.values(), key=lambda j: j.heap_seq):
+            if job.state in WAITING:
+                self._enqueue(job)
+        for worker in [w for w in self.peers.values() if isinstance(w, Worker)]:
+            why = self.tenancy.worker_refusal(worker.owner, sorted(worker.tags))
+            if why:
+                self._revoke(worker, why, now)
+        self._dispatch(now)
+        return self._flush()
+
+    def revoke(self, peer: bytes, why: str, now: float) -> list[Send]:
+        """The key ``peer`` authenticated with was removed: refuse it (fatally), drop
+        its queued jobs and kill its running ones (a client), or requeue its jobs (a worker)."""
+        known = self.peers.get(peer)
+        if known is not None:
+            self._revoke(known, why, now)
+            self._dispatch(now)
+        return self._flush()
+
+    def _revoke(self, peer: Client | Worker, why: str, now: float) -> None:
+        self._send(peer.identity, p.Refused(why))
+        if isinstance(peer, Worker):
+            self._event(ev.WorkerRevoked(peer.name, why))
+            self._remove_worker(peer, now, counts_as_loss=False, reason=f"worker {peer.name} was revoked")
+        else:
+            self._forget_client(peer, now, lambda name, jobs: ev.ClientRevoked(name, peer.owner, jobs))
+
+    def _claim(self, job: Job, owner: str) -> None:
+        """A job known only from its worker (after a restart) is claimed by its client."""
+        self.tenancy.moved(job.owner_name, job.state, None)
+        job.owner_name = owner
+        self.tenancy.moved(owner, None, job.state)
+
     def census(self) -> Census:
         """Counts of jobs and workers (read-only, for the metrics gauges)."""
         states = [job.state for job in self.jobs.values()]
@@ -338,12 +393,15 @@ class Broker:
 
     def _on_client_hello(self, peer: bytes, hello: p.ClientHello, now: float) -> None:
         old = self.sessions.get(hello.session)
+        if old is not None and old.owner != self._owner:
+            self._reject(peer, "session id already used by another owner", fatal=True)
+            return
         if isinstance(old, Client):
             self._move_peer(old, peer)
         elif old is None:
-            client = Client(peer, hello.session, hello.name, hello.host, hello.pid, hello.software, now)
+            client = Client(peer, hello.session, hello.name, hello.host, hello.pid, hello.software, now, self._owner)
             self.peers[peer] = self.sessions[hello.session] = client
-            self._event(ev.ClientJoined(client.name, client.host, client.pid))
+            self._event(ev.ClientJoined(client.name, client.host, client.pid, client.owner))
         else:
             self._reject(peer, "session id already used by a worker", fatal=True)
             return
@@ -355,12 +413,17 @@ class Broker:
         if isinstance(old, Client):
             self._reject(peer, "session id already used by a client", fatal=True)
             return
+        refusal = self.tenancy.worker_refusal(self._owner, hello.tags) or (
+            "session id already used by another key" if old is not None and old.owner != self._owner else "")
+        if refusal:
+            self._reject(peer, refusal, fatal=True)
+            return
         if isinstance(old, Worker):
             self._move_peer(old, peer)
             worker = old
         else:
             worker = Worker(
-                peer, hello.session, hello.name, hello.host, hello.pid, hello.software, now,
+                peer, hello.session, hello.name, hello.host, hello.pid, hello.software, now, self._owner,
                 slots=max(1, hello.slots), tags=frozenset(hello.tags), spawn_id=hello.spawn_id,
             )
             self.peers[peer] = self.sessions[hello.session] = worker
@@ -466,22 +529,28 @@ class Broker:
         elif msg.running and msg.attempt > 0:
             self._client_reattach(client, msg, now)
         else:
-            job = Job(msg.job_id, self._ticket(msg.ticket), client, now)
+            refusal = self.tenancy.admit(client.owner, msg.spec.tags, msg.spec.priority)
+            if refusal:
+                self._send(client.identity, p.Error(refusal, msg.job_id))
+                self._event(ev.Rejected(client.name, refusal, client.owner))
+                return
+            job = Job(msg.job_id, self._ticket(msg.ticket), client, now, owner_name=client.owner)
             job.keep_spec(msg.spec)
             self._transition(job, JobEvent.SUBMIT, now)
             self.jobs[job.job_id] = job
             client.jobs[job.job_id] = None
             self._enqueue(job)
-            self._event(ev.JobQueued(job.job_id, client.name, job.priority, job.tags))
+            self._event(ev.JobQueued(job.job_id, client.name, job.priority, job.tags, client.owner))
             self._send(client.identity, p.Queued(job.job_id, job.ticket, self._waiting))
 
     def _resubmit(self, client: Client, job: Job, msg: p.Submit, now: float) -> None:
         """The same job submitted again: a client re-attaching after it lost
         the server, or to a job a worker re-announced first."""
-        if job.owner is not None and job.owner is not client:
+        if (job.owner is not None and job.owner is not client) or job.owner_name not in (UNKNOWN, client.owner):
             self._send(client.identity, p.Error(f"job id {job.job_id} is in use by another client", job.job_id))
             return
         if job.owner is None:
+            self._claim(job, client.owner)
             job.owner = client
             client.jobs[job.job_id] = None
             job.keep_spec(msg.spec)
@@ -494,7 +563,7 @@ class Broker:
 
     def _client_reattach(self, client: Client, msg: p.Submit, now: float) -> None:
         """After a restart, a client says its job was running; wait for its worker."""
-        job = Job(msg.job_id, self._ticket(msg.ticket), client, now, attempt=msg.attempt)
+        job = Job(msg.job_id, self._ticket(msg.ticket), client, now, owner_name=client.owner, attempt=msg.attempt)
         job.keep_spec(msg.spec)
         self._transition(job, JobEvent.REATTACH, now)
         self.jobs[job.job_id] = job
@@ -547,13 +616,13 @@ class Broker:
             return
         job = self._owned_job(client, msg.job_id)
         if job is not None:
-            self._signal_job(job, msg.signum, now)
+            self._signal_job(job, msg.signum, now, by=client.owner)
 
-    def _signal_job(self, job: Job, signum: int, now: float) -> None:
+    def _signal_job(self, job: Job, signum: int, now: float, by: str = "") -> None:
         if job.state in WAITING:
-            self._cancel(job, signum, now)
+            self._cancel(job, signum, now, by)
         elif job.state is JobState.RUNNING and job.worker is not None:
-            self._event(ev.JobSignal(job.job_id, job.worker.name, signum))
+            self._event(ev.JobSignal(job.job_id, job.worker.name, signum, by))
             self._send(job.worker.identity, p.Signal(job.job_id, signum))
 
     def _on_release(self, client: Client, msg: p.Release, now: float) -> None:
@@ -635,26 +704,39 @@ class Broker:
     # --- control requests ----------------------------------------------------------------
 
     def _on_status_request(self, peer: bytes, msg: p.StatusRequest, now: float) -> None:
-        self._send(peer, p.StatusReply(self.server_id, self.software, self._worker_infos(now), self._job_infos(now)))
+        infos = self._job_infos(now, self._owner)
+        self._send(peer, p.StatusReply(self.server_id, self.software, self._worker_infos(now), infos))
 
     def _on_cancel_request(self, peer: bytes, msg: p.CancelRequest, now: float) -> None:
         done: list[str] = []
         unknown: list[str] = []
+        refused: list[str] = []
         for job_id in msg.job_ids:
             job = self.jobs.get(job_id)
             if job is None or job.state in TERMINAL or not _valid_signal(msg.signum or _signal.SIGTERM):
                 unknown.append(job_id)
+            elif not self.tenancy.may_cancel(self._owner, job.owner_name):
+                owner = job.owner_name or "an owner not known yet"
+                why = f"job {job_id} belongs to {owner}: only an admin may cancel it"
+                refused.append(why)
+                self._event(ev.Rejected(peer.hex(), why, self._owner))
             else:
-                self._signal_job(job, msg.signum or _signal.SIGTERM, now)
+                self._signal_job(job, msg.signum or _signal.SIGTERM, now, by=self._owner)
                 done.append(job_id)
-        self._send(peer, p.ControlReply(done, unknown))
+        self._send(peer, p.ControlReply(done, unknown, refused))
 
     def _on_drain_request(self, peer: bytes, msg: p.DrainRequest, now: float) -> None:
+        if not self.tenancy.may_drain(self._owner):
+            why = f"only an admin may drain workers ({self._owner} is not one: see --admins)"
+            self._event(ev.Rejected(peer.hex(), why, self._owner))
+            self._send(peer, p.ControlReply([], [], [why]))
+            return
         done: list[str] = []
         unknown: list[str] = []
         for name in msg.workers:
             matches = [w for w in self.peers.values() if isinstance(w, Worker) and name in (w.name, w.session)]
             for worker in matches:
+                self._event(ev.DrainRequested(worker.name, self._owner))
                 worker.draining = True
                 self._refresh_ready(worker)
                 self._send(worker.identity, p.Drain())
@@ -703,7 +785,7 @@ class Broker:
             self._send(job.owner.identity, p.Requeued(job.job_id, job.attempt, reason))
         self._enqueue(job)
 
-    def _forget_client(self, client: Client, now: float, event: type[ev.ClientLeft | ev.ClientLost]) -> None:
+    def _forget_client(self, client: Client, now: float, event: Callable[[str, int], ev.Event]) -> None:
         self._forget_peer(client)
         self._event(event(client.name, len(client.jobs)))
         for job_id in list(client.jobs):
@@ -752,10 +834,11 @@ class Broker:
     def _enqueue(self, job: Job) -> None:
         job.heap_seq = next(self._heap_seq)
         entry = (-job.priority, job.ticket, job.heap_seq, job.job_id)
-        heapq.heappush(self._queues.setdefault(job.tag_key, []), entry)
+        key = (job.tag_key, self.tenancy.queue_part(job.owner_name))
+        heapq.heappush(self._queues.setdefault(key, []), entry)
         self._may_match = True
 
-    def _head(self, key: frozenset[str]) -> tuple[int, int, int, str] | None:
+    def _head(self, key: tuple[frozenset[str], str]) -> tuple[int, int, int, str] | None:
         """The best still-valid entry of one queue (stale entries are dropped)."""
         heap = self._queues[key]
         while heap:
@@ -767,19 +850,28 @@ class Broker:
         return None
 
     def _best_job_for(self, worker: Worker) -> Job | None:
-        best: tuple[int, int, int, str] | None = None
+        """The first job, in queue order, that ``worker`` can run.  Queues are per tag
+        set and, for the owners tenancy tells apart, per owner (see
+        :meth:`Tenancy.queue_part`): an owner at its max-running is skipped, and under
+        fair share the owner with the fewest running jobs goes first within a priority."""
+        best: tuple[Any, ...] | None = None
         best_key = None
+        tenancy = self.tenancy
         for key in list(self._queues):
-            if key <= worker.tags:
+            if key[0] <= worker.tags:
                 head = self._head(key)
                 if head is None:
                     del self._queues[key]
-                elif best is None or head < best:
-                    best, best_key = head, key
+                    continue
+                owner = key[1]
+                if owner and not tenancy.may_start(owner):
+                    continue
+                order = (head[0], tenancy.running.get(owner, 0), head[1]) if tenancy.fair_share else head
+                if best is None or order < best:
+                    best, best_key = order, key
         if best is None or best_key is None:
             return None
-        heapq.heappop(self._queues[best_key])
-        return self.jobs[best[3]]
+        return self.jobs[heapq.heappop(self._queues[best_key])[3]]
 
     def _dispatch(self, now: float) -> None:
         """Give waiting jobs to ready slots, the longest-waiting slot first.  Only
@@ -823,10 +915,10 @@ class Broker:
             self._ready.pop(token, None)
         worker.tokens.clear()
 
-    def _cancel(self, job: Job, signum: int, now: float) -> None:
+    def _cancel(self, job: Job, signum: int, now: float, by: str = "") -> None:
         waited = round(now - job.since, 3)
         self._transition(job, JobEvent.CANCEL, now)
-        self._event(ev.JobCancelled(job.job_id, signum, waited))
+        self._event(ev.JobCancelled(job.job_id, signum, waited, by))
         self._finish_for_client(job, p.Finished(job.job_id, job.attempt, 128 + signum, "cancelled",
                                                 "cancelled while queued"))
 
@@ -850,6 +942,7 @@ class Broker:
         old = job.state
         job.state = next_state(job.job_id, old, event)
         self._waiting += (job.state in WAITING) - (old in WAITING)
+        self.tenancy.moved(job.owner_name, old, job.state)
         if self.observer is not None:  # before ``since`` moves: it tells how long the old state lasted
             self.observer.job_moved(job, old, now)
         if job.state is not JobState.FINISHED:
@@ -870,7 +963,7 @@ class Broker:
         self.events.append(event)
 
     def _reject(self, peer: bytes, reason: str, *, fatal: bool) -> None:
-        self._event(ev.Rejected(peer.hex(), reason))
+        self._event(ev.Rejected(peer.hex(), reason, self._owner))
         self._send(peer, p.Refused(reason) if fatal else p.Error(reason))
 
     def _refuse_role(self, peer: Client | Worker, message: p.Message, role: str) -> None:
@@ -889,18 +982,29 @@ class Broker:
                                           round(now - w.since, 3), w.software, w.pid))
         return infos
 
-    def _job_infos(self, now: float) -> list[p.JobInfo]:
+    def _job_infos(self, now: float, viewer: str) -> list[p.JobInfo]:
+        """Every job as ``viewer`` may see it: its own (all of them, for an admin) in
+        full; others' without command line, directory, tags or why (which names tags)."""
         infos = []
         for job in sorted(self.jobs.values(), key=lambda j: (-j.priority, j.ticket)):
             state = job.state.value if job.state else "new"
             worker = job.worker.name if job.worker else ""
-            infos.append(p.JobInfo(job.job_id, job.argv, state, worker, job.tags, job.priority,
-                                   job.attempt, round(now - job.since, 3), self._why_waiting(job)))
+            seconds = round(now - job.since, 3)
+            if self.tenancy.may_see(viewer, job.owner_name):
+                spec = p.decode_spec(job.raw_spec)
+                infos.append(p.JobInfo(job.job_id, spec.argv, state, worker, job.tags, job.priority, job.attempt,
+                                       seconds, self._why_waiting(job), job.owner_name, spec.cwd))
+            else:
+                infos.append(p.JobInfo(job.job_id, [], state, worker, [], job.priority, job.attempt, seconds,
+                                       "", job.owner_name))
         return infos
 
     def _why_waiting(self, job: Job) -> str:
         if job.state not in WAITING:
             return ""
+        held = self.tenancy.why_held(job.owner_name)
+        if held:
+            return held
         workers = [w for w in self.peers.values() if isinstance(w, Worker)]
         if not workers:
             return "no worker is connected"

@@ -38,6 +38,11 @@ def _server_parser(prog: str = "jobqueue-server") -> argparse.ArgumentParser:
                              "one key per line")
     parser.add_argument("--workers", metavar="KEYS", default=None,
                         help="public keys allowed to run jobs (same forms as --clients)")
+    parser.add_argument("--admins", metavar="KEYS", default=None,
+                        help="client keys that also see and cancel every job and drain workers "
+                             "(same forms as --clients)")
+    parser.add_argument("--fair-share", action="store_true",
+                        help="within a priority, give the next free slot to the owner with the fewest running jobs")
     parser.add_argument("--insecure", action="store_true",
                         help="allow a non-loopback address without CURVE keys (trusted networks only)")
     parser.add_argument("--ipc-mode", metavar="OCTAL", type=_octal_mode, default=0o700,
@@ -152,10 +157,12 @@ def _run_server(args: argparse.Namespace) -> int:
         raise config.UsageError("--heartbeat must be positive and --liveness at least 1")
     options = ServerOptions(config.endpoint(args.address, bind=True), args.heartbeat, args.liveness,
                             args.log_format, args.restart_hold,
-                            ipc_mode=args.ipc_mode, keys=server_keys(args.key, args.clients, args.workers),
+                            ipc_mode=args.ipc_mode,
+                            keys=server_keys(args.key, args.clients, args.workers, args.admins, args.fair_share),
                             insecure=args.insecure,
                             spawn=_spawn_policy(args), spawn_address=_spawn_address(args.spawn_address),
-                            metrics=args.metrics, dashboard=_dashboard_command(args))
+                            metrics=args.metrics, dashboard=_dashboard_command(args),
+                            fair_share=args.fair_share)
     return Server(options).run()
 
 
@@ -289,9 +296,10 @@ def status_main(argv: list[str]) -> int:
         if show_workers and show_jobs:
             print()
         if show_jobs:
-            _print_table(["JOB", "STATE", "WORKER", "TIME", "PRIO", "TRY", "COMMAND", "WHY"], [
-                [j.job_id, j.state, j.worker or "-", _age(j.seconds), str(j.priority), str(j.attempt),
-                 _shorten(" ".join(j.argv)), j.why or ""] for j in jobs])
+            _print_table(["JOB", "STATE", "WORKER", "OWNER", "TIME", "PRIO", "TRY", "COMMAND", "WHY"], [
+                [j.job_id, j.state, j.worker or "-", j.owner or "-", _age(j.seconds), str(j.priority),
+                 str(j.attempt), _shorten(" ".join(j.argv)) if j.argv else "(not yours)", j.why or ""]
+                for j in jobs])
         return 0
 
     return _guard("jobqueue status", body)
@@ -311,7 +319,9 @@ def cancel_main(argv: list[str]) -> int:
                          args.key, args.server_key)
         for job_id in reply.unknown:
             print(f"jobqueue cancel: no job {job_id} (finished already, or mistyped?)", file=sys.stderr)
-        return 1 if reply.unknown else 0
+        for why in reply.refused:
+            print(f"jobqueue cancel: {why}", file=sys.stderr)
+        return 1 if reply.unknown or reply.refused else 0
 
     return _guard("jobqueue cancel", body)
 
@@ -328,7 +338,9 @@ def drain_main(argv: list[str]) -> int:
                          args.key, args.server_key)
         for name in reply.unknown:
             print(f"jobqueue drain: no worker named {name} (see jobqueue status --workers)", file=sys.stderr)
-        return 1 if reply.unknown else 0
+        for why in reply.refused:
+            print(f"jobqueue drain: {why}", file=sys.stderr)
+        return 1 if reply.unknown or reply.refused else 0
 
     return _guard("jobqueue drain", body)
 

@@ -40,6 +40,8 @@ class ClientJoined(Event):
     client: str
     host: str
     pid: int
+    #: Its owner: a CURVE key's name, a Unix user (ipc), or "local" (see jobqueue.tenancy).
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +99,11 @@ class Rejected(Event):
     """A message or peer refused (bad input, wrong role, not its job...)."""
 
     kind: ClassVar[str] = "rejected"
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"owner"})
     peer: str
     why: str
+    #: Whose request it was (the audit trail of refusals).
+    owner: str = ""
 
 
 # --- jobs -----------------------------------------------------------------------------------
@@ -111,6 +116,7 @@ class JobQueued(Event):
     client: str
     priority: int
     tags: list[str]
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +150,12 @@ class JobFinished(Event):
 @dataclass(frozen=True, slots=True)
 class JobSignal(Event):
     kind: ClassVar[str] = "job-signal"
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"by"})
     job: str
     worker: str
     signal: int
+    #: Who sent it with jobqueue cancel (empty: the job's own client).
+    by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,15 +169,51 @@ class JobRequeued(Event):
 @dataclass(frozen=True, slots=True)
 class JobCancelled(Event):
     kind: ClassVar[str] = "job-cancelled"
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"by"})
     job: str
     signal: int
     waited: float
+    #: Who cancelled it with jobqueue cancel (empty: the job's own client).
+    by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class JobLost(Event):
     kind: ClassVar[str] = "job-lost"
     job: str
+    why: str
+
+
+# --- tenancy (owners, admins, keys) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRequested(Event):
+    """An admin asked (jobqueue drain) that a worker take no more jobs."""
+
+    kind: ClassVar[str] = "drain-requested"
+    worker: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRevoked(Event):
+    """The client's key was removed from the key files (SIGHUP): its queued jobs
+    are dropped and its running ones killed."""
+
+    kind: ClassVar[str] = "client-revoked"
+    client: str
+    owner: str
+    jobs: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRevoked(Event):
+    """The worker's key was removed (or may no longer advertise its tags): it is
+    disconnected and its jobs requeued."""
+
+    kind: ClassVar[str] = "worker-revoked"
+    worker: str
     why: str
 
 

@@ -382,6 +382,8 @@ class JobInfo(msgspec.Struct):
     attempt: int
     seconds: float  # waiting (queued) or running time
     why: str = ""  # why a queued job waits
+    owner: str = ""  # who submitted it (a CURVE key's name, a Unix user, or "local")
+    cwd: str = ""  # its directory (shown only to its owner and admins, as argv and tags)
 
 
 class SpawnInfo(msgspec.Struct):
@@ -413,6 +415,8 @@ class DrainRequest(Message, tag="drainr"):
 class ControlReply(Message, tag="controlr"):
     done: list[str]
     unknown: list[str]
+    #: Why some were refused, one line each (another owner's job; drain without the admin role).
+    refused: list[str] = []
 
 
 

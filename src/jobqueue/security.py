@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import zmq
 from zmq.utils import z85
@@ -19,6 +19,9 @@ from .config import ENV_KEY as ENV_KEY
 from .config import ENV_SERVER_KEY as ENV_SERVER_KEY
 from .config import UsageError
 from .connection import Security
+
+if TYPE_CHECKING:
+    from .authkeys import Access
 
 KEY_LENGTH = 40  # z85 characters of a 32-byte CURVE key
 ROLES = ("client", "worker")
@@ -95,7 +98,7 @@ def read_keys(path: str) -> list[bytes]:
     keys = []
     for number, line in enumerate(lines, 1):
         words = line.split()
-        if words and _is_key(words[0]):
+        if words and is_key(words[0]):
             keys.append(words[0].encode())
         elif words and not line.lstrip().startswith("#"):
             raise UsageError(f"{path}:{number}: not a CURVE key (expected {KEY_LENGTH} z85 characters, "
@@ -103,7 +106,7 @@ def read_keys(path: str) -> list[bytes]:
     return keys
 
 
-def _is_key(word: str) -> bool:
+def is_key(word: str) -> bool:
     if len(word) != KEY_LENGTH:
         return False
     try:
@@ -113,42 +116,46 @@ def _is_key(word: str) -> bool:
     return True
 
 
-def authorized_keys(source: str) -> list[bytes]:
-    """The public keys in ``source``: a directory of ``*.pub`` files, or one key file."""
-    if os.path.isdir(source):
-        pubs = sorted(name for name in os.listdir(source) if name.endswith(".pub"))
-        return [key for name in pubs for key in read_keys(os.path.join(source, name))]
-    return read_keys(source)
-
-
 # --- the server side --------------------------------------------------------------------------
 
 
 class ServerKeys(NamedTuple):
-    """The server's key pair and the role of every authorized public key (z85)."""
+    """The server's key pair, and every authorized key with its role, name and options."""
 
     public: bytes
     secret: bytes
-    roles: dict[bytes, str]
+    access: Access
+    #: Where the authorized keys come from (--clients, --workers, --admins): read again on SIGHUP.
+    sources: KeySources
+
+    @property
+    def roles(self) -> dict[bytes, str]:
+        return self.access.roles
 
 
-def server_keys(key: str | None, clients: str | None, workers: str | None) -> ServerKeys | None:
+class KeySources(NamedTuple):
+    clients: str
+    workers: str
+    admins: str | None = None
+    fair_share: bool = False
+
+    def load(self) -> Access:
+        from .authkeys import load_access
+
+        return load_access(self.clients, self.workers, self.admins, self.fair_share)
+
+
+def server_keys(key: str | None, clients: str | None, workers: str | None, admins: str | None = None,
+                fair_share: bool = False) -> ServerKeys | None:
     """The server's CURVE set-up from its options (None: CURVE off)."""
-    if not (key or clients or workers):
+    if not (key or clients or workers or admins):
         return None
     if not (key and clients and workers):
         raise UsageError("CURVE needs --key, --clients and --workers together "
                          "(see jobqueue keygen and the Security section of the README)")
     public, secret = load_secret_key(key)
-    roles: dict[bytes, str] = {}
-    for role, source in (("client", clients), ("worker", workers)):
-        for k in authorized_keys(source):
-            if roles.setdefault(k, role) != role:
-                raise UsageError(f"key {k.decode()} is listed as a client and as a worker: "
-                                 "give each client and worker its own key")
-    if not roles:
-        raise UsageError(f"no public keys found in {clients} nor {workers}")
-    return ServerKeys(public, secret, roles)
+    sources = KeySources(clients, workers, admins, fair_share)
+    return ServerKeys(public, secret, sources.load(), sources)
 
 
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")

@@ -1,8 +1,9 @@
 """jobqueue-server: the ZeroMQ shell around the sans-IO :class:`~jobqueue.broker.Broker`.
 
 One ROUTER socket; every peer (worker, client, control command) connects to
-it.  Each received frame goes to the broker with the time; what the broker
-returns is sent.  Nothing else happens here.
+it.  Each received frame goes to the broker with the time and who sent it
+(:mod:`jobqueue.identities`); what the broker returns is sent.  SIGHUP reloads
+the key files.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ from . import __version__
 from . import protocol as p
 from .autoscale import ENV_SERVER, ENV_SPAWN_ID, ENV_SPAWN_TAGS, Autoscaler, SpawnPolicy
 from .broker import Broker, Send
+from .config import UsageError
 from .connection import COPY_THRESHOLD
 from .events import WorkerJoined
+from .identities import CLOSE_AFTER, Identities
 from .logs import Logger
 from .observe import Observer
 from .security import ServerKeys, check_bind
+from .tenancy import Tenancy
+from .waker import Waker
 
 #: Messages queued per peer before the server drops (flow control keeps
 #: well-behaved peers far below this).
@@ -56,6 +61,8 @@ class ServerOptions:
     metrics: str | None = None
     #: The command of a dashboard to start alongside (--dashboard), less the server's address.
     dashboard: list[str] | None = None
+    #: --fair-share (with keys, it is also in ``keys.sources``).
+    fair_share: bool = False
 
 
 class Server:
@@ -64,16 +71,18 @@ class Server:
         self.log = Logger("server", options.log_format, buffered=True)
         self.context = context or zmq.Context.instance()
         self.server_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        #: Who is behind each routing id (key, Unix user), and their connections.
+        self.identities = Identities(options.keys, options.endpoint)
         self.broker = Broker(
             time.monotonic(), server_id=self.server_id, software=__version__, heartbeat=options.heartbeat,
             liveness=options.liveness, restart_hold=options.restart_hold, wall_clock_ns=time.time_ns(),
+            tenancy=Tenancy(self.identities.policy(options.fair_share)),
         )
         #: History, series, watchers and tails for dashboards (jobqueue dashboard).
         self.observer = Observer(self.broker, time.monotonic(), wall_offset=time.time() - time.monotonic())
         self.in_clear = check_bind(options.endpoint, options.keys is not None, options.insecure)
         self.authenticator = self._start_authenticator() if options.keys is not None else None
-        #: Under CURVE, the key (ZAP User-Id) each routing id first spoke with.
-        self._identity_users: dict[bytes, str] = {}
+        self._reload = False
         self.socket = self._bind()
         self.metrics = _start_metrics(self.broker, options.metrics) if options.metrics else None
         self.spawner = Spawner(options.spawn, self._spawn_address(), self.log) if options.spawn else None
@@ -126,6 +135,9 @@ class Server:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        waker = Waker()  # a signal wakes the poll at once (pyzmq retries a poll that EINTR interrupts)
+        signal.set_wakeup_fd(waker.write_fd, warn_on_full_buffer=False)
         self.log.event("listening", endpoint=self.socket.getsockopt_string(zmq.LAST_ENDPOINT),
                        server_id=self.server_id, version=__version__, heartbeat=self.options.heartbeat,
                        liveness=self.options.liveness, curve="on" if self.options.keys else "off")
@@ -138,20 +150,27 @@ class Server:
         self.log.flush()
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        poller.register(waker.fileno(), zmq.POLLIN)
         while not self._stop:
+            if self._reload:
+                self._reload = False
+                self._reload_keys()
             deadline = self.broker.next_deadline()
             if self.spawner is not None:
                 deadline = _earliest(deadline, self.spawner.next_wakeup())
             timeout = 1000.0 if deadline is None else max(0.0, (deadline - time.monotonic()) * 1000)
             try:
-                ready = poller.poll(int(min(timeout, 1000.0)))
+                ready = dict(poller.poll(int(min(timeout, 1000.0))))
             except zmq.ZMQError as e:
                 if e.errno == errno.EINTR:
                     continue
                 raise
-            if ready:
+            if waker.fileno() in ready:
+                waker.drain()
+            if self.socket in ready:
                 self._receive_batch()
             self._deliver(self.broker.tick(time.monotonic()))
+            self.identities.connections.close_due(time.monotonic())
             self.log.flush()
             if self.spawner is not None:
                 self.spawner.step(time.monotonic(), self.broker)
@@ -170,6 +189,44 @@ class Server:
     def _on_stop(self, signum: int, frame: Any) -> None:
         self._stop = True
 
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        self._reload = True
+
+    def _reload_keys(self) -> None:
+        """SIGHUP: read --clients, --workers and --admins again.  A file that does not
+        parse leaves the previous keys in force; connections of removed keys are
+        refused (the broker drops or kills their jobs, or requeues a worker's)."""
+        keys = self.options.keys
+        if keys is None or self.authenticator is None:
+            self.log.event("keys-reloaded", why="nothing to reload: the server runs without CURVE keys")
+            return
+        try:
+            access = keys.sources.load()
+        except UsageError as e:
+            self.log.event("error", why=f"reloading the keys failed, the previous keys stay in force: {e}")
+            return
+        old = keys.access
+        self.options.keys = keys._replace(access=access)
+        self.authenticator.roles = access.roles
+        now = time.monotonic()
+        # the refusals go out first; a peer that does not close on its own is closed after a while
+        close_at = now + CLOSE_AFTER * self.options.heartbeat
+        sends = self.broker.configure(access.policy, now)
+        for send in sends:
+            if isinstance(send.message, p.Refused):  # a worker that may no longer advertise its tags
+                self.identities.connections.close_later(send.peer, close_at)
+        self._deliver(sends)
+        revoked: list[str] = []
+        for identity, name, why in self.identities.reload(self.options.keys):
+            if identity in self.broker.peers:  # else a connection that only asked for status
+                revoked.append(name)
+            self._deliver(self.broker.revoke(identity, why, now))
+            self.identities.connections.close_later(identity, close_at)
+        removed = sorted({old.names[k] for k in old.roles if k not in access.roles})
+        added = sorted({access.names[k] for k in access.roles if k not in old.roles})
+        self.log.event("keys-reloaded", **access.counts(), added=added, removed=removed,
+                       revoked=sorted(set(revoked)))
+
     def _receive_batch(self) -> None:
         """Handle what arrived.  Answers wait for the end of the burst (at most
         DELIVER_EVERY messages), so that several for one peer leave as one ZeroMQ
@@ -179,7 +236,7 @@ class Server:
         try:
             for count in range(1, BATCH + 1):
                 try:
-                    frames, role = self._recv()
+                    frames, role, owner = self._recv()
                 except zmq.Again:
                     return
                 now = time.monotonic()
@@ -189,7 +246,7 @@ class Server:
                     self.log.event("rejected", peer=frames[0].hex(), why=f"{len(frames) - 1} frames, expected 1")
                     sends.append(Send(frames[0], p.Error("one frame per message, please")))
                 else:
-                    answers = self.broker.receive(frames[0], frames[1], now, role)
+                    answers = self.broker.receive(frames[0], frames[1], now, role, owner)
                     sends += answers
                     if any(not isinstance(send.message, p.Message) for send in answers):
                         count = 0  # a relayed frame: deliver now
@@ -199,26 +256,22 @@ class Server:
         finally:
             self._deliver(sends)
 
-    def _recv(self) -> tuple[list[Any], p.Role | None]:
+    def _recv(self) -> tuple[list[Any], p.Role | None, str]:
         """A message (routing id as bytes, then the frames' buffers, not copied: a job's
-        stream data is relayed as received) and the role of the key that sent it
-        (None: CURVE off); no frames: refused."""
+        stream data is relayed as received), the role of the key that sent it
+        (None: CURVE off) and its owner; no frames: refused."""
         parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
         frames: list[Any] = [parts[0].bytes, *(part.buffer for part in parts[1:])]
-        if self.authenticator is None:
-            return frames, None
-        user = str(parts[-1].get("User-Id"))
-        first = self._identity_users.setdefault(frames[0], user)
-        if first != user:  # a peer chose a routing id another key is using: drop it
-            self.log.event("rejected", peer=frames[0].hex(), why="routing id already used by another key")
-            self._deliver([Send(frames[0], p.Refused("this routing id belongs to another key"))])
-            return [], None
-        return frames, "worker" if user.startswith("worker ") else "client"
+        who = self.identities.who(frames[0], parts[-1])
+        if isinstance(who, str):  # another key's routing id, or a key revoked since (SIGHUP)
+            self.log.event("rejected", peer=frames[0].hex(), why=who)
+            self._deliver([Send(frames[0], p.Refused(who))])
+            return [], None, ""
+        return frames, who[0], who[1]
 
     def _forget_identities(self) -> None:
-        """Drop the key of routing ids the broker no longer knows (keeps the table small)."""
-        if len(self._identity_users) > 2 * len(self.broker.peers) + 1000:
-            self._identity_users = {i: u for i, u in self._identity_users.items() if i in self.broker.peers}
+        """Forget routing ids the broker no longer knows (keeps the tables small)."""
+        self.identities.forget(self.broker.peers)
 
     def _send_frames(self, peer: bytes, frames: list[Any]) -> None:
         """One ZeroMQ message to ``peer``, one protocol message per frame (the ROUTER
@@ -409,4 +462,6 @@ class KeyAuthenticator(ThreadAuthenticator):
 
     def curve_user_id(self, client_public_key: bytes) -> str:
         key = z85.encode(client_public_key)
-        return f"{self.roles[key]} {key.decode()}"
+        # roles may be replaced (SIGHUP) between the check and this call: a key gone
+        # meanwhile gets a role no message is accepted with
+        return f"{self.roles.get(key, 'revoked')} {key.decode()}"
