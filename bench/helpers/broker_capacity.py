@@ -62,7 +62,7 @@ def new_broker(workers: int) -> Broker:
 
 
 def job_spec(env: str) -> p.JobSpec:
-    return p.JobSpec(argv=["true"], env=dict(os.environ) if env == "full" else {}, cwd="/tmp")
+    return p.JobSpec(argv=[b"true"], env=dict(os.environb) if env == "full" else {}, cwd=b"/tmp")
 
 
 class JobDriver:
