@@ -110,7 +110,7 @@ def _bytes_map(value: object) -> dict[bytes, bytes]:
 def _rlimit_list(value: object) -> list[tuple[str, int, int]]:
     if type(value) is not list or not all(type(item) is list and len(item) == 3 for item in value):
         raise _Mismatch("array of (str, int, int)")
-    return [(_str(name), _int(soft), _int(hard)) for name, soft, hard in value]  # type: ignore[misc]
+    return [(_str(name), _int(soft), _int(hard)) for name, soft, hard in value]
 
 
 def _job_spec(value: object) -> JobSpec:

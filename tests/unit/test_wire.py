@@ -196,7 +196,8 @@ def test_job_spec_carries_any_bytes_exactly() -> None:
     data = w.encode(submit)
     assert data == p.encode(_to_msgspec(submit))
     theirs = p.decode_to_server(data)
-    assert isinstance(theirs, p.Submit) and theirs.spec.argv[2] == b"\xff\xfe" and theirs.spec.env[b"V\xe9"] == b"a=b\xff"
+    assert isinstance(theirs, p.Submit) and theirs.spec.argv[2] == b"\xff\xfe"
+    assert theirs.spec.env[b"V\xe9"] == b"a=b\xff"
     assert w.decode_any(data) == submit
 
 
