@@ -411,8 +411,9 @@ def exit_now(code: int) -> None:
     (about 2 ms, a seventh of a trivial job's latency) would change nothing."""
     try:
         for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-    except OSError:  # e.g. stdout is a closed pipe: nothing more can reach it
+            if stream is not None:  # None: the fd was closed when we started
+                stream.flush()
+    except (OSError, ValueError):  # e.g. stdout is a closed pipe: nothing more can reach it
         code = code or 255
     os._exit(code)
 
