@@ -219,7 +219,7 @@ def test_restart_hold_keeps_the_order_of_reannounced_tickets() -> None:
     h.client(b"new")
     h.submit(b"new", "fresh")
     h.client(b"old", previous_server="old-server")
-    h.send(b"old", p.Submit("early", p.JobSpec(["true"], {}, "/"), ticket=5))
+    h.send(b"old", p.Submit("early", p.JobSpec([b"true"], {}, b"/"), ticket=5))
     assert h.assigned(h.outbox) == []
     h.advance(2.0)
     assert h.assigned(h.outbox) == [(b"w", "early", 1)]
