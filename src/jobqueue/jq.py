@@ -485,6 +485,7 @@ def run(options: JqOptions, closed: list[int] = []) -> int:  # noqa: B006 (never
             term.restore_terminal()
     term.flush(5.0)
     session.close()
+    term.broken_fds()  # a writer's bug, if any, is reported even when the job has ended
     if term.message:
         term.note(term.message)
     return code

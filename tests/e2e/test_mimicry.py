@@ -201,6 +201,14 @@ def test_stdout_on_a_file_or_terminal_is_a_pipe_for_the_job(up: Cluster) -> None
     assert (local.stderr, remote.stderr) == (b"terminal\n", b"no-terminal\n")
 
 
+def test_only_fds_0_to_2_travel_and_the_job_has_its_own_session(up: Cluster) -> None:
+    """Documented: a job gets no fd above 2 of jq's, and runs in its own session."""
+    script = ("$JQ sh -c '[ -e /proc/$$/fd/3 ] && echo fd3 || echo no-fd3; [ $(ps -o sid= -p $$) = $$ ] && echo own'"
+              " 3<&0")
+    local, remote = both(up, script)
+    assert (local.stdout, remote.stdout) == (b"fd3\n", b"no-fd3\nown\n")
+
+
 # --- 5. arguments: many, long, xargs -------------------------------------------------------------
 
 
