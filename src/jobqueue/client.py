@@ -336,13 +336,15 @@ class ClientJob:
         if msg.attempt > self.attempt:  # it started while we could not hear of it
             self.attempt, self.running = msg.attempt, True
             self.received = [0, 0]
-        return any(sent > have for sent, have in zip(msg.offsets, self.received))
+        return any(sent > have for fd, sent, have in zip((p.STDOUT, p.STDERR), msg.offsets, self.received)
+                   if fd not in self.closed_outputs)  # a closed stream's rest is dropped by design
 
     def _on_output(self, msg: Any) -> None:
         if msg.attempt != self.attempt or msg.fd not in (p.STDOUT, p.STDERR) or self.ended is not None:
             return
-        if msg.fd in self.closed_outputs:
-            return  # nobody reads it: sent before the worker closed the pipe
+        if msg.fd in self.closed_outputs:  # nobody reads it: sent before the worker closed the pipe
+            self.received[msg.fd - 1] = max(self.received[msg.fd - 1], msg.offset + len(msg.data))
+            return
         have = self.received[msg.fd - 1]
         end = msg.offset + len(msg.data)
         if msg.offset > have or end <= have:

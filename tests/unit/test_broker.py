@@ -365,9 +365,9 @@ def test_job_its_client_requeued_unaware_it_had_started_is_adopted_from_its_work
     then its worker says it ran attempt 1 to the end.  That run is the job's: it is
     resumed for the client, not killed as stale and run a second time."""
     h.client(b"c")
-    h.send(b"c", p.Submit("j", p.JobSpec(["x"], {}, "/"), ticket=7))
+    h.send(b"c", p.Submit("j", p.JobSpec([b"x"], {}, b"/"), ticket=7))
     assert h.state("j") is JobState.QUEUED
-    h.worker(b"w", jobs=[p.ActiveJob("j", 1, ["x"], [], finished=True)])
+    h.worker(b"w", jobs=[p.ActiveJob("j", 1, [b"x"], [], finished=True)])
     assert h.to(b"w", p.Kill) == [] and h.assigned(h.outbox) == []
     assert h.to(b"w", p.Resume)[0].offsets == [0, 0]
     started = h.to(b"c", p.Started)[0]
