@@ -40,6 +40,7 @@ class OwnState:
     rlimits: dict[str, tuple[int, int]]  # name -> (soft, hard); INFINITY is unlimited
     nice: int
     ignored: frozenset[int]
+    privileged: bool = False  # may raise hard limits and lower the nice value (root)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def own_state() -> OwnState:
         except (ValueError, OSError):
             pass
     return OwnState(mask, {name: resource.getrlimit(res) for name, res in RLIMITS.items()},
-                    os.getpriority(os.PRIO_PROCESS, 0), frozenset(ignored))
+                    os.getpriority(os.PRIO_PROCESS, 0), frozenset(ignored), os.geteuid() == 0)
 
 
 def _limit(value: int) -> int:
@@ -92,16 +93,16 @@ def _min(a: int, b: int) -> int:
 def plan(spec: p.JobSpec, own: OwnState) -> Plan:
     """What it takes for the job to start as its caller would have started it.
 
-    A limit above the worker's hard limit cannot be had (no privilege): it is
+    A limit above the worker's hard limit cannot be had without privilege: it is
     clamped to it, as srun does.  Lowering the nice value needs privilege too:
-    the child tries, and keeps the worker's if refused."""
+    without it the job keeps the worker's (and costs no fork)."""
     rlimits = []
     for name, soft, hard in spec.rlimits:
         res = RLIMITS.get(name)
         if res is None:
             continue
         own_soft, own_hard = own.rlimits[name]
-        hard_ = _min(_limit(hard), own_hard)
+        hard_ = _limit(hard) if own.privileged else _min(_limit(hard), own_hard)
         soft_ = _min(_limit(soft), hard_)
         if (soft_, hard_) != (own_soft, own_hard):
             rlimits.append((res, soft_, hard_))
@@ -109,7 +110,8 @@ def plan(spec: p.JobSpec, own: OwnState) -> Plan:
     return Plan(
         umask=spec.umask if 0 <= spec.umask != own.umask else None,
         rlimits=tuple(rlimits),
-        nice=spec.nice if spec.nice is not None and spec.nice != own.nice else None,
+        nice=spec.nice if spec.nice is not None and (spec.nice > own.nice or own.privileged and spec.nice != own.nice)
+        else None,
         sigdef=tuple(sorted(own.ignored - wanted)),
         sigign=tuple(sorted(wanted - own.ignored)),
         sigmask=tuple(sorted(frozenset(spec.blocked_signals) - UNTOUCHABLE)),
