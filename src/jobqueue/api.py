@@ -179,6 +179,10 @@ class Executor(concurrent.futures.Executor):
         self._waker = Waker()
         self._written: deque[tuple[ClientJob, int, int]] = deque()
         self._writers: dict[int, Any] = {}
+        #: Our fds 1/2 whose reader left (appended by writer threads): jobs writing there
+        #: meet SIGPIPE, as subprocess.run's children would.
+        self._broken_fds: deque[int] = deque()
+        self._closed_outputs: set[int] = set()
         self._feeding: dict[str, ClientJob] = {}
         self._thread: threading.Thread | None = None
         self._shutdown = False
@@ -314,6 +318,12 @@ class Executor(concurrent.futures.Executor):
 
     def _drain_wakeups(self) -> None:
         self._waker.drain()
+        while self._broken_fds:
+            fd = self._broken_fds.popleft()
+            self._closed_outputs.add(fd)
+            for job in list(self._session.jobs.values()):
+                if not job.io.capture:  # type: ignore[attr-defined]
+                    job.close_output(fd)
         while self._written:
             job, fd, end = self._written.popleft()
             job.written(fd, end)
@@ -332,6 +342,9 @@ class Executor(concurrent.futures.Executor):
                 if io.future.cancelled():
                     self._resolve(io, None)
                     continue
+                if not io.capture:
+                    for fd in self._closed_outputs:
+                        job.close_output(fd)
                 session.submit(job)
                 if job.spec.stdin:
                     self._feeding[job.job_id] = job
@@ -355,13 +368,18 @@ class Executor(concurrent.futures.Executor):
         if writer is None:
             from .jq import Writer
 
-            writer = self._writers[fd] = Writer(fd, self._on_written)
+            writer = self._writers[fd] = Writer(fd, self._on_written, self._on_broken)
             writer.start()
         return writer
 
     def _on_written(self, job: ClientJob, fd: int, end: int) -> None:
         """In a writer thread: the chunk is out; the loop acknowledges it."""
         self._written.append((job, fd, end))
+        self._wake()
+
+    def _on_broken(self, fd: int, error: OSError | None) -> None:
+        """In a writer thread: ``fd`` can no longer be written."""
+        self._broken_fds.append(fd)
         self._wake()
 
     def _settle_when_written(self, io: _JobIO) -> None:

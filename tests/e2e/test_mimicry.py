@@ -113,6 +113,16 @@ def test_api_takes_bytes_and_path_likes_as_subprocess_run_does(up: Cluster) -> N
 # --- 2. a reader that leaves early ---------------------------------------------------------------
 
 
+def test_api_job_writing_to_our_stdout_meets_sigpipe_as_subprocess_run(up: Cluster) -> None:
+    code = ("import subprocess, sys, jobqueue\n"
+            "run = jobqueue.run if sys.argv[1] == 'api' else subprocess.run\n"
+            "kwargs = {'server': sys.argv[2]} if sys.argv[1] == 'api' else {}\n"
+            "print(run(['yes'], **kwargs).returncode, file=sys.stderr)")
+    results = [subprocess.run(f"{sys.executable} -c \"{code}\" {how} {up.endpoint} | head -n 1", shell=True,
+                              capture_output=True, timeout=30) for how in ("local", "api")]
+    assert [(r.stdout, r.stderr) for r in results] == [(b"y\n", b"-13\n")] * 2
+
+
 def test_reader_that_leaves_early_ends_the_job_with_sigpipe(up: Cluster) -> None:
     (up.tmp / "big").write_bytes(os.urandom(8 << 20))
     out = same(up, "$JQ yes | head -n 1; echo ${PIPESTATUS[@]}", shell="bash")
