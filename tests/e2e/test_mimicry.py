@@ -65,6 +65,14 @@ def test_arguments_are_bytes_exactly(up: Cluster) -> None:
     assert b"caf" not in out.stdout
 
 
+def test_status_shows_such_arguments_readably(up: Cluster) -> None:
+    jq = up.popen_jq("sh", "-c", "sleep 30", os.fsdecode(b"caf\xe9"), "d\u00e9j\u00e0")
+    jobs = wait_for(lambda: [j for j in up.jobs() if j["state"] == "running"], 15, "the job to run")
+    assert jobs[0]["argv"] == ["sh", "-c", "sleep 30", "caf\\xe9", "d\u00e9j\u00e0"]
+    jq.send_signal(signal.SIGTERM)
+    assert jq.wait(timeout=15) == 143
+
+
 def test_directory_and_chdir_are_bytes_exactly(up: Cluster) -> None:
     odd = up.tmp / os.fsdecode(b"d\xe9j\xe0")
     odd.mkdir()
