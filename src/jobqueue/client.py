@@ -92,13 +92,16 @@ def caller_attributes() -> dict[str, object]:
     """How this process (this thread) stands, as JobSpec fields: umask, resource
     limits, nice value, signals ignored and blocked.  Read from /proc in two reads
     (no import: jq starts with this)."""
+    import _signal  # loaded already by jq (the C core of signal)
+
+    valid = _signal.valid_signals()  # not the C library's own (32 and 33 on Linux), which show as ignored
     attrs: dict[str, object] = {}
     for line in _read_proc("/proc/thread-self/status").splitlines():
         if line.startswith(b"Umask:"):
             attrs["umask"] = int(line.split()[1], 8)
         elif line.startswith((b"SigIgn:", b"SigBlk:")):
             mask = int(line.split()[1], 16)
-            signals = [n for n in range(1, 65) if mask >> (n - 1) & 1]
+            signals = [n for n in range(1, 65) if mask >> (n - 1) & 1 and n in valid]
             if line.startswith(b"SigIgn:"):
                 attrs["ignored_signals"] = [n for n in signals if n not in PYTHON_IGNORES]
             else:

@@ -28,8 +28,8 @@ RLIMITS = {
     "as": resource.RLIMIT_AS,
 }
 INFINITY = resource.RLIM_INFINITY
-#: What no process can ignore, block or catch.
-UNTOUCHABLE = frozenset((signal.SIGKILL, signal.SIGSTOP))
+#: What no process can ignore, block or catch, and what the C library keeps for itself.
+UNTOUCHABLE = frozenset((signal.SIGKILL, signal.SIGSTOP)) | (frozenset(range(1, signal.NSIG)) - signal.valid_signals())
 
 
 @dataclass(frozen=True)
@@ -136,10 +136,12 @@ def child_setup(plan: Plan, then: Callable[[], None] | None = None) -> Callable[
                 os.setpriority(os.PRIO_PROCESS, 0, plan.nice)
             except OSError:
                 pass
-        for signum in plan.sigdef:
-            signal.signal(signum, signal.SIG_DFL)
-        for signum in plan.sigign:
-            signal.signal(signum, signal.SIG_IGN)
+        for signums, action in ((plan.sigdef, signal.SIG_DFL), (plan.sigign, signal.SIG_IGN)):
+            for signum in signums:
+                try:
+                    signal.signal(signum, action)
+                except (OSError, ValueError):
+                    pass
         signal.pthread_sigmask(signal.SIG_SETMASK, plan.sigmask)
         for fd in plan.closed:
             try:

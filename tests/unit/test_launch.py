@@ -58,3 +58,10 @@ def test_file_actions_close_dup_or_open_dev_null() -> None:
     assert launch.spawn_file_actions(plan, None, 7, 8) == [
         (launch.os.POSIX_SPAWN_OPEN, 0, launch.os.devnull, launch.os.O_RDONLY, 0),
         (launch.os.POSIX_SPAWN_DUP2, 7, 1), (launch.os.POSIX_SPAWN_CLOSE, 2)]
+
+
+def test_signals_of_the_c_library_are_left_alone() -> None:
+    """A caller (hyperfine) may show glibc's own signals 32 and 33 as ignored: no job can set them."""
+    plan = launch.plan(spec(ignored_signals=[32, 33, signal.SIGHUP], blocked_signals=[32, signal.SIGUSR1]), OWN)
+    assert plan.sigign == (signal.SIGHUP,) and plan.sigmask == (signal.SIGUSR1,)
+    launch.child_setup(launch.Plan(None, (), None, (32,), (33,), (), (), False))  # builds; never raises in the child
