@@ -56,6 +56,8 @@ RLIMITS = {b"Max cpu time": "cpu", b"Max file size": "fsize", b"Max data size": 
 PYTHON_IGNORES = (13, 25)  # SIGPIPE, SIGXFSZ
 #: Linux's limit on one argument or environment string, NUL included (MAX_ARG_STRLEN).
 MAX_ARG_STRLEN = 32 * 4096
+#: The most arguments and environment Linux runs, whatever the stack limit.
+MAX_EXEC_BYTES = 6 << 20
 
 
 def _read_proc(path: str) -> bytes:
@@ -135,8 +137,8 @@ def exec_problem(argv: list[bytes], env: dict[bytes, bytes]) -> str:
     not): Linux counts every argument and variable with its NUL and pointer
     against ARG_MAX (a quarter of the stack limit; the job takes our stack
     limit), and each string against MAX_ARG_STRLEN."""
-    try:
-        arg_max = os.sysconf("SC_ARG_MAX")
+    try:  # Linux caps it at 6 MiB (three quarters of 8 MiB), whatever the stack limit
+        arg_max = min(os.sysconf("SC_ARG_MAX"), MAX_EXEC_BYTES)
     except (ValueError, OSError):
         arg_max = 2 << 20
     size = 8 * (len(argv) + len(env) + 2)
