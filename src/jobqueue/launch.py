@@ -62,6 +62,17 @@ class Plan:
         return bool(self.rlimits or self.nice is not None or self.sigign)
 
 
+def job_pipes(spec: p.JobSpec) -> tuple[bool, bool, bool]:
+    """Whether the job's fds 0, 1, 2 are pipes of ours (a terminal is one stream, read
+    as stdout); otherwise fd 0 is /dev/null, and a fd its caller had closed is closed
+    (with ``merge_output`` fd 2 is the pipe of fd 1)."""
+    if spec.tty:
+        return True, True, False
+    closed = set(spec.closed_fds)
+    return (spec.stdin and 0 not in closed, 1 not in closed,
+            2 not in closed and not (spec.merge_output and 1 not in closed))
+
+
 def own_state() -> OwnState:
     """Read the worker's attributes (once its signal handlers are installed)."""
     mask = os.umask(0o022)
