@@ -366,7 +366,7 @@ class Executor(concurrent.futures.Executor):
     def _writer(self, fd: int) -> Any:
         writer = self._writers.get(fd)
         if writer is None:
-            from .jq import Writer
+            from .writer import Writer
 
             writer = self._writers[fd] = Writer(fd, self._on_written, self._on_broken)
             writer.start()

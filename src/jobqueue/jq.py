@@ -10,7 +10,6 @@ from __future__ import annotations
 # _signal is the C core of signal (the same functions and constants) without the
 # enum wrappers, which cost jq about 4 ms of start-up for every job.
 import _signal as signal
-import errno
 import os
 import sys
 import time
@@ -20,12 +19,11 @@ from .waker import Waker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: jq imports nothing it does not use
-    import threading
-    from collections.abc import Callable
     from typing import Any
 
     from .client import ClientJob, Session
     from .wire import Finished, JobSpec, Queued, Requeued, Started
+    from .writer import Writer
 
 USAGE = """\
 usage: jq [OPTIONS] [--] COMMAND [ARG...]
@@ -171,90 +169,6 @@ def _set_option(options: JqOptions, key: str, name: str, value: str) -> None:
         setattr(options, key, value)
 
 
-class Writer:
-    """Writes one output fd in its own thread, so a slow reader stalls only the
-    job's stream (by not acknowledging it), never jq's heartbeats.  (threading
-    is imported here, on the first output: jq without output never loads it.)"""
-
-    def __init__(self, fd: int, on_written: Callable[[Any, int, int], None],
-                 on_broken: Callable[[int, OSError | None], None] | None = None) -> None:
-        import threading
-        from collections import deque
-
-        self.fd = fd
-        self.queue: deque[tuple[Any, bytes, int] | None] = deque()
-        self.ready = threading.Condition()
-        self.on_written = on_written
-        #: Called once when ``fd`` can no longer be written (None: EPIPE, its reader left).
-        self.on_broken = on_broken
-        self.broken = False
-        #: An unexpected exception that ended the thread (a bug: the main loop reports it).
-        self.failure: BaseException | None = None
-        self.idle = threading.Event()
-        self.idle.set()
-        self.thread: threading.Thread = threading.Thread(target=self.run, daemon=True, name=f"jq-writer-{fd}")
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def put(self, job: Any, data: bytes, end: int) -> None:
-        with self.ready:
-            self.idle.clear()
-            self.queue.append((job, data, end))
-            self.ready.notify()
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as e:  # a bug: hand it to the main loop, which reports it
-            self.failure = e
-            self.idle.set()
-            if self.on_broken is not None:
-                self.on_broken(self.fd, None)
-
-    def _run(self) -> None:
-        while True:
-            with self.ready:
-                while not self.queue:
-                    self.idle.set()
-                    self.ready.wait()
-                item = self.queue.popleft()
-            if item is None:
-                self.idle.set()
-                return
-            job, data, end = item
-            self._write_all(data)
-            self.on_written(job, self.fd, end)
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view and not self.broken:
-            try:
-                n = os.write(self.fd, view)
-            except InterruptedError:
-                continue
-            except OSError as e:
-                self.mark_broken(None if e.errno in (errno.EPIPE, errno.EBADF) else e)
-                return
-            view = view[n:]
-
-    def mark_broken(self, error: OSError | None) -> None:
-        """Nobody reads any more (or the fd fails): drop the rest, like a closed pipe."""
-        if not self.broken:
-            self.broken = True
-            if self.on_broken is not None:
-                self.on_broken(self.fd, error)
-
-    def flush(self, timeout: float) -> bool:
-        return self.idle.wait(timeout)
-
-    def close(self) -> None:
-        """End the thread once everything queued is written."""
-        with self.ready:
-            self.queue.append(None)
-            self.ready.notify()
-
-
 class Terminal:
     """The job's stdio is this process's: the :class:`~jobqueue.client.JobIO` of jq."""
 
@@ -286,6 +200,8 @@ class Terminal:
     def _writer(self, fd: int) -> Writer:
         writer = self._writers.get(fd)
         if writer is None:
+            from .writer import Writer  # on the first output: a job without output never loads it
+
             writer = self._writers[fd] = Writer(fd, self._on_written, self._on_broken)
             writer.start()
         return writer

@@ -47,7 +47,7 @@ def test_jq(cluster: Cluster) -> None:
 def test_jq_bug_in_a_writer_thread(cluster: Cluster) -> None:
     cluster.server()
     cluster.worker()
-    plant = "import jobqueue.jq\njobqueue.jq.Writer._write_all = boom"
+    plant = "import jobqueue.writer\njobqueue.writer.Writer._write_all = boom"
     one_line(run_with_bug(cluster, plant, JQ_MAIN), "jq")
 
 
