@@ -65,7 +65,7 @@ def new_broker(workers: int, fair_share: bool = False) -> Broker:
 
 
 def job_spec(env: str) -> p.JobSpec:
-    return p.JobSpec(argv=["true"], env=dict(os.environ) if env == "full" else {}, cwd="/tmp")
+    return p.JobSpec(argv=[b"true"], env=dict(os.environb) if env == "full" else {}, cwd=b"/tmp")
 
 
 class JobDriver:

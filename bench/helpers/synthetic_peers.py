@@ -75,7 +75,7 @@ def expect(sock: zmq.Socket, decode: Any, kind: type) -> Any:
 
 
 def spec(env: str) -> p.JobSpec:
-    return p.JobSpec(argv=["true"], env=dict(os.environ) if env == "full" else {}, cwd="/tmp")
+    return p.JobSpec(argv=[b"true"], env=dict(os.environb) if env == "full" else {}, cwd=b"/tmp")
 
 
 def hold(ready: dict[str, Any]) -> None:

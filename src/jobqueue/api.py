@@ -26,13 +26,16 @@ from typing import Any, Union
 
 from . import config
 from . import protocol as p  # msgspec: the API is not on a start-up path (jq uses jobqueue.wire)
-from .client import ClientJob, Session, new_job_id
+from .client import ClientJob, Session, caller_attributes, exec_problem, new_job_id, same_file
 from .connection import Refused, ServerLost
 from .security import client_security
 from .waker import Waker
 
-StrPath = Union[str, "os.PathLike[str]"]
+#: What subprocess.run takes: str, bytes, or a path-like of either (arguments, directory,
+#: environment names and values); each is passed on as the bytes os.fsencode makes of it.
+StrPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 Command = Union[StrPath, Sequence[StrPath]]
+EnvMapping = Union[Mapping[str, str], Mapping[bytes, bytes]]
 Completed = subprocess.CompletedProcess  # of bytes, or of None without capture_output
 
 __all__ = ["run", "Executor", "JobqueueError"]
@@ -53,7 +56,7 @@ def run(
     timeout: float | None = None,
     server: str | None = None,
     tags: Iterable[str] = (),
-    env: Mapping[str, str] | None = None,
+    env: EnvMapping | None = None,
     cwd: StrPath | None = None,
     priority: int = 0,
     connect_timeout: float = config.CONNECT_TIMEOUT,
@@ -176,6 +179,10 @@ class Executor(concurrent.futures.Executor):
         self._waker = Waker()
         self._written: deque[tuple[ClientJob, int, int]] = deque()
         self._writers: dict[int, Any] = {}
+        #: Our fds 1/2 whose reader left (appended by writer threads): jobs writing there
+        #: meet SIGPIPE, as subprocess.run's children would.
+        self._broken_fds: deque[int] = deque()
+        self._closed_outputs: set[int] = set()
         self._feeding: dict[str, ClientJob] = {}
         self._thread: threading.Thread | None = None
         self._shutdown = False
@@ -195,14 +202,21 @@ class Executor(concurrent.futures.Executor):
         check: bool = False,
         timeout: float | None = None,
         tags: Iterable[str] = (),
-        env: Mapping[str, str] | None = None,
+        env: EnvMapping | None = None,
         cwd: StrPath | None = None,
         priority: int = 0,
     ) -> concurrent.futures.Future[Completed]:
+        argv = _argv(args)
+        environment = dict(os.environb) if env is None else {
+            os.fsencode(name): os.fsencode(value) for name, value in env.items()}
+        problem = exec_problem(argv, environment)
+        if problem:  # what subprocess.run raises (with the reason)
+            raise OSError(errno.E2BIG, f"{os.strerror(errno.E2BIG)} ({problem})", os.fsdecode(argv[0]))
+        here = os.getcwdb()
         spec = p.JobSpec(
-            argv=_argv(args), env=dict(os.environ if env is None else env),
-            cwd=os.fspath(cwd) if cwd is not None else os.getcwd(), tags=[*self.tags, *tags],
-            priority=priority, timeout=_positive_timeout(timeout), stdin=bool(input),
+            argv=argv, env=environment, cwd=here if cwd is None else os.path.join(here, os.fsencode(cwd)),
+            tags=[*self.tags, *tags], priority=priority, timeout=_positive_timeout(timeout), stdin=bool(input),
+            merge_output=not capture_output and same_file(1, 2), **caller_attributes(),  # type: ignore[arg-type]
         )
         future: concurrent.futures.Future[Completed] = concurrent.futures.Future()
         io = _JobIO(self, future, args, input, capture_output, check, timeout)
@@ -304,6 +318,12 @@ class Executor(concurrent.futures.Executor):
 
     def _drain_wakeups(self) -> None:
         self._waker.drain()
+        while self._broken_fds:
+            fd = self._broken_fds.popleft()
+            self._closed_outputs.add(fd)
+            for job in list(self._session.jobs.values()):
+                if not job.io.capture:  # type: ignore[attr-defined]
+                    job.close_output(fd)
         while self._written:
             job, fd, end = self._written.popleft()
             job.written(fd, end)
@@ -322,6 +342,9 @@ class Executor(concurrent.futures.Executor):
                 if io.future.cancelled():
                     self._resolve(io, None)
                     continue
+                if not io.capture:
+                    for fd in self._closed_outputs:
+                        job.close_output(fd)
                 session.submit(job)
                 if job.spec.stdin:
                     self._feeding[job.job_id] = job
@@ -343,15 +366,20 @@ class Executor(concurrent.futures.Executor):
     def _writer(self, fd: int) -> Any:
         writer = self._writers.get(fd)
         if writer is None:
-            from .jq import Writer
+            from .writer import Writer
 
-            writer = self._writers[fd] = Writer(fd, self._on_written)
+            writer = self._writers[fd] = Writer(fd, self._on_written, self._on_broken)
             writer.start()
         return writer
 
     def _on_written(self, job: ClientJob, fd: int, end: int) -> None:
         """In a writer thread: the chunk is out; the loop acknowledges it."""
         self._written.append((job, fd, end))
+        self._wake()
+
+    def _on_broken(self, fd: int, error: OSError | None) -> None:
+        """In a writer thread: ``fd`` can no longer be written."""
+        self._broken_fds.append(fd)
         self._wake()
 
     def _settle_when_written(self, io: _JobIO) -> None:
@@ -396,8 +424,9 @@ def _shutdown_all() -> None:
         executor.shutdown(wait=True)
 
 
-def _argv(args: Command) -> list[str]:
-    argv = [os.fspath(args)] if isinstance(args, (str, os.PathLike)) else [os.fspath(a) for a in args]
+def _argv(args: Command) -> list[bytes]:
+    single = isinstance(args, (str, bytes, os.PathLike))
+    argv = [os.fsencode(args)] if single else [os.fsencode(a) for a in args]  # type: ignore[arg-type,union-attr]
     if not argv or not argv[0]:
         raise ValueError("empty command line: give the program to run, e.g. ['echo', 'hi']")
     return argv

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from .observe import Observer
 
 MAX_JOB_ID = 64
-MAX_ARGV_BYTES = 256 * 1024
+#: The most arguments and environment Linux runs (6 MiB: a quarter of the stack
+#: limit, at most three quarters of 8 MiB); clients check their own ARG_MAX first.
+MAX_EXEC_BYTES = 6 << 20
 MAX_TERMINAL = 10_000
 
 
@@ -118,7 +120,8 @@ class Job:
 
     @property
     def argv(self) -> list[str]:
-        return p.decode_spec(self.raw_spec).argv
+        """The command line for people (``jobqueue status``)."""
+        return p.readable_argv(p.decode_spec(self.raw_spec).argv)
 
     def keep_spec(self, spec: p.JobSpec) -> None:
         """Keep the spec encoded for the worker, and decoded only what the broker reads."""
@@ -207,6 +210,7 @@ class Broker:
             p.Signal: self._on_signal,
             p.Resize: self._on_resize,
             p.Release: self._on_release,
+            p.CloseOutput: self._on_close_output,
         }
         self._worker_handlers: dict[type, Callable[[Worker, Any, float], None]] = {
             p.Ping: self._on_ping,
@@ -455,7 +459,7 @@ class Broker:
         if job is None:
             # Restarted server: the worker is the first to tell about this job.
             job = Job(active.job_id, 0, None, now, attempt=active.attempt)
-            job.keep_spec(p.JobSpec(argv=active.argv, env={}, cwd="", tags=active.tags))
+            job.keep_spec(p.JobSpec(argv=active.argv, env={}, cwd=b"", tags=active.tags))
             self._transition(job, JobEvent.REATTACH, now)
             self.jobs[job.job_id] = job
             self._attach_worker(job, worker)
@@ -601,6 +605,12 @@ class Broker:
     def _on_client_ack(self, client: Client, msg: p.Ack, now: float) -> None:
         if msg.fd not in (p.STDOUT, p.STDERR):
             self._send(client.identity, p.Error("a client acknowledges fds 1 and 2 only", msg.job_id))
+            return
+        self._to_worker(client, msg.job_id, msg.attempt, self._frame)
+
+    def _on_close_output(self, client: Client, msg: p.CloseOutput, now: float) -> None:
+        if msg.fd not in (p.STDOUT, p.STDERR):
+            self._send(client.identity, p.Error("a client closes fds 1 and 2 only", msg.job_id))
             return
         self._to_worker(client, msg.job_id, msg.attempt, self._frame)
 
@@ -992,8 +1002,9 @@ class Broker:
             seconds = round(now - job.since, 3)
             if self.tenancy.may_see(viewer, job.owner_name):
                 spec = p.decode_spec(job.raw_spec)
-                infos.append(p.JobInfo(job.job_id, spec.argv, state, worker, job.tags, job.priority, job.attempt,
-                                       seconds, self._why_waiting(job), job.owner_name, spec.cwd))
+                infos.append(p.JobInfo(job.job_id, p.readable_argv(spec.argv), state, worker, job.tags, job.priority,
+                                       job.attempt, seconds, self._why_waiting(job), job.owner_name,
+                                       p.readable(spec.cwd)))
             else:
                 infos.append(p.JobInfo(job.job_id, [], state, worker, [], job.priority, job.attempt, seconds,
                                        "", job.owner_name))
@@ -1036,8 +1047,9 @@ def _validate_submit(msg: p.Submit) -> str:
     spec = msg.spec
     if not spec.argv or not spec.argv[0]:
         return "empty command line"
-    if sum(len(a) for a in spec.argv) > MAX_ARGV_BYTES:
-        return f"command line longer than {MAX_ARGV_BYTES} bytes"
+    size = sum(len(a) + 1 for a in spec.argv) + sum(len(k) + len(v) + 2 for k, v in spec.env.items())
+    if size > MAX_EXEC_BYTES:
+        return f"arguments and environment longer than {MAX_EXEC_BYTES} bytes (the most Linux runs)"
     if not (0 <= spec.rows <= MAX_TERMINAL and 0 <= spec.cols <= MAX_TERMINAL):
         return f"terminal size must be 0 to {MAX_TERMINAL}"
     if spec.max_attempts < 1:
@@ -1045,8 +1057,15 @@ def _validate_submit(msg: p.Submit) -> str:
     if spec.timeout is not None and not (0 < spec.timeout < float("inf")):
         return "timeout must be a positive number of seconds"
     texts = [*spec.argv, spec.cwd, *spec.env, *spec.env.values()]
-    if any("\0" in t for t in texts) or any("=" in k or not k for k in spec.env):
+    if any(b"\0" in t for t in texts) or any(b"=" in k or not k for k in spec.env):
         return "NUL byte in the command line, directory or environment, or a bad variable name"
+    if not spec.cwd.startswith(b"/"):
+        return "the directory must be an absolute path"
+    if any(fd not in (0, 1, 2) for fd in spec.closed_fds) or not all(_valid_signal(s) for s in
+                                                                       (*spec.ignored_signals, *spec.blocked_signals)):
+        return "closed_fds must be among 0, 1, 2, and signals valid signal numbers"
+    if not -1 <= spec.umask <= 0o777:
+        return "umask must be 0 to 0o777 (or -1)"
     if msg.attempt < 0 or msg.ticket < 0 or any(o < 0 for o in msg.offsets) or len(msg.offsets) != 2:
         return "negative attempt, ticket or offset"
     return ""

@@ -207,6 +207,8 @@ def _positive(text: str, name: str) -> int:
 
 
 def _guard(prog: str, body: Callable[[], int]) -> int:
+    """Run a command: its errors in one line, a bug too (the traceback only with JOBQUEUE_DEBUG=1)."""
+    config.guard_threads(prog)
     try:
         return body()
     except config.UsageError as e:
@@ -215,11 +217,13 @@ def _guard(prog: str, body: Callable[[], int]) -> int:
     except OSError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
     except Exception as e:  # zmq errors (address in use, bad endpoint) end up here
         if type(e).__module__.startswith("zmq"):
             print(f"{prog}: {e}", file=sys.stderr)
             return EXIT_ERROR
-        raise
+        return config.internal_error(prog, e)
 
 
 # --- jobqueue status / cancel / drain -------------------------------------------------------
@@ -390,7 +394,13 @@ commands:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    try:
+        return _umbrella(sys.argv[1:] if argv is None else argv)
+    except Exception as e:  # a bug outside a command's own guard
+        return config.internal_error("jobqueue", e)
+
+
+def _umbrella(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(UMBRELLA, end="")
         return 0 if args else 2

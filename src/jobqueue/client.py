@@ -41,6 +41,123 @@ if TYPE_CHECKING:  # annotations only: importing typing would slow jq down
 SPOOL_MEMORY = 4 << 20
 
 
+# --- how the caller stands: what a job takes from it (README "What a job sees") ------------
+
+#: The resource limits a job takes from its caller, as srun's default
+#: PropagateResourceLimits does (/proc/self/limits' names -> ours).  The others
+#: (nice and real-time priority, pending signals, message queues, file locks)
+#: are the worker machine's policy.
+RLIMITS = {b"Max cpu time": "cpu", b"Max file size": "fsize", b"Max data size": "data",
+           b"Max stack size": "stack", b"Max core file size": "core", b"Max resident set": "rss",
+           b"Max processes": "nproc", b"Max open files": "nofile", b"Max locked memory": "memlock",
+           b"Max address space": "as"}
+#: Signals Python itself ignores at start (so jq cannot see whether its caller did):
+#: a job gets them at their default action, as subprocess gives its children.
+PYTHON_IGNORES = (13, 25)  # SIGPIPE, SIGXFSZ
+#: Linux's limit on one argument or environment string, NUL included (MAX_ARG_STRLEN).
+MAX_ARG_STRLEN = 32 * 4096
+#: The most arguments and environment Linux runs, whatever the stack limit.
+MAX_EXEC_BYTES = 6 << 20
+
+
+def _read_proc(path: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return b""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def caller_environment() -> dict[bytes, bytes]:
+    """This process's environment exactly as it was started with: the bytes of
+    /proc/self/environ (Python adds LC_CTYPE to its own when it coerces a C
+    locale, which the job must not see), else os.environb.  A name given twice
+    keeps its first value, the one getenv() finds."""
+    data = _read_proc("/proc/self/environ")
+    if not data:
+        return dict(os.environb)
+    env: dict[bytes, bytes] = {}
+    for entry in data.split(b"\0"):
+        name, eq, value = entry.partition(b"=")
+        if eq and name and name not in env:
+            env[name] = value
+    return env
+
+
+def caller_attributes() -> dict[str, object]:
+    """How this process (this thread) stands, as JobSpec fields: umask, resource
+    limits, nice value, signals ignored and blocked.  Read from /proc in two reads
+    (no import: jq starts with this)."""
+    import _signal  # loaded already by jq (the C core of signal)
+
+    valid = _signal.valid_signals()  # not the C library's own (32 and 33 on Linux), which show as ignored
+    attrs: dict[str, object] = {}
+    for line in _read_proc("/proc/thread-self/status").splitlines():
+        if line.startswith(b"Umask:"):
+            attrs["umask"] = int(line.split()[1], 8)
+        elif line.startswith((b"SigIgn:", b"SigBlk:")):
+            mask = int(line.split()[1], 16)
+            signals = [n for n in range(1, 65) if mask >> (n - 1) & 1 and n in valid]
+            if line.startswith(b"SigIgn:"):
+                attrs["ignored_signals"] = [n for n in signals if n not in PYTHON_IGNORES]
+            else:
+                attrs["blocked_signals"] = signals
+    rlimits = []
+    for line in _read_proc("/proc/self/limits").splitlines()[1:]:
+        name = RLIMITS.get(line[:26].strip())
+        if name is not None:
+            soft, hard = line[26:].split()[:2]
+            rlimits.append((name, -1 if soft == b"unlimited" else int(soft), -1 if hard == b"unlimited" else int(hard)))
+    attrs["rlimits"] = rlimits
+    try:
+        attrs["nice"] = os.getpriority(os.PRIO_PROCESS, 0)
+    except OSError:
+        pass
+    return attrs
+
+
+def same_file(fd1: int, fd2: int) -> bool:
+    """Whether two fds are the same file (``2>&1``, one terminal): then a job's
+    stdout and stderr are one pipe, so that their order is kept."""
+    try:
+        a, b = os.fstat(fd1), os.fstat(fd2)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def exec_problem(argv: list[bytes], env: dict[bytes, bytes]) -> str:
+    """Why the kernel would refuse to run this command line here ('' if it would
+    not): Linux counts every argument and variable with its NUL and pointer
+    against ARG_MAX (a quarter of the stack limit; the job takes our stack
+    limit), and each string against MAX_ARG_STRLEN."""
+    try:  # Linux caps it at 6 MiB (three quarters of 8 MiB), whatever the stack limit
+        arg_max = min(os.sysconf("SC_ARG_MAX"), MAX_EXEC_BYTES)
+    except (ValueError, OSError):
+        arg_max = 2 << 20
+    size = 8 * (len(argv) + len(env) + 2)
+    longest = 0
+    for arg in argv:
+        size += len(arg) + 1
+        longest = max(longest, len(arg) + 1)
+    for name, value in env.items():
+        size += len(name) + len(value) + 2
+        longest = max(longest, len(name) + len(value) + 2)
+    if size > arg_max:
+        return (f"argument list too long: {size} bytes of arguments and environment, more than the "
+                f"system's limit (ARG_MAX = {arg_max} bytes, a quarter of the stack size limit)")
+    if longest > MAX_ARG_STRLEN:
+        return (f"argument list too long: one argument or variable has {longest - 1} bytes, more than "
+                f"the system's limit on one ({MAX_ARG_STRLEN - 1} bytes)")
+    return ""
+
+
 def new_job_id() -> str:
     """Short and random (40 bits): ``jobqueue cancel`` takes it by hand.  Drawn
     from a batch (one system call for many; list.pop is atomic: any thread)."""
@@ -114,6 +231,8 @@ class ClientJob:
         self.stdin_acked = 0
         self.eof_sent = not self.spec.stdin
         self.outbox: list[Any] = []
+        #: Our stdout/stderr whose reader has gone (see close_output).
+        self.closed_outputs: set[int] = set()
         #: Set by the session: called when this job has something to send or has ended.
         self.on_change: Callable[[ClientJob], None] | None = None
 
@@ -150,6 +269,18 @@ class ClientJob:
     def resize(self, rows: int, cols: int) -> None:
         if self.running and self.ended is None:
             self._post(self.p.Resize(self.job_id, rows, cols))
+
+    def close_output(self, fd: int) -> None:
+        """Nobody reads our ``fd`` (1 or 2) any more: the worker closes the job's
+        pipe, so the job meets SIGPIPE as it would locally; its output there stops."""
+        if fd in self.closed_outputs:
+            return
+        self.closed_outputs.add(fd)
+        if self.spec.merge_output:
+            self.closed_outputs.update((p.STDOUT, p.STDERR))
+            fd = p.STDOUT  # the job's one pipe
+        if self.running and self.ended is None:
+            self._post(self.p.CloseOutput(self.job_id, self.attempt, fd))
 
     def _send_stdin(self) -> None:
         if not self.running or self.ended is not None:
@@ -199,6 +330,8 @@ class ClientJob:
             self.eof_sent = not self.spec.stdin
         self.running = True
         self.io.started(self, msg)
+        for fd in sorted(self.closed_outputs)[:1 if self.spec.merge_output else 2]:
+            self._post(self.p.CloseOutput(self.job_id, self.attempt, fd))  # a new attempt, or the worker re-attached
         self._send_stdin()
 
     def _output_missing(self, msg: Any) -> bool:
@@ -208,10 +341,14 @@ class ClientJob:
         if msg.attempt > self.attempt:  # it started while we could not hear of it
             self.attempt, self.running = msg.attempt, True
             self.received = [0, 0]
-        return any(sent > have for sent, have in zip(msg.offsets, self.received))
+        return any(sent > have for fd, sent, have in zip((p.STDOUT, p.STDERR), msg.offsets, self.received)
+                   if fd not in self.closed_outputs)  # a closed stream's rest is dropped by design
 
     def _on_output(self, msg: Any) -> None:
         if msg.attempt != self.attempt or msg.fd not in (p.STDOUT, p.STDERR) or self.ended is not None:
+            return
+        if msg.fd in self.closed_outputs:  # nobody reads it: sent before the worker closed the pipe
+            self.received[msg.fd - 1] = max(self.received[msg.fd - 1], msg.offset + len(msg.data))
             return
         have = self.received[msg.fd - 1]
         end = msg.offset + len(msg.data)

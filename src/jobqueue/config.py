@@ -78,13 +78,49 @@ def env_float(name: str, default: float) -> float:
     return duration(value) if value else default
 
 
-def open_missing_std_fds() -> None:
+def open_missing_std_fds() -> list[int]:
     """Put /dev/null on a closed fd 0, 1 or 2 (``jq cmd <&-``), before our own pipes
     and sockets could take those numbers and be mistaken for stdio (jq), or be
-    handed to a job as its stdio (the worker)."""
+    handed to a job as its stdio (the worker).  Returns the fds that were closed."""
+    closed = []
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
         except OSError:
+            closed.append(fd)
             if os.open(os.devnull, os.O_RDWR) != fd:  # the lowest free number: this one
                 raise RuntimeError(f"could not put /dev/null on fd {fd}") from None
+    return closed
+
+
+#: Set to 1 for a traceback with an internal error.
+ENV_DEBUG = "JOBQUEUE_DEBUG"
+
+
+def internal_error(prog: str, error: BaseException) -> int:
+    """A bug: say so in one line (the traceback only with $JOBQUEUE_DEBUG=1); exit 255."""
+    import sys
+
+    if os.environ.get(ENV_DEBUG) == "1":
+        import traceback
+
+        traceback.print_exception(error)
+    hint = "" if os.environ.get(ENV_DEBUG) == "1" else f" ({ENV_DEBUG}=1 shows where)"
+    try:
+        print(f"{prog}: internal error: {type(error).__name__}: {error}{hint}; please report it",
+              file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+    return 255
+
+
+def guard_threads(prog: str) -> None:
+    """An exception that ends a thread of ours is an internal error too: one line, no traceback."""
+    import threading
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit or args.exc_value is None:
+            return
+        internal_error(prog, args.exc_value)
+
+    threading.excepthook = hook

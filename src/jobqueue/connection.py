@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # annotations only: importing them would slow jq down
             """What to register in a poller (an fd or a zmq socket)."""
 
         def poll_events(self) -> int: ...
-        def wait(self, fds: list[int], timeout: float) -> tuple[bool, set[int]]: ...
+        def wait(self, fds: list[int], timeout: float, errors: tuple[int, ...] = ()) -> tuple[bool, set[int]]: ...
         def next_wakeup(self, now: float) -> float | None: ...
         def maintain(self, now: float) -> None: ...
         def send(self, data: bytes) -> bool: ...
@@ -123,7 +123,7 @@ class LeanTransport:
     def poll_events(self) -> int:
         return self.dealer.poll_events()
 
-    def wait(self, fds: list[int], timeout: float) -> tuple[bool, set[int]]:
+    def wait(self, fds: list[int], timeout: float, errors: tuple[int, ...] = ()) -> tuple[bool, set[int]]:
         import select
 
         poller = select.poll()
@@ -131,8 +131,10 @@ class LeanTransport:
         poller.register(own, self.dealer.poll_events())
         for fd in fds:
             poller.register(fd, select.POLLIN)
+        for fd in errors:
+            poller.register(fd, 0)  # POLLERR and POLLHUP are always reported
         events = dict(poller.poll(int(timeout * 1000)))
-        return own in events, {fd for fd in fds if fd in events}
+        return own in events, {fd for fd in (*fds, *errors) if fd in events}
 
     def next_wakeup(self, now: float) -> float | None:
         return self.dealer.next_wakeup(now)
@@ -202,7 +204,7 @@ class ZmqTransport:
     def poll_events(self) -> int:
         return POLLIN
 
-    def wait(self, fds: list[int], timeout: float) -> tuple[bool, set[int]]:
+    def wait(self, fds: list[int], timeout: float, errors: tuple[int, ...] = ()) -> tuple[bool, set[int]]:
         zmq = self._zmq
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
@@ -210,13 +212,15 @@ class ZmqTransport:
             poller.register(self.handshakes.monitor, zmq.POLLIN)
         for fd in fds:
             poller.register(fd, zmq.POLLIN)
+        for fd in errors:
+            poller.register(fd, zmq.POLLERR)
         try:
             events = dict(poller.poll(int(timeout * 1000)))
         except zmq.ZMQError as e:
             if e.errno != errno.EINTR:
                 raise
             events = {}
-        return self.socket in events, {fd for fd in fds if fd in events}
+        return self.socket in events, {fd for fd in (*fds, *errors) if fd in events}
 
     def next_wakeup(self, now: float) -> float | None:
         return None
@@ -248,12 +252,14 @@ class ZmqTransport:
         self.socket.close(linger=int(wait * 1000))
 
 
-def _wait_without_transport(fds: list[int], timeout: float) -> tuple[bool, set[int]]:
+def _wait_without_transport(fds: list[int], timeout: float, errors: tuple[int, ...] = ()) -> tuple[bool, set[int]]:
     import select
 
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLIN)
+    for fd in errors:
+        poller.register(fd, 0)
     return False, {fd for fd, _ in poller.poll(int(timeout * 1000))}
 
 
@@ -314,12 +320,13 @@ class Connection:
         """The events to poll :attr:`socket` for (POLLIN, plus POLLOUT while output waits)."""
         return POLLIN if self.transport is None else self.transport.poll_events()
 
-    def wait(self, fds: list[int], timeout: float) -> tuple[bool, set[int]]:
+    def wait(self, fds: list[int], timeout: float, errors: tuple[int, ...] = ()) -> tuple[bool, set[int]]:
         """Wait up to ``timeout`` seconds for this connection (to have input, or room for its
-        output) or for one of ``fds`` to be readable: (connection ready, the ready fds)."""
+        output), for one of ``fds`` to be readable, or for one of ``errors`` to be in error
+        (the write end of a pipe whose reader left): (connection ready, the ready fds)."""
         if self.transport is None:
-            return _wait_without_transport(fds, timeout)
-        return self.transport.wait(fds, timeout)
+            return _wait_without_transport(fds, timeout, errors)
+        return self.transport.wait(fds, timeout, errors)
 
     def open(self, now: float) -> None:
         """(Re)connect and say hello; queued stale messages die with the old connection."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 # _signal is the C core of signal (the same functions and constants) without the
 # enum wrappers, which cost jq about 4 ms of start-up for every job.
 import _signal as signal
-import errno
 import os
 import sys
 import time
@@ -20,12 +19,11 @@ from .waker import Waker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: jq imports nothing it does not use
-    import threading
-    from collections.abc import Callable
     from typing import Any
 
     from .client import ClientJob, Session
     from .wire import Finished, JobSpec, Queued, Requeued, Started
+    from .writer import Writer
 
 USAGE = """\
 usage: jq [OPTIONS] [--] COMMAND [ARG...]
@@ -171,71 +169,6 @@ def _set_option(options: JqOptions, key: str, name: str, value: str) -> None:
         setattr(options, key, value)
 
 
-class Writer:
-    """Writes one output fd in its own thread, so a slow reader stalls only the
-    job's stream (by not acknowledging it), never jq's heartbeats.  (threading
-    is imported here, on the first output: jq without output never loads it.)"""
-
-    def __init__(self, fd: int, on_written: Callable[[Any, int, int], None]) -> None:
-        import threading
-        from collections import deque
-
-        self.fd = fd
-        self.queue: deque[tuple[Any, bytes, int] | None] = deque()
-        self.ready = threading.Condition()
-        self.on_written = on_written
-        self.broken = False
-        self.idle = threading.Event()
-        self.idle.set()
-        self.thread: threading.Thread = threading.Thread(target=self.run, daemon=True, name=f"jq-writer-{fd}")
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def put(self, job: Any, data: bytes, end: int) -> None:
-        with self.ready:
-            self.idle.clear()
-            self.queue.append((job, data, end))
-            self.ready.notify()
-
-    def run(self) -> None:
-        while True:
-            with self.ready:
-                while not self.queue:
-                    self.idle.set()
-                    self.ready.wait()
-                item = self.queue.popleft()
-            if item is None:
-                self.idle.set()
-                return
-            job, data, end = item
-            self._write_all(data)
-            self.on_written(job, self.fd, end)
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view and not self.broken:
-            try:
-                n = os.write(self.fd, view)
-            except InterruptedError:
-                continue
-            except OSError as e:
-                if e.errno not in (errno.EPIPE, errno.EBADF):
-                    raise
-                self.broken = True  # nobody reads any more: drop the rest, like a closed pipe
-                return
-            view = view[n:]
-
-    def flush(self, timeout: float) -> bool:
-        return self.idle.wait(timeout)
-
-    def close(self) -> None:
-        """End the thread once everything queued is written."""
-        with self.ready:
-            self.queue.append(None)
-            self.ready.notify()
-
-
 class Terminal:
     """The job's stdio is this process's: the :class:`~jobqueue.client.JobIO` of jq."""
 
@@ -246,7 +179,10 @@ class Terminal:
         self.has_started = False
         self.waker = Waker()
         self._written: list[tuple[Any, int, int]] = []  # appended by writer threads
+        self._broken: list[int] = []  # our output fds that can no longer be written (writer threads)
         self._writers: dict[int, Writer] = {}
+        #: Our stdout/stderr that are pipes: polled for the error that says their reader left.
+        self.watched: tuple[int, ...] = ()
         self.signals: list[int] = []
         self.queue_timed_out = False
         #: Restores our terminal after -t made it raw (when the job started, so
@@ -255,15 +191,43 @@ class Terminal:
 
     # JobIO
     def write(self, job: ClientJob, fd: int, data: bytes, end: int) -> None:
+        writer = self._writer(fd)
+        if writer.broken:
+            job.written(fd, end)  # dropped, as a closed pipe would
+        else:
+            writer.put(job, data, end)
+
+    def _writer(self, fd: int) -> Writer:
         writer = self._writers.get(fd)
         if writer is None:
-            writer = self._writers[fd] = Writer(fd, self._on_written)
+            from .writer import Writer  # on the first output: a job without output never loads it
+
+            writer = self._writers[fd] = Writer(fd, self._on_written, self._on_broken)
             writer.start()
-        writer.put(job, data, end)
+        return writer
 
     def _on_written(self, job: Any, fd: int, end: int) -> None:
         self._written.append((job, fd, end))
         self.wake()
+
+    def _on_broken(self, fd: int, error: OSError | None) -> None:
+        if error is not None:
+            self.note(f"cannot write the job's output to fd {fd}: {error.strerror}; closing the job's pipe")
+        self._broken.append(fd)
+        self.wake()
+
+    def reader_left(self, fd: int) -> None:
+        """Polling says the pipe on ``fd`` has no reader any more (before we wrote to it)."""
+        self.watched = tuple(w for w in self.watched if w != fd)
+        self._writer(fd).mark_broken(None)
+
+    def broken_fds(self) -> list[int]:
+        """Our output fds found broken since the last call; raises a writer's bug."""
+        for writer in self._writers.values():
+            if writer.failure is not None:
+                raise writer.failure
+        broken, self._broken = self._broken, []
+        return broken
 
     def wake(self) -> None:
         self.waker.wake()
@@ -309,10 +273,13 @@ class Terminal:
             pass
 
     # signals
-    def install(self) -> None:
+    def install(self, ignored: list[int]) -> None:
+        """Catch the signals we forward, except those ignored when we started: the
+        job ignores them too (as a local command would), and so do we."""
         signal.set_wakeup_fd(self.waker.write_fd, warn_on_full_buffer=False)
         for signum in (*FORWARDED, signal.SIGWINCH):
-            signal.signal(signum, self._on_signal)
+            if signum not in ignored:
+                signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signals.append(signum)
@@ -334,10 +301,10 @@ class Terminal:
 
 
 def main(args: list[str] | None = None) -> int:
-    config.open_missing_std_fds()
     try:
+        closed = config.open_missing_std_fds()
         options = parse_args(sys.argv[1:] if args is None else args)
-        return run(options)
+        return run(options, closed)
     except Exit as e:
         if e.message:
             stream = sys.stdout if e.code == 0 else sys.stderr
@@ -346,6 +313,10 @@ def main(args: list[str] | None = None) -> int:
     except config.UsageError as e:
         print(f"jq: {e}", file=sys.stderr)
         return 255
+    except KeyboardInterrupt:  # before our handlers were installed
+        return 128 + signal.SIGINT
+    except Exception as e:  # a bug: one line, never a traceback (unless JOBQUEUE_DEBUG=1)
+        return config.internal_error("jq", e)
 
 
 def exit_now(code: int) -> None:
@@ -356,32 +327,55 @@ def exit_now(code: int) -> None:
     (about 2 ms, a seventh of a trivial job's latency) would change nothing."""
     try:
         for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-    except OSError:  # e.g. stdout is a closed pipe: nothing more can reach it
+            if stream is not None:  # None: the fd was closed when we started
+                stream.flush()
+    except (OSError, ValueError):  # e.g. stdout is a closed pipe: nothing more can reach it
         code = code or 255
     os._exit(code)
 
 
-def build_spec(options: JqOptions) -> JobSpec:
+def build_spec(options: JqOptions, closed: list[int] = []) -> JobSpec:  # noqa: B006 (never mutated)
+    """The job, as this process would start it: our argv, environment and directory
+    as bytes, exactly, and how we stand (umask, limits, signals, stdio kinds)."""
     from . import wire as p
+    from .client import caller_attributes, caller_environment, exec_problem, same_file
 
-    env = dict(os.environ)
-    env.update(options.env)
-    cwd = options.chdir or os.getcwd()
+    argv = [os.fsencode(arg) for arg in options.argv]  # the bytes we were given (surrogateescape)
+    env = caller_environment()
+    cwd = os.getcwdb()
+    if options.chdir:  # as `cd DIR` would: PWD and OLDPWD follow
+        chdir = os.fsencode(options.chdir)
+        pwd = env.get(b"PWD", b"")
+        base = pwd if pwd.startswith(b"/") else cwd
+        env[b"OLDPWD"] = pwd or cwd
+        env[b"PWD"] = os.path.normpath(os.path.join(base, chdir))
+        cwd = os.path.join(cwd, chdir)
+    for name, value in options.env.items():
+        env[os.fsencode(name)] = os.fsencode(value)
+    problem = exec_problem(argv, env)
+    if problem:
+        raise Exit(126, f"{options.argv[0]}: {problem}")
     rows = cols = 0
     if options.tty:
         try:
             cols, rows = os.get_terminal_size(0)
         except OSError:
             pass
+    merge = not options.tty and 1 not in closed and 2 not in closed and same_file(1, 2)
     return p.JobSpec(
-        argv=options.argv, env=env, cwd=cwd, tags=options.tags, priority=options.priority,
+        argv=argv, env=env, cwd=cwd, tags=options.tags, priority=options.priority,
         timeout=options.timeout, tty=options.tty, rows=rows, cols=cols, max_attempts=options.max_attempts,
-        stdin=options.tty or _forwards_stdin(),
+        stdin=options.tty or _forwards_stdin(), closed_fds=[] if options.tty else closed, merge_output=merge,
+        **caller_attributes(),
     )
 
 
-def run(options: JqOptions) -> int:
+def _pipes(fds: tuple[int, ...]) -> tuple[int, ...]:
+    """Those of ``fds`` that are pipes: a pipe says when its reader left (POLLERR)."""
+    return tuple(fd for fd in fds if os.fstat(fd).st_mode & 0o170000 == 0o010000)
+
+
+def run(options: JqOptions, closed: list[int] = []) -> int:  # noqa: B006 (never mutated)
     from .client import ClientJob, Session
     from .connection import AuthFailed, Refused, ServerLost
 
@@ -389,10 +383,13 @@ def run(options: JqOptions) -> int:
     security = _security(options)
     term = Terminal(options)
     grace = config.env_float(ENV_SERVER_GRACE, config.SERVER_GRACE)
+    spec = build_spec(options, closed)
     session = Session(endpoint, security=security, connect_timeout=options.connect_timeout, grace=grace)
-    job = ClientJob(build_spec(options), term)
+    job = ClientJob(spec, term)
     session.add(job)
-    term.install()
+    if not options.tty:
+        term.watched = _pipes(tuple(fd for fd in ((1,) if spec.merge_output else (1, 2)) if fd not in closed))
+    term.install(spec.ignored_signals)
     try:
         code = _loop(session, job, term, options)
     except (ServerLost, AuthFailed) as e:
@@ -404,6 +401,7 @@ def run(options: JqOptions) -> int:
             term.restore_terminal()
     term.flush(5.0)
     session.close()
+    term.broken_fds()  # a writer's bug, if any, is reported even when the job has ended
     if term.message:
         term.note(term.message)
     return code
@@ -430,11 +428,17 @@ def _loop(session: Session, job: ClientJob, term: Terminal, options: JqOptions) 
         if queue_deadline is not None:
             timeout = min(timeout, max(0.0, queue_deadline - now))
         reading = stdin_open and job.running and job.wants_stdin()
-        server_ready, ready = session.conn.wait([term.wake_fd, 0] if reading else [term.wake_fd], timeout)
+        server_ready, ready = session.conn.wait([term.wake_fd, 0] if reading else [term.wake_fd], timeout,
+                                                term.watched)
         now = time.monotonic()
+        for fd in term.watched:
+            if fd in ready:
+                term.reader_left(fd)
         if term.wake_fd in ready:
             for owner, fd, end in term.drain_wakeups():
                 owner.written(fd, end)
+            for fd in term.broken_fds():
+                job.close_output(fd)
             _forward_signals(session, job, term)
         if 0 in ready:
             stdin_open = _read_stdin(job)

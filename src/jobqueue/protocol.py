@@ -71,11 +71,21 @@ class ClientHello(Message, tag="hello"):
 
 
 class JobSpec(msgspec.Struct, array_like=True):
-    """What to run and where.  ``env`` may hold secrets: never log it."""
+    """What to run and where.  ``env`` may hold secrets: never log it.
 
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str
+    ``argv``, ``env`` (names and values) and ``cwd`` are bytes (MessagePack bin),
+    as they are for POSIX itself: a job gets exactly the bytes its caller had
+    (Latin-1 file names, non-UTF-8 variables).  Bin rather than str with an
+    escape: any byte travels as itself, with no escape rule to get wrong or to
+    collide with real text, no growth, and both msgspec and the lean client
+    handle it natively (protocol version 3).
+
+    The fields after ``stdin`` say how the caller's process stood, so that the
+    job starts the same way (README "What a job sees")."""
+
+    argv: list[bytes]
+    env: dict[bytes, bytes]
+    cwd: bytes
     tags: list[str] = []
     priority: int = 0
     timeout: float | None = None  # run-time limit in seconds, enforced by the worker
@@ -86,6 +96,20 @@ class JobSpec(msgspec.Struct, array_like=True):
     #: False: the job's stdin is /dev/null and no Input follows (a client that
     #: knows it has nothing to send spares every job four messages).
     stdin: bool = True
+    #: The caller's umask (-1: the worker's own).
+    umask: int = -1
+    #: The caller's resource limits that travel, as (name, soft, hard); -1 is unlimited.
+    rlimits: list[tuple[str, int, int]] = []
+    #: The caller's nice value (None: the worker's own).
+    nice: int | None = None
+    #: Signals the caller ignored (the job ignores them too) and blocked.
+    ignored_signals: list[int] = []
+    blocked_signals: list[int] = []
+    #: Which of fds 0, 1, 2 the caller had closed: the job starts with them closed.
+    closed_fds: list[int] = []
+    #: The caller's stdout and stderr are one file (``2>&1``, one terminal): the
+    #: job's are one pipe (its output arrives as stream 1), so their order is kept.
+    merge_output: bool = False
 
 
 class ActiveJob(msgspec.Struct, array_like=True):
@@ -94,7 +118,7 @@ class ActiveJob(msgspec.Struct, array_like=True):
 
     job_id: str
     attempt: int
-    argv: list[str]
+    argv: list[bytes]  # for display: the worker may shorten it
     tags: list[str]
     finished: bool = False
 
@@ -343,6 +367,17 @@ class Kill(Message, tag="kill"):
     reason: str
 
 
+class CloseOutput(Message, tag="close"):
+    """Client -> server -> worker: nobody reads stream ``fd`` (1 or 2) of the job
+    any more (the client's stdout or stderr is a pipe whose reader left).  The
+    worker closes its end of the job's pipe, so the job meets SIGPIPE (or EPIPE)
+    on its next write, as it would locally, and output of it stops."""
+
+    job_id: str
+    attempt: int
+    fd: int
+
+
 class Goodbye(Message, tag="goodbye"):
     """Worker -> server: stopping now; requeue my jobs at once."""
 
@@ -374,7 +409,7 @@ class WorkerInfo(msgspec.Struct):
 
 class JobInfo(msgspec.Struct):
     job_id: str
-    argv: list[str]
+    argv: list[str]  # readable: bytes that are not UTF-8 as \xNN (see readable_argv)
     state: str
     worker: str
     tags: list[str]
@@ -589,6 +624,7 @@ ToServer = Union[
     Watch,
     Tail,
     TailAck,
+    CloseOutput,
 ]
 ToClient = Union[
     Welcome,
@@ -622,7 +658,8 @@ ToWatcher = Union[
     TailEnd,
 ]
 ToWorker = Union[
-    Welcome, Pong, Unknown, Refused, Error, Assign, Input, Ack, Signal, Resize, Resume, Release, Kill, Drain
+    Welcome, Pong, Unknown, Refused, Error, Assign, Input, Ack, Signal, Resize, Resume, Release, Kill, Drain,
+    CloseOutput,
 ]
 
 _encoder = msgspec.msgpack.Encoder()
@@ -646,6 +683,15 @@ _spec_decoder = msgspec.msgpack.Decoder(JobSpec)
 def decode_spec(data: bytes) -> JobSpec:
     """A spec encoded by :func:`encode_spec` (by us: it is known to be valid)."""
     return _spec_decoder.decode(data)
+
+
+def readable(arg: bytes) -> str:
+    """An argument (or path) for people: UTF-8 as itself, other bytes as ``\\xNN``."""
+    return arg.decode("utf-8", "backslashreplace")
+
+
+def readable_argv(argv: list[bytes]) -> list[str]:
+    return [readable(a) for a in argv]
 
 
 def assign_encoded(job_id: str, attempt: int, spec: bytes) -> AssignRaw:

@@ -19,10 +19,13 @@ from _struct import unpack as unpack_bytes
 
 #: Bumped on every incompatible change.  Hellos carry it first so a mismatch
 #: can be reported even when the rest of the message does not decode.
-PROTOCOL_VERSION = 2
+#: 3: a job's argv, environment and directory are bytes (bin), not str.
+PROTOCOL_VERSION = 3
 
 #: Largest message a socket accepts (ZMQ_MAXMSGSIZE); bigger ones drop the peer.
-MAX_MESSAGE_SIZE = 1 << 20
+#: Linux caps a program's arguments and environment at 6 MiB (a quarter of the
+#: stack limit, at most three quarters of 8 MiB): any command that can run fits.
+MAX_MESSAGE_SIZE = 8 << 20
 #: Largest payload of one Output/Input message.
 CHUNK_SIZE = 256 * 1024
 #: Unacknowledged bytes a sender may have in flight per stream (flow control).
@@ -76,6 +79,10 @@ def _float_or_none(value: object) -> float | None:
     return None if value is None else _float(value)
 
 
+def _int_or_none(value: object) -> int | None:
+    return None if value is None else _int(value)
+
+
 def _str_list(value: object) -> list[str]:
     if type(value) is not list:
         raise _Mismatch("array of str")
@@ -88,10 +95,22 @@ def _int_list(value: object) -> list[int]:
     return [_int(item) for item in value]
 
 
-def _str_map(value: object) -> dict[str, str]:
-    if type(value) is _Pairs and all(type(k) is str and type(v) is str for k, v in value):
-        return {_str(k): _str(v) for k, v in value}
-    raise _Mismatch("map of str to str")
+def _bytes_list(value: object) -> list[bytes]:
+    if type(value) is not list:
+        raise _Mismatch("array of bytes")
+    return [_bytes(item) for item in value]
+
+
+def _bytes_map(value: object) -> dict[bytes, bytes]:
+    if type(value) is _Pairs and all(type(k) is bytes and type(v) is bytes for k, v in value):
+        return {_bytes(k): _bytes(v) for k, v in value}
+    raise _Mismatch("map of bytes to bytes")
+
+
+def _rlimit_list(value: object) -> list[tuple[str, int, int]]:
+    if type(value) is not list or not all(type(item) is list and len(item) == 3 for item in value):
+        raise _Mismatch("array of (str, int, int)")
+    return [(_str(name), _int(soft), _int(hard)) for name, soft, hard in value]
 
 
 def _job_spec(value: object) -> JobSpec:
@@ -173,17 +192,20 @@ class Message(Struct):
 
 
 class JobSpec(Struct):
-    """What to run and where.  ``env`` may hold secrets: never log it."""
+    """What to run and where.  ``env`` may hold secrets: never log it.  (See
+    :class:`jobqueue.protocol.JobSpec`: argv, env and cwd are bytes.)"""
 
     FIELDS: tuple[tuple[str, object, object], ...] = (
-        ("argv", _str_list, _REQUIRED), ("env", _str_map, _REQUIRED), ("cwd", _str, _REQUIRED),
+        ("argv", _bytes_list, _REQUIRED), ("env", _bytes_map, _REQUIRED), ("cwd", _bytes, _REQUIRED),
         ("tags", _str_list, []), ("priority", _int, 0), ("timeout", _float_or_none, None),
         ("tty", _bool, False), ("rows", _int, 0), ("cols", _int, 0), ("max_attempts", _int, 3),
-        ("stdin", _bool, True))
+        ("stdin", _bool, True), ("umask", _int, -1), ("rlimits", _rlimit_list, []), ("nice", _int_or_none, None),
+        ("ignored_signals", _int_list, []), ("blocked_signals", _int_list, []), ("closed_fds", _int_list, []),
+        ("merge_output", _bool, False))
     __slots__ = _names(FIELDS)
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str
+    argv: list[bytes]
+    env: dict[bytes, bytes]
+    cwd: bytes
     tags: list[str]
     priority: int
     timeout: float | None
@@ -192,6 +214,13 @@ class JobSpec(Struct):
     cols: int
     max_attempts: int
     stdin: bool
+    umask: int
+    rlimits: list[tuple[str, int, int]]
+    nice: int | None
+    ignored_signals: list[int]
+    blocked_signals: list[int]
+    closed_fds: list[int]
+    merge_output: bool
 
 
 class ClientHello(Message):
@@ -369,10 +398,19 @@ class Requeued(Message):
     reason: str
 
 
+class CloseOutput(Message):
+    TAG = "close"
+    FIELDS = (("job_id", _str, _REQUIRED), ("attempt", _int, _REQUIRED), ("fd", _int, _REQUIRED))
+    __slots__ = _names(FIELDS)
+    job_id: str
+    attempt: int
+    fd: int
+
+
 #: Every message class of this module (the client's vocabulary).
 MESSAGES: tuple[type[Message], ...] = (
     ClientHello, Welcome, Ping, Pong, Unknown, Bye, Refused, Error, Submit, Queued, Started, Output, Input,
-    Ack, Signal, Resize, Finished, Release, Requeued,
+    Ack, Signal, Resize, Finished, Release, Requeued, CloseOutput,
 )
 _TO_CLIENT: dict[str, type[Message]] = {cls.TAG: cls for cls in (
     Welcome, Pong, Unknown, Refused, Error, Queued, Started, Output, Ack, Requeued, Finished)}
@@ -410,7 +448,7 @@ def _pack(value: object, out: bytearray) -> None:
         out += data
     elif isinstance(value, (bytes, bytearray, memoryview)):
         _pack_bin(bytes(value), out)
-    elif isinstance(value, list):
+    elif isinstance(value, (list, tuple)):
         _pack_header(out, len(value), 0x90, 0xDC)
         for item in value:
             _pack(item, out)

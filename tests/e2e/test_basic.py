@@ -48,7 +48,8 @@ def test_stdin_eof_reaches_job(cluster: Cluster) -> None:
 
 
 def test_job_stdin_is_dev_null_exactly_when_ours_is(cluster: Cluster) -> None:
-    """A stdin of /dev/null (or a closed one) is not forwarded: the job gets /dev/null itself."""
+    """A stdin of /dev/null is not forwarded: the job gets /dev/null itself; a closed one
+    is closed for the job too, as it would be locally."""
     cluster.server()
     cluster.worker()
     show = ("sh", "-c", "readlink /proc/self/fd/0; cat")
@@ -58,7 +59,9 @@ def test_job_stdin_is_dev_null_exactly_when_ours_is(cluster: Cluster) -> None:
     assert r.returncode == 0 and r.stdout.startswith(b"pipe:") and r.stdout.endswith(b"\npiped")
     closed = subprocess.run([str(BIN / "jq"), *show], stdin=subprocess.DEVNULL, capture_output=True,
                             env=cluster.env(), cwd=str(cluster.tmp), timeout=30, preexec_fn=lambda: os.close(0))
-    assert (closed.returncode, closed.stdout) == (0, b"/dev/null\n")
+    local = subprocess.run(show, stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+                           preexec_fn=lambda: os.close(0))
+    assert (closed.returncode, closed.stdout) == (local.returncode, local.stdout) == (1, b"")
 
 
 def test_all_byte_values_both_ways(cluster: Cluster) -> None:

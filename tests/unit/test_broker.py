@@ -49,8 +49,8 @@ class Harness:
                               tags or [], jobs or [], previous_server=previous_server)
         return self.send(peer, hello)
 
-    def submit(self, client: bytes, job_id: str, argv: list[str] | None = None, **spec: Any) -> None:
-        self.send(client, p.Submit(job_id, p.JobSpec(argv or ["true"], {}, "/", **spec)))
+    def submit(self, client: bytes, job_id: str, argv: list[bytes] | None = None, **spec: Any) -> None:
+        self.send(client, p.Submit(job_id, p.JobSpec(argv or [b"true"], {}, b"/", **spec)))
 
     def assigned(self, out: list[tuple[bytes, p.Message]]) -> list[tuple[bytes, str, int]]:
         return [(peer, m.job_id, m.attempt) for peer, m in out if isinstance(m, p.Assign)]
@@ -219,7 +219,7 @@ def test_restart_hold_keeps_the_order_of_reannounced_tickets() -> None:
     h.client(b"new")
     h.submit(b"new", "fresh")
     h.client(b"old", previous_server="old-server")
-    h.send(b"old", p.Submit("early", p.JobSpec(["true"], {}, "/"), ticket=5))
+    h.send(b"old", p.Submit("early", p.JobSpec([b"true"], {}, b"/"), ticket=5))
     assert h.assigned(h.outbox) == []
     h.advance(2.0)
     assert h.assigned(h.outbox) == [(b"w", "early", 1)]
@@ -329,9 +329,9 @@ def test_unknown_peer_is_told_to_say_hello(h: Harness) -> None:
 
 def test_invalid_submissions_are_refused(h: Harness) -> None:
     h.client(b"c")
-    h.send(b"c", p.Submit("", p.JobSpec(["x"], {}, "/")))
-    h.send(b"c", p.Submit("j", p.JobSpec([], {}, "/")))
-    h.send(b"c", p.Submit("j", p.JobSpec(["x"], {}, "/", max_attempts=0)))
+    h.send(b"c", p.Submit("", p.JobSpec([b"x"], {}, b"/")))
+    h.send(b"c", p.Submit("j", p.JobSpec([], {}, b"/")))
+    h.send(b"c", p.Submit("j", p.JobSpec([b"x"], {}, b"/", max_attempts=0)))
     reasons = [e.reason for e in h.to(b"c", p.Error)]
     assert len(reasons) == 3 and "empty command line" in reasons[1]
     assert h.broker.jobs == {}
@@ -341,9 +341,9 @@ def test_invalid_submissions_are_refused(h: Harness) -> None:
 
 
 def test_running_job_reattaches_after_restart_worker_first(h: Harness) -> None:
-    h.worker(b"w", jobs=[p.ActiveJob("j", 2, ["sleep"], [])])
+    h.worker(b"w", jobs=[p.ActiveJob("j", 2, [b"sleep"], [])])
     h.client(b"c")
-    h.send(b"c", p.Submit("j", p.JobSpec(["sleep"], {}, "/"), ticket=7, attempt=2, running=True, offsets=[10, 3]))
+    h.send(b"c", p.Submit("j", p.JobSpec([b"sleep"], {}, b"/"), ticket=7, attempt=2, running=True, offsets=[10, 3]))
     resume = h.to(b"w", p.Resume)[0]
     assert (resume.attempt, resume.offsets) == (2, [10, 3])
     assert h.to(b"c", p.Started)[0].resumed
@@ -353,9 +353,9 @@ def test_running_job_reattaches_after_restart_worker_first(h: Harness) -> None:
 
 def test_running_job_reattaches_after_restart_client_first(h: Harness) -> None:
     h.client(b"c")
-    h.send(b"c", p.Submit("j", p.JobSpec(["sleep"], {}, "/"), ticket=7, attempt=1, running=True, offsets=[4, 0]))
+    h.send(b"c", p.Submit("j", p.JobSpec([b"sleep"], {}, b"/"), ticket=7, attempt=1, running=True, offsets=[4, 0]))
     assert h.state("j") is JobState.RUNNING and h.assigned(h.outbox) == []
-    h.worker(b"w", jobs=[p.ActiveJob("j", 1, ["sleep"], [])])
+    h.worker(b"w", jobs=[p.ActiveJob("j", 1, [b"sleep"], [])])
     assert h.to(b"w", p.Resume)[0].offsets == [4, 0]
     assert h.assigned(h.outbox) == []
 
@@ -365,9 +365,9 @@ def test_job_its_client_requeued_unaware_it_had_started_is_adopted_from_its_work
     then its worker says it ran attempt 1 to the end.  That run is the job's: it is
     resumed for the client, not killed as stale and run a second time."""
     h.client(b"c")
-    h.send(b"c", p.Submit("j", p.JobSpec(["x"], {}, "/"), ticket=7))
+    h.send(b"c", p.Submit("j", p.JobSpec([b"x"], {}, b"/"), ticket=7))
     assert h.state("j") is JobState.QUEUED
-    h.worker(b"w", jobs=[p.ActiveJob("j", 1, ["x"], [], finished=True)])
+    h.worker(b"w", jobs=[p.ActiveJob("j", 1, [b"x"], [], finished=True)])
     assert h.to(b"w", p.Kill) == [] and h.assigned(h.outbox) == []
     assert h.to(b"w", p.Resume)[0].offsets == [0, 0]
     started = h.to(b"c", p.Started)[0]
@@ -380,7 +380,7 @@ def test_job_its_client_requeued_unaware_it_had_started_is_adopted_from_its_work
 
 def test_reattach_gives_up_when_worker_never_returns(h: Harness) -> None:
     h.client(b"c")
-    h.send(b"c", p.Submit("j", p.JobSpec(["x"], {}, "/"), ticket=7, attempt=1, running=True))
+    h.send(b"c", p.Submit("j", p.JobSpec([b"x"], {}, b"/"), ticket=7, attempt=1, running=True))
     for _ in range(6):
         h.send(b"c", p.Ping())
         h.advance(1.0)
@@ -390,13 +390,13 @@ def test_reattach_gives_up_when_worker_never_returns(h: Harness) -> None:
 def test_queued_order_survives_restart_by_ticket(h: Harness) -> None:
     h.client(b"c")
     h.submit(b"c", "new")
-    h.send(b"c", p.Submit("old", p.JobSpec(["x"], {}, "/"), ticket=1))
+    h.send(b"c", p.Submit("old", p.JobSpec([b"x"], {}, b"/"), ticket=1))
     h.worker(b"w")
     assert h.assigned(h.outbox)[0][1] == "old"
 
 
 def test_orphan_job_of_vanished_client_is_killed(h: Harness) -> None:
-    h.worker(b"w", jobs=[p.ActiveJob("j", 1, ["x"], [])])
+    h.worker(b"w", jobs=[p.ActiveJob("j", 1, [b"x"], [])])
     h.send(b"w", p.Ping())
     h.advance(LOST - 0.5)
     h.send(b"w", p.Ping())
@@ -410,7 +410,7 @@ def test_stale_attempt_is_killed(h: Harness) -> None:
     h.worker(b"w1")
     h.send(b"w1", p.Goodbye())
     h.worker(b"w2")
-    h.worker(b"w1again", jobs=[p.ActiveJob("j", 1, ["x"], [])])
+    h.worker(b"w1again", jobs=[p.ActiveJob("j", 1, [b"x"], [])])
     assert h.to(b"w1again", p.Kill)[0].attempt == 1
 
 
@@ -431,7 +431,7 @@ def test_session_moves_to_new_connection_without_loss(h: Harness) -> None:
 def test_status_lists_workers_and_jobs(h: Harness) -> None:
     h.client(b"c")
     h.worker(b"w", tags=["t"])
-    h.submit(b"c", "j", ["echo", "hi"])
+    h.submit(b"c", "j", [b"echo", b"hi"])
     h.submit(b"c", "k")
     reply = h.send(b"x", p.StatusRequest(p.PROTOCOL_VERSION))[0][1]
     assert isinstance(reply, p.StatusReply)
@@ -466,18 +466,18 @@ def test_unreachable_peer_that_reconnects_keeps_its_jobs(h: Harness) -> None:
 
 def test_queued_job_keeps_its_spec_encoded_and_the_worker_gets_it_whole(h: Harness) -> None:
     h.client(b"c")
-    env = {f"VAR{i}": "x" * 50 for i in range(40)}
-    h.send(b"c", p.Submit("j", p.JobSpec(["run"], env, "/work", tags=["t"], priority=2)))
+    env = {f"VAR{i}".encode(): b"x" * 50 for i in range(40)}
+    h.send(b"c", p.Submit("j", p.JobSpec([b"run", b"caf\xe9"], env, b"/work", tags=["t"], priority=2)))
     job = h.broker.jobs["j"]
     assert not hasattr(job, "spec") and len(job.raw_spec) > 2000  # not kept decoded while queued
-    assert (job.argv, job.tags, job.priority) == (["run"], ["t"], 2)
+    assert (job.argv, job.tags, job.priority) == (["run", "caf\\xe9"], ["t"], 2)  # readable
     h.worker(b"w", tags=["t"])
     spec = h.to(b"w", p.Assign)[0].spec
-    assert (spec.argv, spec.env, spec.cwd, spec.tags, spec.priority) == (["run"], env, "/work", ["t"], 2)
+    assert (spec.argv, spec.env, spec.cwd, spec.tags, spec.priority) == ([b"run", b"caf\xe9"], env, b"/work", ["t"], 2)
 
 
 def test_job_known_only_from_its_worker_is_dropped_when_that_worker_is_lost(h: Harness) -> None:
-    h.worker(b"w1", jobs=[p.ActiveJob("j", 1, ["x"], [])])
+    h.worker(b"w1", jobs=[p.ActiveJob("j", 1, [b"x"], [])])
     h.worker(b"w2")
     for _ in range(6):
         h.send(b"w2", p.Ping())

@@ -33,7 +33,7 @@ class Recorder:
 
 def _job() -> tuple[ClientJob, Recorder]:
     io = Recorder()
-    job = ClientJob(p.JobSpec(["x"], {}, "/", stdin=False), io, "j", proto=p)
+    job = ClientJob(p.JobSpec([b"x"], {}, b"/", stdin=False), io, "j", proto=p)
     return job, io
 
 
@@ -68,3 +68,27 @@ def test_end_decided_by_the_server_needs_no_output() -> None:
     job, io = _job()
     job.handle(p.Finished("j", 0, 143, "cancelled"))
     assert io.ended.reason == "cancelled"
+
+
+def test_closed_output_asks_the_worker_once_drops_the_rest_and_ends_without_it() -> None:
+    """Our stdout's reader left: the worker is asked to close the job's pipe (again for a
+    later attempt); output still in flight is dropped, and the end does not wait for it."""
+    job, io = _job()
+    job.close_output(1)  # before the job started: said when it starts
+    assert not job.outbox
+    job.handle(p.Started("j", 1, 5, "w", "h"))
+    assert [m for m in job.outbox if isinstance(m, p.CloseOutput)] == [p.CloseOutput("j", 1, 1)]
+    job.outbox.clear()
+    job.close_output(1)
+    assert not job.outbox
+    job.handle(p.Output("j", 1, 1, 0, b"in flight"))
+    job.handle(p.Output("j", 1, 2, 0, b"err"))
+    job.handle(p.Finished("j", 1, 141, "signaled", offsets=[4096, 3]))  # the worker read more before closing
+    assert io.ended.status == 141 and io.out == {1: b"", 2: b"err"}
+
+
+def test_closed_output_of_one_pipe_for_both_streams() -> None:
+    job = ClientJob(p.JobSpec([b"x"], {}, b"/", stdin=False, merge_output=True), Recorder(), "j", proto=p)
+    job.handle(p.Started("j", 1, 5, "w", "h"))
+    job.close_output(2)
+    assert [m for m in job.outbox if isinstance(m, p.CloseOutput)] == [p.CloseOutput("j", 1, 1)]

@@ -24,7 +24,7 @@ def _broker_with_peers() -> Broker:
     b = Broker(0.0, restart_hold=0.0)
     b.receive(b"c", p.encode(p.ClientHello(p.PROTOCOL_VERSION, "S1")), 0.0)
     b.receive(b"w", p.encode(p.WorkerHello(p.PROTOCOL_VERSION, "S2", "w", "h", 1, "0", 2)), 0.0)
-    b.receive(b"c", p.encode(p.Submit("j", p.JobSpec(["true"], {}, "/"))), 0.0)
+    b.receive(b"c", p.encode(p.Submit("j", p.JobSpec([b"true"], {}, b"/"))), 0.0)
     return b
 
 

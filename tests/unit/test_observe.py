@@ -49,7 +49,8 @@ class Watched:
                                       tags or []))
 
     def submit(self, client: bytes, job_id: str, argv: list[str] | None = None, **spec: Any) -> None:
-        self.send(client, p.Submit(job_id, p.JobSpec(argv or ["true"], {"SECRET": "hunter2"}, "/tmp", **spec)))
+        args = [a.encode() for a in argv or ["true"]]
+        self.send(client, p.Submit(job_id, p.JobSpec(args, {b"SECRET": b"hunter2"}, b"/tmp", **spec)))
 
     def run(self, worker: bytes, job_id: str, status: int = 0, attempt: int = 1) -> None:
         self.send(worker, p.Started(job_id, attempt, 7))

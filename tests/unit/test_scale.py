@@ -18,12 +18,12 @@ def _broker_with_queue(n: int) -> Broker:
     b = Broker(0.0, restart_hold=0.0, wall_clock_ns=1)
     b.receive(b"c", p.encode(p.ClientHello(p.PROTOCOL_VERSION, "S")), 0.0)
     for i in range(n):
-        b.receive(b"c", p.encode(p.Submit(f"{i:010x}", p.JobSpec(["true"], {}, "/"))), 0.0)
+        b.receive(b"c", p.encode(p.Submit(f"{i:010x}", p.JobSpec([b"true"], {}, b"/"))), 0.0)
     return b
 
 
 def test_memory_per_queued_job_is_small() -> None:
-    messages = [p.encode(p.Submit(f"{i:010x}", p.JobSpec(["true"], {}, "/"))) for i in range(10_000)]
+    messages = [p.encode(p.Submit(f"{i:010x}", p.JobSpec([b"true"], {}, b"/"))) for i in range(10_000)]
     b = _broker_with_queue(0)
     tracemalloc.start()
     try:

@@ -164,7 +164,7 @@ def test_status_shows_own_jobs_in_full_and_others_without_command_directory_or_t
     h = TeamHarness(Policy(admins=frozenset({"root"})), dict(TEAM))
     for peer in (b"a", b"b"):
         h.client(peer)
-        h.send(peer, p.Submit(f"j-{peer.decode()}", p.JobSpec(["secret", peer.decode()], {}, f"/home/{peer.decode()}",
+        h.send(peer, p.Submit(f"j-{peer.decode()}", p.JobSpec([b"secret", peer], {}, b"/home/" + peer,
                                                              tags=["t"])))
     alice = {j.job_id: j for j in h.status("alice").jobs}
     assert alice["j-a"].argv == ["secret", "a"] and alice["j-a"].cwd == "/home/a" and alice["j-a"].tags == ["t"]
@@ -335,7 +335,7 @@ def test_no_owner_ever_sees_another_owners_job_in_full(actions: list[tuple[str, 
         if action == "submit":
             submitted += 1
             secret = f"secret-of-{owner}-{submitted}"
-            h.send(owner.encode(), p.Submit(f"{owner}-{submitted}", p.JobSpec(["run", secret], {}, f"/{secret}",
+            h.send(owner.encode(), p.Submit(f"{owner}-{submitted}", p.JobSpec([b"run", secret.encode()], {}, f"/{secret}".encode(),
                                                                              tags=[f"tag-of-{owner}"][: n % 2])))
         elif action == "worker":
             h.worker(f"w{n}".encode(), slots=1 + n % 2, tags=[f"tag-of-{owner}"])

@@ -22,7 +22,10 @@ floats = st.floats(allow_nan=False)
 FIELD_VALUES: dict[Any, st.SearchStrategy[Any]] = {
     w._int: ints, w._str: texts, w._bool: st.booleans(), w._bytes: st.binary(max_size=300),
     w._float: floats, w._float_or_none: st.none() | floats, w._str_list: st.lists(texts, max_size=20),
-    w._int_list: st.lists(ints, max_size=5), w._str_map: st.dictionaries(texts, texts, max_size=20),
+    w._int_list: st.lists(ints, max_size=5), w._int_or_none: st.none() | ints,
+    w._bytes_list: st.lists(st.binary(max_size=40), max_size=20),
+    w._bytes_map: st.dictionaries(st.binary(max_size=20), st.binary(max_size=40), max_size=20),
+    w._rlimit_list: st.lists(st.tuples(texts, ints, ints), max_size=12),
 }
 
 
@@ -171,7 +174,8 @@ def test_every_message_the_broker_takes_from_a_client_is_mirrored() -> None:
 
 WIRE_TYPES = {w._int: int, w._str: str, w._bool: bool, w._bytes: bytes, w._float: float,
               w._float_or_none: float | None, w._str_list: list[str], w._int_list: list[int],
-              w._str_map: dict[str, str], w._job_spec: p.JobSpec}
+              w._bytes_list: list[bytes], w._bytes_map: dict[bytes, bytes], w._int_or_none: int | None,
+              w._rlimit_list: list[tuple[str, int, int]], w._job_spec: p.JobSpec}
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
@@ -181,3 +185,23 @@ def test_field_types_match_the_protocol(cls: type[w.Struct]) -> None:
     hints = typing.get_type_hints(getattr(p, cls.__name__))
     for name, check, _default in cls.FIELDS:
         assert WIRE_TYPES[check] == hints[name], name
+
+
+def test_job_spec_carries_any_bytes_exactly() -> None:
+    """argv, environment and directory are bin: bytes that are not UTF-8 travel as they are."""
+    spec = w.JobSpec([b"printf", b"%s|", b"\xff\xfe", b"caf\xe9", b""], {b"V\xe9": b"a=b\xff", b"E": b""},
+                     b"/tmp/\xe9t\xe9", umask=0o27, rlimits=[("nofile", 1024, 4096), ("core", 0, -1)], nice=5,
+                     ignored_signals=[2], blocked_signals=[10], closed_fds=[1], merge_output=True)
+    submit = w.Submit("j1", spec)
+    data = w.encode(submit)
+    assert data == p.encode(_to_msgspec(submit))
+    theirs = p.decode_to_server(data)
+    assert isinstance(theirs, p.Submit) and theirs.spec.argv[2] == b"\xff\xfe"
+    assert theirs.spec.env[b"V\xe9"] == b"a=b\xff"
+    assert w.decode_any(data) == submit
+
+
+def test_close_output_is_a_client_message_the_server_and_worker_decode() -> None:
+    data = w.encode(w.CloseOutput("j1", 2, 1))
+    assert p.decode_to_server(data) == p.CloseOutput("j1", 2, 1)
+    assert p.decode_to_worker(data) == p.CloseOutput("j1", 2, 1)

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jobqueue import launch
 from jobqueue import protocol as p
 from jobqueue.worker import actions as a
 from jobqueue.worker.core import OUTSIDE_SIGNAL_HOLD, WorkerCore
@@ -72,7 +73,7 @@ class Harness:
         self.next_pid += 1
         self.pids[action.job_id] = self.next_pid
         spec = action.spec
-        self.fds[action.job_id] = {0, 1} if spec.tty else ({0} if spec.stdin else set()) | {1, 2}
+        self.fds[action.job_id] = {fd for fd, pipe in enumerate(launch.job_pipes(spec)) if pipe}
         self.stdin_data[action.job_id] = bytearray()
         return self.feed(self.core.on_spawned(action.job_id, self.next_pid, self.now))
 
@@ -89,9 +90,9 @@ class Harness:
     def msg(self, message: p.Message) -> list[a.Action]:
         return self.feed(self.core.on_message(message, self.now))
 
-    def assign(self, job_id: str = "j1", attempt: int = 1, argv: list[str] | None = None,
+    def assign(self, job_id: str = "j1", attempt: int = 1, argv: list[bytes] | None = None,
                **spec: Any) -> list[a.Action]:
-        return self.msg(p.Assign(job_id, attempt, p.JobSpec(argv or ["true"], {}, "/", **spec)))
+        return self.msg(p.Assign(job_id, attempt, p.JobSpec(argv or [b"true"], {}, b"/", **spec)))
 
     def advance(self, seconds: float) -> list[a.Action]:
         self.now += seconds
@@ -168,8 +169,8 @@ def test_the_core_refuses_an_illegal_move(h: Harness) -> None:
 
 
 def test_assigned_job_is_spawned_and_reported_started(h: Harness) -> None:
-    out = h.assign(argv=["echo", "hi"])
-    assert of(out, a.Spawn)[0].spec.argv == ["echo", "hi"]
+    out = h.assign(argv=[b"echo", b"hi"])
+    assert of(out, a.Spawn)[0].spec.argv == [b"echo", b"hi"]
     assert sent(out, p.Started) == [p.Started("j1", 1, 1001)]
     assert h.state() is RunState.RUNNING
 
@@ -384,13 +385,13 @@ def test_timeout_kills_and_reports_124(h: Harness) -> None:
 def test_finished_job_end_is_resent_after_the_server_comes_back(h: Harness) -> None:
     h.assign()
     [finished] = sent(h.end())
-    assert h.core.hello().jobs == [p.ActiveJob("j1", 1, ["true"], [], True)]
+    assert h.core.hello().jobs == [p.ActiveJob("j1", 1, [b"true"], [], True)]
     assert sent(h.msg(p.Welcome("server-2", 1.0, 3))) == [finished]
 
 
 def test_running_job_is_announced_in_the_hello(h: Harness) -> None:
     h.assign()
-    assert h.core.hello().jobs == [p.ActiveJob("j1", 1, ["true"], [], False)]
+    assert h.core.hello().jobs == [p.ActiveJob("j1", 1, [b"true"], [], False)]
 
 
 def test_release_forgets_a_finished_job(h: Harness) -> None:
@@ -494,7 +495,7 @@ ops = st.one_of(  # jobs must start and produce output for most steps to matter
     st.tuples(st.just("writable"), job_ids, st.sampled_from([None, 0, 1])),
     st.tuples(st.just("broken"), job_ids),
     st.tuples(st.just("msg"), st.sampled_from(["kill", "signal", "release", "release", "resume", "resume", "welcome",
-                                               "resize"]), job_ids, attempts),
+                                               "resize", "close-1", "close-2"]), job_ids, attempts),
     st.tuples(st.just("tick"), st.sampled_from([0.05, 0.25, 1.0, 4.0])),
     # rarer: a stopped or draining worker takes no new jobs
     st.tuples(st.just("stop"), st.sampled_from(["os-term", "os-usr1", "drain"]), st.integers(0, 3)),
@@ -566,6 +567,8 @@ def test_random_events_never_break_a_rule(steps: list[tuple[Any, ...]], slots: i
                 "resume": p.Resume(job_id, attempt, [r.streams[1].acked if r else 0, 0]),
                 "welcome": p.Welcome("s", 1.0, 3),
                 "resize": p.Resize(job_id, 24, 80),
+                "close-1": p.CloseOutput(job_id, attempt, 1),
+                "close-2": p.CloseOutput(job_id, attempt, 2),
             }[what]
             out = h.msg(message)
         elif kind == "stop":
@@ -587,3 +590,36 @@ def test_random_events_never_break_a_rule(steps: list[tuple[Any, ...]], slots: i
                 assert stream.offset == len(read.get((job_id, r.attempt, fd), b""))
         if h.core.exited:
             assert not h.core.runs
+
+
+# --- a reader that leaves early; the caller's closed fds and 2>&1 ---------------------------------
+
+
+def test_close_output_closes_the_jobs_pipe_and_sigpipe_ends_it_without_a_hold(h: Harness) -> None:
+    h.assign()
+    h.output("j1", 1, b"y\n" * 10)
+    out = h.msg(p.CloseOutput("j1", 1, 1))
+    assert of(out, a.ClosePipe) == [a.ClosePipe("j1", 1)] and not h.core.may_read("j1", 1)
+    assert h.core.runs["j1"].streams[1].in_flight == 0
+    assert not of(h.msg(p.CloseOutput("j1", 1, 1)), a.ClosePipe)  # once
+    out = h.exit("j1", signal.SIGPIPE) + h.eof("j1", 2)
+    assert [(m.status, m.reason, m.offsets) for m in sent(out, p.Finished)] == [(141, "signaled", [20, 0])]
+
+
+def test_close_output_of_another_attempt_or_a_terminal_is_ignored(h: Harness) -> None:
+    h.assign()
+    assert not of(h.msg(p.CloseOutput("j1", 2, 1)), a.ClosePipe)
+    h.core.cfg = a.CoreConfig(name="w", slots=2)
+    h.assign("t1", tty=True)
+    assert h.state("t1") is RunState.RUNNING
+    assert not of(h.msg(p.CloseOutput("t1", 1, 1)), a.ClosePipe)
+
+
+def test_fds_the_caller_had_closed_and_one_pipe_for_2_and_1(h: Harness) -> None:
+    h.assign("c", closed_fds=[1], stdin=False)
+    assert h.fds["c"] == {2} and not h.core.may_read("c", 1) and h.core.may_read("c", 2)
+    h.core.cfg = a.CoreConfig(name="w", slots=3)
+    h.assign("m", merge_output=True, stdin=False)
+    assert h.fds["m"] == {1} and not h.core.may_read("m", 2)
+    out = h.end("m")
+    assert [m.status for m in sent(out, p.Finished)] == [0]

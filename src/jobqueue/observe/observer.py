@@ -383,13 +383,15 @@ class Observer:
         spec = p.decode_spec(job.raw_spec)
         run = self._runs.get(job.job_id)
         timeline = run.timeline if run else [p.TimelineEntry(self._queued_at(job), "queued", "")]
-        return p.JobDetail(job.job_id, True, spec.argv, spec.cwd, sorted(spec.env)[:500], spec.tags, spec.priority,
+        return p.JobDetail(job.job_id, True, p.readable_argv(spec.argv), p.readable(spec.cwd),
+                           p.readable_argv(sorted(spec.env)[:500]), spec.tags, spec.priority,
                            spec.timeout, spec.tty, job.state.value if job.state else "",
                            job.worker.name if job.worker else "", job.attempt, timeline, None, output)
 
     def _ended_detail(self, ended: Ended, output: bool) -> p.JobDetail:
-        spec = p.decode_spec(ended.raw_spec) if ended.raw_spec else p.JobSpec([], {}, "")
-        return p.JobDetail(ended.job_id, True, spec.argv, spec.cwd, sorted(spec.env)[:500], spec.tags,
+        spec = p.decode_spec(ended.raw_spec) if ended.raw_spec else p.JobSpec([], {}, b"")
+        return p.JobDetail(ended.job_id, True, p.readable_argv(spec.argv), p.readable(spec.cwd),
+                           p.readable_argv(sorted(spec.env)[:500]), spec.tags,
                            spec.priority, spec.timeout, spec.tty, ended.outcome, ended.worker, ended.attempt,
                            ended.timeline, ended.view(), output)
 

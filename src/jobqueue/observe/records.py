@@ -166,7 +166,7 @@ class _SpecHead(msgspec.Struct, array_like=True):
     """The first field of an encoded :class:`~jobqueue.protocol.JobSpec` (the rest is
     skipped, not decoded: the environment is most of a spec's bytes)."""
 
-    argv: list[str]
+    argv: list[bytes]
 
 
 _head_decoder = msgspec.msgpack.Decoder(_SpecHead)
@@ -174,7 +174,7 @@ _head_decoder = msgspec.msgpack.Decoder(_SpecHead)
 
 def argv_of(raw_spec: bytes) -> list[str]:
     """A job's command line, for a list (cut short), from its encoded spec."""
-    return short_argv(_head_decoder.decode(raw_spec).argv)
+    return short_argv(p.readable_argv(_head_decoder.decode(raw_spec).argv))
 
 
 def short_argv(argv: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from .. import launch
 from .. import protocol as p
 from .actions import (
     Action,
@@ -58,12 +59,14 @@ class Run:
         self.pid = 0
         self.started = now
         self.deadline = now + self.spec.timeout if self.spec.timeout else None
-        # stdout and stderr; a terminal has one stream, read as stdout
-        self.streams = {p.STDOUT: OutStream(), p.STDERR: OutStream(open=not self.spec.tty)}
-        self.stdin = StdinBuffer(open=self.spec.stdin or self.spec.tty)
+        # stdout and stderr; a terminal has one stream, read as stdout; one closed by the
+        # job's caller, or one pipe for both (2>&1), is a stream closed from the start
+        stdin, stdout, stderr = launch.job_pipes(self.spec)
+        self.streams = {p.STDOUT: OutStream(open=stdout), p.STDERR: OutStream(open=stderr)}
+        self.stdin = StdinBuffer(open=stdin)
         self.exit_status: int | None = None
         self.reason = ""  # exited, signaled, timeout, killed; or why it failed to start
-        self.kill_reason = ""  # why we terminated it (empty: we did not), or why it could not start
+        self.kill_reason = ""  # why we terminated it (empty: we did not)
         self.kill_pending = ""  # terminated while STARTING: why, acted on once spawned
         self.kill_at: float | None = None  # SIGKILL due (KILLING)
         self.client_signalled = False  # its client forwarded a signal to it
@@ -107,6 +110,7 @@ class WorkerCore:
             p.Kill: self._on_kill,
             p.Drain: self._on_drain,
             p.Error: self._on_error,
+            p.CloseOutput: self._on_close_output,
         }
 
     # --- queries --------------------------------------------------------------------------
@@ -114,7 +118,7 @@ class WorkerCore:
     def hello(self) -> p.WorkerHello:
         """What the connection says on every (re)connection: who we are and what we hold."""
         c = self.cfg
-        held = [p.ActiveJob(r.job_id, r.attempt, r.spec.argv, r.spec.tags, r.state is S.FINISHED)
+        held = [p.ActiveJob(r.job_id, r.attempt, launch.shown_argv(r.spec.argv), r.spec.tags, r.state is S.FINISHED)
                 for r in self.runs.values()]
         return p.WorkerHello(p.PROTOCOL_VERSION, c.session, c.name, c.host, c.pid, c.software, c.slots,
                              c.tags, held, self.draining, spawn_id=c.spawn_id)
@@ -297,6 +301,19 @@ class WorkerCore:
             run.client_signalled = True
             self._out.append(SignalGroup(run.pid, msg.signum))
 
+    def _on_close_output(self, msg: p.CloseOutput, now: float) -> None:
+        """The client's reader of this stream left: close the job's pipe, so that the
+        job meets SIGPIPE (EPIPE) on its next write, as it would locally."""
+        run = self._run(msg.job_id, msg.attempt)
+        stream = run.streams.get(msg.fd) if run is not None and not run.spec.tty else None
+        if run is None or stream is None or not stream.open:
+            return
+        self._log("job-output-closed", job=run.job_id, fd=msg.fd)
+        stream.open = False
+        stream.ack(stream.offset)  # nobody will acknowledge the rest
+        self._out.append(ClosePipe(run.job_id, msg.fd))
+        self._settle(run, now)
+
     def _on_resize(self, msg: p.Resize, now: float) -> None:
         run = self.runs.get(msg.job_id)
         if run is not None and run.spec.tty and run.streams[p.STDOUT].open:
@@ -377,7 +394,8 @@ class WorkerCore:
         """After the exit and the last EOF: hold, finish or (stopping) forget."""
         if run.state is not S.DRAINING or run.output_open:
             return
-        outside = run.reason == "signaled" and not run.kill_reason and not run.client_signalled
+        outside = (run.reason == "signaled" and not run.kill_reason and not run.client_signalled
+                   and run.exit_status != 128 + signal.SIGPIPE)  # a reader that left is no batch system
         if outside and not self.stopping:
             self._transition(run, E.HOLD, now)
         else:
@@ -467,12 +485,13 @@ class WorkerCore:
     def _failure(self, spec: p.JobSpec, kind: SpawnFailure, detail: str) -> tuple[int, str, str]:
         """(status, reason, message) of a job that could not start."""
         where = f"on worker {self.cfg.name} ({self.cfg.host})"
+        cwd, program = p.readable(spec.cwd), p.readable(spec.argv[0])
         if kind is SpawnFailure.NO_DIRECTORY:
-            return 255, "failed", f"directory {spec.cwd} does not exist {where}; use -C DIR to choose another"
+            return 255, "failed", f"directory {cwd} does not exist {where}; use -C DIR to choose another"
         if kind is SpawnFailure.BAD_DIRECTORY:
-            return 255, "failed", f"cannot enter directory {spec.cwd} {where}: {detail}"
+            return 255, "failed", f"cannot enter directory {cwd} {where}: {detail}"
         if kind is SpawnFailure.NOT_FOUND:
-            return 127, "not-found", f"{spec.argv[0]}: command not found {where}"
+            return 127, "not-found", f"{program}: command not found {where}"
         if kind is SpawnFailure.NOT_EXECUTABLE:
-            return 126, "not-executable", f"{spec.argv[0]}: {detail} {where}"
-        return 255, "failed", f"cannot start {spec.argv[0]} {where}: {detail}"
+            return 126, "not-executable", f"{program}: {detail} {where}"
+        return 255, "failed", f"cannot start {program} {where}: {detail}"

@@ -19,14 +19,14 @@ from typing import Any
 
 import zmq
 
-from .. import config
+from .. import config, launch
 from .. import protocol as p
 from ..connection import Connection, Refused, Security, ServerLost
 from ..logs import Logger
 from ..waker import Waker
 from . import actions as a
 from .core import WorkerCore
-from .spawn import Spawner, ignored_signals, no_inheritable_fds, set_winsize
+from .spawn import Spawner, no_inheritable_fds, set_winsize
 
 READ_SIZE = p.CHUNK_SIZE
 #: SIGCHLD wakes the loop when a job ends; this bounds the wait should one be missed.
@@ -82,7 +82,7 @@ class Worker:
 
     def run(self) -> int:
         self._install_signals()
-        self.spawner.ignored_signals = ignored_signals()
+        self.spawner.own = launch.own_state()  # with our handlers installed
         self.conn.open(time.monotonic())
         self.log.event("started", name=self.options.name, slots=self.options.slots,
                        tags=self.options.tags, server=self.options.endpoint)
@@ -98,6 +98,10 @@ class Worker:
             print(f"jobqueue-worker: {e}", file=sys.stderr)
             self._do(self.core.on_server_lost("server lost", time.monotonic()))
             return 1
+        except BaseException:  # a bug (reported by the caller in one line): no job outlives us
+            for pid in self.pids.values():
+                _killpg(pid, signal.SIGKILL)
+            raise
         finally:
             self.log.flush()
             self.conn.close(wait=2.0)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import signal
 import struct
 import subprocess
 import termios
-from typing import Any
+from dataclasses import replace
 
-from .. import config
+from .. import config, launch
 from .. import protocol as p
 from .actions import SpawnFailure
 
@@ -29,9 +28,10 @@ class Spawner:
     def __init__(self) -> None:
         #: Where we return after starting a job in its directory (see _spawn_pipes).
         self.home = os.open(".", os.O_PATH | os.O_DIRECTORY)
-        self.ignored_signals: list[int] = []  # set once the worker's handlers are installed
+        #: What a spawned process inherits from us (read again once the worker's handlers are installed).
+        self.own = launch.own_state()
         #: Where each program was found, per PATH, as a shell's command hash remembers it.
-        self.programs: dict[tuple[str, str, str], str] = {}
+        self.programs: dict[tuple[bytes, bytes, bytes], str] = {}
 
     def start(self, spec: p.JobSpec) -> Started | tuple[SpawnFailure, str]:
         """Start the job's process, or say why it could not start."""
@@ -47,7 +47,7 @@ class Spawner:
             return SpawnFailure.NOT_EXECUTABLE, "permission denied"
         except OSError as e:
             return SpawnFailure.NOT_EXECUTABLE, e.strerror or str(e)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, subprocess.SubprocessError) as e:  # e.g. a failing child set-up
             return SpawnFailure.OTHER, str(e)
         for fd in started.fds.values():
             os.set_blocking(fd, False)
@@ -59,60 +59,76 @@ class Spawner:
         """posix_spawn (a vfork) rather than Popen: a third of the worker's time per
         trivial job.  It has no working directory of its own, so the worker
         enters the job's for the instant of the spawn (it runs no other thread
-        that resolves relative paths)."""
-        ours: list[int] = []  # our ends of the job's pipes
-        theirs: list[int] = []  # the job's ends (closed here once it has them)
-        actions: list[tuple[Any, ...]] = []
+        that resolves relative paths).  The job's fds, umask, signals and limits
+        are its caller's (:mod:`jobqueue.launch`)."""
+        plan = launch.plan(spec, self.own)
+        ours: dict[int, int] = {}  # our ends of the job's pipes, by the job's fd
+        theirs: dict[int, int] = {}  # the job's ends (closed here once it has them)
         try:
-            if spec.stdin:
-                read_end, write_end = os.pipe()
-                ours.append(write_end)
-                theirs.append(read_end)
-                actions.append((os.POSIX_SPAWN_DUP2, read_end, 0))
-            else:
-                actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
-            for target in (1, 2):
-                read_end, write_end = os.pipe()
-                ours.append(read_end)
-                theirs.append(write_end)
-                actions.append((os.POSIX_SPAWN_DUP2, write_end, target))
+            for fd, wanted in enumerate(launch.job_pipes(spec)):
+                if wanted:
+                    read_end, write_end = os.pipe()
+                    ours[fd], theirs[fd] = (write_end, read_end) if fd == 0 else (read_end, write_end)
+            if plan.merge_output:
+                theirs[2] = theirs[1]
             _enter(spec.cwd)
             try:
-                pid = self._spawn_program(spec, actions)
+                pid, proc = self._spawn_program(spec, plan, theirs)
             finally:
                 os.fchdir(self.home)
         except BaseException:
-            for fd in ours:
+            for fd in ours.values():
                 os.close(fd)
             raise
         finally:
-            for fd in theirs:
+            for fd in set(theirs.values()):
                 os.close(fd)
-        which = ([p.STDIN] if spec.stdin else []) + [p.STDOUT, p.STDERR]
-        return Started(pid, dict(zip(which, ours)))
+        return Started(pid, ours, proc)
 
-    def _spawn_program(self, spec: p.JobSpec, actions: list[tuple[Any, ...]]) -> int:
-        """posix_spawn the job's program, found on its PATH (remembered per PATH and
-        directory; looked up again if it has gone)."""
+    def _spawn_program(self, spec: p.JobSpec, plan: launch.Plan,
+                       fds: dict[int, int]) -> tuple[int, subprocess.Popen[bytes] | None]:
+        """Start the job's program, found on its PATH (remembered per PATH and
+        directory; looked up again if it has gone): posix_spawn, or Popen (a fork)
+        for a job that needs what posix_spawn cannot set (limits, nice, ignored signals)."""
         name = spec.argv[0]
-        key = (spec.env.get("PATH", ""), spec.cwd, name)
+        key = (spec.env.get(b"PATH", b""), spec.cwd, name)
         for attempt in (1, 2):
             cached = self.programs.get(key) if attempt == 1 else None
-            program = cached or _find_program(name, spec.env)
+            program = cached or launch.find_program(name, spec.env)
+            if plan.umask is not None:
+                os.umask(plan.umask)  # inherited; no thread of ours creates files meanwhile
             try:
-                pid = os.posix_spawn(program, spec.argv, spec.env, file_actions=actions, setsid=True,
-                                     setsigdef=self.ignored_signals)
+                if plan.needs_fork:
+                    proc = self._fork_program(program, spec, plan, fds)
+                    pid = proc.pid
+                else:
+                    proc = None
+                    actions = launch.spawn_file_actions(plan, fds.get(0), fds.get(1, -1), fds.get(2, -1))
+                    pid = os.posix_spawn(program, spec.argv, spec.env, file_actions=actions, setsid=True,
+                                         setsigdef=plan.sigdef, setsigmask=plan.sigmask)
             except FileNotFoundError:
                 if cached is None:
                     raise
                 del self.programs[key]
                 continue
-            if "/" not in name:
+            finally:
+                if plan.umask is not None:
+                    os.umask(self.own.umask)
+            if b"/" not in name:
                 if len(self.programs) > 1000:
                     self.programs.clear()
                 self.programs[key] = program
-            return pid
+            return pid, proc
         raise AssertionError("unreachable")
+
+    def _fork_program(self, program: str, spec: p.JobSpec, plan: launch.Plan,
+                      fds: dict[int, int]) -> subprocess.Popen[bytes]:
+        """Popen: fork, then :func:`launch.child_setup`, then exec (reaped by the shell)."""
+        devnull = subprocess.DEVNULL if 0 not in plan.closed else None  # None: closed by child_setup
+        return subprocess.Popen(
+            spec.argv, executable=program, env=spec.env, stdin=fds.get(0, devnull), stdout=fds.get(1),
+            stderr=fds.get(2), start_new_session=True, restore_signals=False, preexec_fn=launch.child_setup(plan),
+        )
 
     def _spawn_tty(self, spec: p.JobSpec) -> Started:
         if not os.path.isdir(spec.cwd):
@@ -120,10 +136,12 @@ class Spawner:
         master, slave = os.openpty()
         if spec.rows and spec.cols:
             set_winsize(master, spec.rows, spec.cols)
+        plan = replace(launch.plan(spec, self.own), closed=())
         try:
             proc = subprocess.Popen(
                 spec.argv, cwd=spec.cwd, env=spec.env, stdin=slave, stdout=slave, stderr=slave,
-                start_new_session=True, preexec_fn=_take_controlling_tty,
+                start_new_session=True, restore_signals=False, umask=-1 if plan.umask is None else plan.umask,
+                preexec_fn=launch.child_setup(plan, _take_controlling_tty),
             )
         except BaseException:
             os.close(master)
@@ -135,44 +153,15 @@ class Spawner:
         return Started(proc.pid, {p.STDIN: os.dup(master), p.STDOUT: master}, proc)
 
 
-def ignored_signals() -> list[int]:
-    """The signals this process ignores: what Python ignores (SIGPIPE, SIGXFSZ) and
-    what the worker's launcher made it ignore (a background shell job ignores
-    SIGINT and SIGQUIT, nohup SIGHUP).  A job gets them back at their default
-    action (handlers the worker installed are reset by exec itself)."""
-    ignored: list[int] = []
-    for signum in signal.valid_signals():
-        try:
-            if signal.getsignal(signum) == signal.SIG_IGN:
-                ignored.append(int(signum))
-        except (ValueError, OSError):
-            pass
-    return ignored
-
-
 class NoDirectory(OSError):
     """The job's working directory cannot be entered."""
 
 
-def _enter(directory: str) -> None:
+def _enter(directory: bytes) -> None:
     try:
         os.chdir(directory)
     except OSError as e:
         raise NoDirectory(e.errno, e.strerror) from None
-
-
-def _find_program(name: str, env: dict[str, str]) -> str:
-    """The file that ``execvp`` would run for ``name``, searching the job's own
-    PATH (from the job's directory, where relative entries and names start)."""
-    if "/" in name:
-        return name
-    candidates = [os.path.join(directory, name) for directory in os.get_exec_path(env)]
-    for path in candidates:  # one system call per directory that lacks it
-        if os.access(path, os.X_OK) and not os.path.isdir(path):
-            return path
-    if any(os.path.exists(path) for path in candidates):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
-    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
 
 
 def no_inheritable_fds() -> None:
