@@ -267,7 +267,7 @@ class Broker:
         that did not happen, the end of the restart hold."""
         while self._last_seen:
             identity, seen = next(iter(self._last_seen.items()))
-            if now - seen <= self.lost_after:
+            if seen + self.lost_after > now:  # the very expression next_deadline() gives
                 break
             self._peer_lost(self.peers[identity], now)
         for identity, deadline in list(self._unreachable.items()):
@@ -469,10 +469,11 @@ class Broker:
                 del worker.running[job.job_id]
                 worker.finished.add(job.job_id)
             return
-        if job.state is JobState.QUEUED and job.worker is None and active.attempt > job.attempt:
+        if job.state in WAITING and job.worker is None and active.attempt > job.attempt:
             self._adopt_queued(job, worker, active, now)
             return
-        if job.attempt != active.attempt or (job.worker is not None and job.worker is not worker):
+        other_worker = job.worker is not None and job.worker is not worker
+        if job.state in WAITING or job.attempt != active.attempt or other_worker:
             self._send(worker.identity, p.Kill(active.job_id, active.attempt, "stale attempt"))
             worker.running[active.job_id] = active.attempt
             return
@@ -485,7 +486,7 @@ class Broker:
             worker.running[job.job_id] = job.attempt
 
     def _adopt_queued(self, job: Job, worker: Worker, active: p.ActiveJob, now: float) -> None:
-        """After a restart, a client re-queued its job without knowing that it had started
+        """After a restart, a client re-queued its job without knowing that its latest attempt had started
         (the server died before relaying Started); its worker now says it runs (or ran)
         it: that run is the job's, not a stale one to kill and run again."""
         self._transition(job, JobEvent.REATTACH, now)
@@ -538,7 +539,10 @@ class Broker:
                 self._send(client.identity, p.Error(refusal, msg.job_id))
                 self._event(ev.Rejected(client.name, refusal, client.owner))
                 return
-            job = Job(msg.job_id, self._ticket(msg.ticket), client, now, owner_name=client.owner)
+            # A re-submission keeps its attempt count (after a restart): attempts stay
+            # unique, so a stale run's messages are never taken for the next run's.
+            job = Job(msg.job_id, self._ticket(msg.ticket), client, now, owner_name=client.owner,
+                      attempt=msg.attempt)
             job.keep_spec(msg.spec)
             self._transition(job, JobEvent.SUBMIT, now)
             self.jobs[job.job_id] = job

@@ -440,7 +440,7 @@ class Connection:
         if self.transport is None:
             self.open(now)
             return
-        if now - self._last_ping >= self.heartbeat:
+        if self._last_ping + self.heartbeat <= now:  # the very expression next_wakeup() gives
             self._last_ping = now
             self.send(self.proto.Ping())
         self._maintain(now)

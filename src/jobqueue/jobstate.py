@@ -41,6 +41,7 @@ TRANSITIONS: dict[tuple[JobState | None, JobEvent], JobState] = {
     (S.QUEUED, E.CANCEL): S.CANCELLED,
     # After a restart: its client re-queued it, not knowing it had started; its worker says it runs.
     (S.QUEUED, E.REATTACH): S.RUNNING,
+    (S.REQUEUED, E.REATTACH): S.RUNNING,
     (S.QUEUED, E.CLIENT_LOST): S.LOST,
     (S.REQUEUED, E.ASSIGN): S.RUNNING,
     (S.REQUEUED, E.CANCEL): S.CANCELLED,

@@ -378,6 +378,34 @@ def test_job_its_client_requeued_unaware_it_had_started_is_adopted_from_its_work
     assert h.to(b"c", p.Output)[0].data == b"all of it" and h.to(b"c", p.Finished)[0].status == 3
 
 
+def test_requeued_job_resubmitted_after_a_restart_keeps_counting_attempts(h: Harness) -> None:
+    """Its client was told attempt 1 is requeued, then the server restarted: the next run is
+    attempt 2, so the old run (its worker may come back) can never pass for the new one."""
+    h.client(b"c")
+    h.send(b"c", p.Submit("j", p.JobSpec([b"x"], {}, b"/"), ticket=7, attempt=1))
+    h.worker(b"w")
+    assert h.assigned(h.outbox) == [(b"w", "j", 2)]
+
+
+def test_stale_run_of_a_requeued_job_is_killed_when_its_worker_comes_back(h: Harness) -> None:
+    h.client(b"c")
+    h.send(b"c", p.Submit("j", p.JobSpec([b"x"], {}, b"/"), ticket=7, attempt=1))
+    h.worker(b"old", jobs=[p.ActiveJob("j", 1, [b"x"], [])])
+    assert h.to(b"old", p.Kill)[0].attempt == 1 and h.to(b"old", p.Resume) == []
+
+
+def test_a_peer_silent_for_exactly_its_liveness_is_lost_at_the_deadline_the_broker_gave() -> None:
+    """tick() must act at the time next_deadline() names (same arithmetic), or a shell
+    that sleeps until then spins without progress."""
+    h = Harness(now=0.1)
+    h.worker(b"w")
+    deadline = h.broker.next_deadline()
+    assert deadline is not None
+    h.now = deadline
+    h.broker.tick(h.now)
+    assert b"w" not in h.broker.peers and (h.broker.next_deadline() or deadline + 1) > deadline
+
+
 def test_reattach_gives_up_when_worker_never_returns(h: Harness) -> None:
     h.client(b"c")
     h.send(b"c", p.Submit("j", p.JobSpec([b"x"], {}, b"/"), ticket=7, attempt=1, running=True))

@@ -335,8 +335,8 @@ def test_no_owner_ever_sees_another_owners_job_in_full(actions: list[tuple[str, 
         if action == "submit":
             submitted += 1
             secret = f"secret-of-{owner}-{submitted}"
-            h.send(owner.encode(), p.Submit(f"{owner}-{submitted}", p.JobSpec([b"run", secret.encode()], {}, f"/{secret}".encode(),
-                                                                             tags=[f"tag-of-{owner}"][: n % 2])))
+            spec = p.JobSpec([b"run", secret.encode()], {}, f"/{secret}".encode(), tags=[f"tag-of-{owner}"][: n % 2])
+            h.send(owner.encode(), p.Submit(f"{owner}-{submitted}", spec))
         elif action == "worker":
             h.worker(f"w{n}".encode(), slots=1 + n % 2, tags=[f"tag-of-{owner}"])
         elif action == "finish":
