@@ -39,7 +39,9 @@ sys.path.insert(0, str(REPO))
 from tests.support.relay import Relay  # noqa: E402
 
 BIN = Path(os.environ.get("BENCH_BIN", REPO / ".venv" / "bin"))
-#: A killed client's job may still be starting this long after the kill (an Assign in flight).
+#: The server notices a killed client within its liveness (heartbeats); until then its
+#: queued job may still start.  After that bound plus this margin, it must never start.
+LIVENESS = 5
 KILL_MARGIN = 1.0
 FAULTS = ("server-kill", "worker-kill", "worker-term", "link-freeze", "client-kill")
 
@@ -207,7 +209,8 @@ class Run:
         bad: dict[str, list[str]] = {"lost": [], "damaged": [], "hung": [], "ran-after-kill": []}
         for c in self.clients:
             if c.killed_at is not None:  # its job is killed and never starts again
-                if any(when > c.killed_at + KILL_MARGIN for when in starts.get(c.index, [])):
+                bound = c.killed_at + LIVENESS * self.heartbeat + KILL_MARGIN
+                if any(when > bound for when in starts.get(c.index, [])):
                     bad["ran-after-kill"].append(f"job-{c.index}")
                 continue
             if c.code is None:
