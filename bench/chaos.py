@@ -12,6 +12,7 @@ worker behind a TCP relay that stops forwarding for a while), client SIGKILL
     bench/chaos --scenario issue            # the issue's fixed scenario: 300 jobs, 4 workers -j2
     bench/chaos --seed 7 --jobs 2000 --duration 60
     bench/chaos --seeds 20 --scenario issue # the issue's scenario 20 times in a row
+    bench/chaos --jobs 10000 --duration 600 --concurrency 100 --record   # the long soak, into bench/CHAOS.md
 
 Prints one line per run and exits 1 if any job was lost, damaged, duplicated
 or hung: zero is the only passing figure.
@@ -257,8 +258,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds over which faults are injected")
     parser.add_argument("--heartbeat", type=float, default=1.0)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--record", action="store_true", help="add the runs' figures to bench/CHAOS.md")
     args = parser.parse_args()
     failures = 0
+    results: list[dict[str, object]] = []
     for seed in range(args.seed, args.seed + args.seeds):
         workdir = Path(tempfile.mkdtemp(prefix=f"jobqueue-chaos-{seed}-"))
         run = Run(seed, workdir, args.jobs, args.workers, args.slots, args.concurrency, args.duration,
@@ -271,9 +274,32 @@ def main() -> int:
         failures += bool(bad)
         result["workdir"] = str(workdir) if (bad or args.keep) else ""
         print(json.dumps(result), flush=True)
+        results.append(result)
         if not bad and not args.keep:
             subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    if args.record:
+        record(results, " ".join(sys.argv[1:]))
     return 1 if failures else 0
+
+
+def record(results: list[dict[str, object]], command: str) -> None:
+    """Append the runs to bench/CHAOS.md (kept by hand; bench/run includes it in RESULTS.md)."""
+    path = REPO / "bench" / "CHAOS.md"
+    head = ["## Chaos soak (bench/chaos.py)", "",
+            "Real server, workers and concurrent jq clients with a ledger; faults at seeded random times. "
+            "Zero lost, damaged, hung or run-after-kill is the only pass.", "",
+            "| date | commit | command | jobs | job starts | faults | kinds | seconds | lost | damaged | hung "
+            "| ran after kill |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = path.read_text().splitlines() if path.exists() else head
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    when = time.strftime("%Y-%m-%d %H:%M")
+    for r in results:
+        kinds = ", ".join(str(k) for k in r["fault_kinds"])  # type: ignore[attr-defined]
+        lines.append(f"| {when} | {commit} | `bench/chaos.py {command}` (seed {r['seed']}) | {r['jobs']} | {r['runs']} "
+                     f"| {r['faults']} | {kinds} | {r['seconds']} | {r['lost']} | {r['damaged']} | {r['hung']} "
+                     f"| {r['ran-after-kill']} |")
+    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -174,8 +174,10 @@ def main(argv: list[str]) -> int:
     history = old_history(output)
     if not ctx.quick:
         history.append(history_row(sections, date.split()[0] + " " + date.split()[1], commit(), args.note))
-    analysis_file = Path(__file__).with_name("ANALYSIS.md")
-    analysis = analysis_file.read_text() if analysis_file.exists() else ""
+    # Hand-kept parts: what stands in the way of missed targets (ANALYSIS.md), and the
+    # chaos soak's record (CHAOS.md, written by bench/chaos.py --record: too long for a run).
+    parts = [Path(__file__).with_name(name) for name in ("ANALYSIS.md", "CHAOS.md")]
+    analysis = "\n\n".join(part.read_text().strip() for part in parts if part.exists())
     output.write_text(render(sections, header(ctx, started, date), history, analysis))
     ctx.log(f"wrote {output}")
     crashed = [s.key for s in sections if s.error]

@@ -22,7 +22,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from . import config
 from . import protocol as p  # msgspec: the API is not on a start-up path (jq uses jobqueue.wire)
@@ -30,6 +30,9 @@ from .client import ClientJob, Session, caller_attributes, exec_problem, new_job
 from .connection import Refused, ServerLost
 from .security import client_security
 from .waker import Waker
+
+if TYPE_CHECKING:
+    from .client import FinishedMessage, QueuedMessage, RequeuedMessage, StartedMessage
 
 #: What subprocess.run takes: str, bytes, or a path-like of either (arguments, directory,
 #: environment names and values); each is passed on as the bytes os.fsencode makes of it.
@@ -93,7 +96,7 @@ class _JobIO:
         self.timeout = timeout
         self.output = {p.STDOUT: bytearray(), p.STDERR: bytearray()}
         self.unwritten = 0  # chunks handed to a writer thread, not yet written
-        self.ended: p.Finished | None = None
+        self.ended: FinishedMessage | None = None
         self.marked_running = False
 
     # JobIO
@@ -105,10 +108,10 @@ class _JobIO:
             self.unwritten += 1
             self.executor._writer(fd).put(job, data, end)
 
-    def queued(self, job: ClientJob, msg: p.Queued) -> None:
+    def queued(self, job: ClientJob, msg: QueuedMessage) -> None:
         pass
 
-    def started(self, job: ClientJob, msg: p.Started) -> None:
+    def started(self, job: ClientJob, msg: StartedMessage) -> None:
         if job.received == [0, 0]:  # a new attempt starts from scratch
             for buffer in self.output.values():
                 buffer.clear()
@@ -117,10 +120,10 @@ class _JobIO:
             if not self.future.set_running_or_notify_cancel():
                 job.signal(signal.SIGTERM)  # cancelled while the server was assigning it
 
-    def requeued(self, job: ClientJob, msg: p.Requeued) -> None:
+    def requeued(self, job: ClientJob, msg: RequeuedMessage) -> None:
         pass
 
-    def finished(self, job: ClientJob, msg: p.Finished) -> None:
+    def finished(self, job: ClientJob, msg: FinishedMessage) -> None:
         self.ended = msg
         self.executor._settle_when_written(self)
 

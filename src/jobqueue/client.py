@@ -24,17 +24,51 @@ if TYPE_CHECKING:  # annotations only: importing typing would slow jq down
 
     from .connection import TransportFactory
 
+    # The messages a job reads, as either module defines them (jobqueue.wire for jq,
+    # jobqueue.protocol for the API): the same fields, so one structural type each.
+    class QueuedMessage(Protocol):
+        job_id: str
+        ticket: int
+        position: int
+
+    class StartedMessage(Protocol):
+        job_id: str
+        attempt: int
+        pid: int
+        worker: str
+        host: str
+        resumed: bool
+
+    class OutputMessage(Protocol):
+        job_id: str
+        attempt: int
+        fd: int
+        offset: int
+        data: bytes
+
+    class RequeuedMessage(Protocol):
+        job_id: str
+        attempt: int
+        reason: str
+
+    class FinishedMessage(Protocol):
+        job_id: str
+        attempt: int
+        status: int
+        reason: str
+        message: str
+        offsets: list[int]
+
     class JobIO(Protocol):
-        """Where a job's events go (jq's terminal, or the API's buffers).  Messages are
-        of the job's module (:mod:`jobqueue.wire` or :mod:`jobqueue.protocol`), hence Any."""
+        """Where a job's events go (jq's terminal, or the API's buffers)."""
 
         def write(self, job: ClientJob, fd: int, data: bytes, end: int) -> None:
             """New output; call ``job.written(fd, end)`` once it is consumed."""
 
-        def queued(self, job: ClientJob, msg: Any) -> None: ...
-        def started(self, job: ClientJob, msg: Any) -> None: ...
-        def requeued(self, job: ClientJob, msg: Any) -> None: ...
-        def finished(self, job: ClientJob, msg: Any) -> None: ...
+        def queued(self, job: ClientJob, msg: QueuedMessage) -> None: ...
+        def started(self, job: ClientJob, msg: StartedMessage) -> None: ...
+        def requeued(self, job: ClientJob, msg: RequeuedMessage) -> None: ...
+        def finished(self, job: ClientJob, msg: FinishedMessage) -> None: ...
         def failed(self, job: ClientJob, reason: str) -> None: ...
 
 #: Stdin kept in memory for a replay; beyond it the spool moves to a temp file.
@@ -221,7 +255,7 @@ class ClientJob:
         self.ticket = 0
         self.attempt = 0
         self.running = False
-        self.ended: Any = None  # the Finished message, once it came
+        self.ended: FinishedMessage | None = None  # once it came
         self.received = [0, 0]  # stdout/stderr bytes received in this attempt
         self.spool = Spool()
         # stdin_eof: our stdin reached EOF (all of it is in the spool); a job
@@ -320,7 +354,7 @@ class ClientJob:
         elif isinstance(msg, self.p.Error):
             self.io.failed(self, msg.reason)
 
-    def _on_started(self, msg: Any) -> None:
+    def _on_started(self, msg: StartedMessage) -> None:
         if msg.resumed and msg.attempt == self.attempt:
             self.stdin_sent = self.stdin_acked  # the worker's Ack tells where it stands
         elif msg.attempt > self.attempt or not self.running:
@@ -334,7 +368,7 @@ class ClientJob:
             self._post(self.p.CloseOutput(self.job_id, self.attempt, fd))  # a new attempt, or the worker re-attached
         self._send_stdin()
 
-    def _output_missing(self, msg: Any) -> bool:
+    def _output_missing(self, msg: FinishedMessage) -> bool:
         """Whether the job wrote more than we have received (by the end's byte counts)."""
         if msg.reason in ("cancelled", "lost"):
             return False  # ended by the server: no worker holds output
@@ -344,7 +378,7 @@ class ClientJob:
         return any(sent > have for fd, sent, have in zip((p.STDOUT, p.STDERR), msg.offsets, self.received)
                    if fd not in self.closed_outputs)  # a closed stream's rest is dropped by design
 
-    def _on_output(self, msg: Any) -> None:
+    def _on_output(self, msg: OutputMessage) -> None:
         if msg.attempt != self.attempt or msg.fd not in (p.STDOUT, p.STDERR) or self.ended is not None:
             return
         if msg.fd in self.closed_outputs:  # nobody reads it: sent before the worker closed the pipe
@@ -357,7 +391,7 @@ class ClientJob:
         self.received[msg.fd - 1] = end
         self.io.write(self, msg.fd, msg.data[have - msg.offset:], end)
 
-    def _on_finished(self, msg: Any) -> None:
+    def _on_finished(self, msg: FinishedMessage) -> None:
         if self.ended is not None or msg.attempt < self.attempt:
             return
         if self._output_missing(msg):

@@ -22,7 +22,11 @@ if TYPE_CHECKING:  # annotations only: jq imports nothing it does not use
     from typing import Any
 
     from .client import ClientJob, Session
-    from .wire import Finished, JobSpec, Queued, Requeued, Started
+    from .client import FinishedMessage as Finished
+    from .client import QueuedMessage as Queued
+    from .client import RequeuedMessage as Requeued
+    from .client import StartedMessage as Started
+    from .wire import JobSpec
     from .writer import Writer
 
 USAGE = """\
