@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .config import UsageError
-from .security import is_key
+from .security import is_key, key_file_lines
 from .tenancy import Limits, Policy
 
 T = TypeVar("T")
@@ -137,13 +137,8 @@ def read_entries(source: str) -> list[Entry]:
 
 
 def _read_file(path: str, file_name: str | None) -> list[Entry]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read the key file {path}: {e}") from None
     entries = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(key_file_lines(path), 1):
         entry = parse_line(line, f"{path}:{number}", file_name)
         if entry is not None:
             entries.append(entry)

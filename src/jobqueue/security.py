@@ -88,15 +88,19 @@ def _single_key(path: str) -> bytes:
     return keys[0]
 
 
-def read_keys(path: str) -> list[bytes]:
-    """Every key (z85 bytes) in a key file; a clear error on anything else."""
+def key_file_lines(path: str) -> list[str]:
+    """A key file's lines; a clear error if it cannot be read as text."""
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            return f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read the key file {path}: {e}") from None
+
+
+def read_keys(path: str) -> list[bytes]:
+    """Every key (z85 bytes) in a key file; a clear error on anything else."""
     keys = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(key_file_lines(path), 1):
         words = line.split()
         if words and is_key(words[0]):
             keys.append(words[0].encode())
