@@ -147,7 +147,10 @@ class Dealer:
         self.pending: list[bytes] = []  # frames queued before the handshake completed
         self.lost = ""  # why the connection dropped (raised once what came before is handled)
         self._idle: tuple[int, int] | None = None  # a pipe nobody writes: our fd while there is no socket
-        self.maintain(time.monotonic())
+        try:
+            self.maintain(time.monotonic())
+        except ConnectionError as e:  # reset at once (a server dying): the caller hears it on the next call
+            self.lost = self.lost or str(e)
 
     # --- the caller's poll loop -----------------------------------------------------------------
 

@@ -171,3 +171,23 @@ def test_a_dealer_peer_is_not_a_server(tmp_path: Path) -> None:
         dealer.close()
     finally:
         server.close()
+
+
+def test_a_connection_reset_while_it_is_made_is_reported_by_the_next_call_not_the_constructor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server killed as we connect resets the socket inside Dealer(): the caller must get
+    its ConnectionError from receive/maintain (and reconnect), never from the constructor."""
+    calls = []
+
+    def reset(self: zmtp.Dealer, now: float) -> None:
+        calls.append(now)
+        if len(calls) == 1:
+            raise ConnectionError("lost the connection to tcp://127.0.0.1:9: Connection reset by peer")
+
+    monkeypatch.setattr(zmtp.Dealer, "maintain", reset)
+    dealer = zmtp.Dealer("tcp://127.0.0.1:9", 1 << 20)
+    assert "reset by peer" in dealer.lost
+    monkeypatch.undo()
+    with pytest.raises(ConnectionError):
+        dealer.receive(0.0)
+    dealer.close()
