@@ -26,6 +26,7 @@ FIELD_VALUES: dict[Any, st.SearchStrategy[Any]] = {
     w._bytes_list: st.lists(st.binary(max_size=40), max_size=20),
     w._bytes_map: st.dictionaries(st.binary(max_size=20), st.binary(max_size=40), max_size=20),
     w._rlimit_list: st.lists(st.tuples(texts, ints, ints), max_size=12),
+    w._int_map: st.dictionaries(texts, ints, max_size=5),
 }
 
 
