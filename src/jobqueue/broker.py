@@ -27,7 +27,8 @@ from . import resources as r
 from .autoscale import WorkerView
 from .jobstate import TERMINAL, WAITING, JobEvent, JobState, next_state
 from .model import Client, Job, Peer, Worker
-from .scheduler import RESERVE_AFTER, Scheduler
+from .resources import RESERVE_AFTER
+from .scheduler import Scheduler
 from .tenancy import LOCAL, UNKNOWN, Policy, Tenancy
 
 if TYPE_CHECKING:

@@ -24,6 +24,8 @@ Request = tuple[tuple[str, int], ...]
 Allocation = tuple[tuple[str, int, tuple[str, ...]], ...]
 
 DEFAULT_REQUEST: Request = ((CPUS, 1),)
+#: How long jobs that fit may overtake one that does not before a worker is held for it (seconds).
+RESERVE_AFTER = 30.0
 MAX_NAME = 64
 MAX_POOLS = 64
 MAX_ITEMS = 1024
@@ -180,7 +182,10 @@ def parse_request_option(option: str, value: str) -> tuple[str, int]:
     if option == "--cpus":
         return CPUS, _count(value, "--cpus", 1)
     if option == "--mem":
-        return MEM, parse_size(value)
+        try:
+            return MEM, parse_size(value)
+        except ResourceError as e:
+            raise ResourceError(f"--mem: {e}") from None
     if option == "--gpus":
         return GPUS, _count(value, "--gpus")
     name, eq, amount = value.partition("=")
@@ -190,6 +195,28 @@ def parse_request_option(option: str, value: str) -> tuple[str, int]:
     if name == MEM:
         return MEM, parse_size(amount)
     return name, _count(amount, f"--resource {name}", 1 if name == CPUS else 0)
+
+
+def request_of(cpus: int | None = None, mem: int | str | None = None, gpus: int | None = None,
+               resources: dict[str, int] | None = None) -> dict[str, int]:
+    """The API's keyword arguments as a job's request (raises :class:`ResourceError`)."""
+    request: dict[str, int] = {}
+    for name, amount in (resources or {}).items():
+        check_name(name, "resources")
+        request[name] = parse_size(amount) if name == MEM and isinstance(amount, str) else amount
+    if cpus is not None:
+        request[CPUS] = cpus
+    if mem is not None:
+        request[MEM] = parse_size(mem) if isinstance(mem, str) else mem
+    if gpus is not None:
+        request[GPUS] = gpus
+    for name, amount in request.items():
+        if type(amount) is not int:
+            raise ResourceError(f"{name} takes a whole number, got {amount!r}")
+    problem = request_problem(request)
+    if problem:
+        raise ResourceError(problem)
+    return request
 
 
 def request_problem(resources: dict[str, int]) -> str:
@@ -202,7 +229,7 @@ def request_problem(resources: dict[str, int]) -> str:
         except ResourceError as e:
             return str(e)
         if amount < 0 or amount >= 1 << 62:
-            return f"resource {name}: the amount must be 0 or more, got {amount}"
+            return f"{name} must be at least 0, got {amount}"
         if name == CPUS and amount < 1:
             return "a job asks for at least 1 CPU"
     return ""

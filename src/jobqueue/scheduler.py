@@ -27,15 +27,13 @@ from collections.abc import Callable
 
 from .jobstate import WAITING
 from .model import Job, Signature, Worker
-from .resources import Allocation, Request
+from .resources import RESERVE_AFTER, Allocation, Request
 
 #: (-priority, ticket, heap sequence, job id): the heap order is the queue order.
 Entry = tuple[int, int, int, str]
 Kind = tuple[frozenset[str], Request]
 _LAST: Entry = (0, 1 << 62, 0, "")
 
-#: How long overtaking is allowed before a waiting job reserves a worker (seconds).
-RESERVE_AFTER = 30.0
 
 
 class Scheduler:
