@@ -155,7 +155,7 @@ class _JobIO:
         if msg.reason == "not-executable":
             return PermissionError(errno.EACCES, msg.message)
         code = msg.status
-        if msg.reason in ("signaled", "cancelled", "killed") and msg.status > 128:
+        if msg.reason in ("signaled", "cancelled", "killed", "out-of-memory") and msg.status > 128:
             code = 128 - msg.status  # subprocess's convention: -N for signal N
         if self.check and code != 0:
             return subprocess.CalledProcessError(code, self.args, out, err)

@@ -13,7 +13,18 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__, config
-from .resources import RESERVE_AFTER, ResourceError, describe, format_amount, normalise, parse_declaration
+from .resources import (
+    RESERVE_AFTER,
+    Pool,
+    ResourceError,
+    describe,
+    format_amount,
+    normalise,
+    parse_declaration,
+    parse_gpus,
+    parse_size,
+    worker_pools,
+)
 
 EXIT_ERROR = 255
 
@@ -138,8 +149,19 @@ def _worker_parser(prog: str = "jobqueue-worker") -> argparse.ArgumentParser:
                                      "and runs the jobs it pulls.")
     parser.add_argument("address", nargs="?", default=None,
                         help="server address (default $JOBQUEUE_SERVER, else localhost:3821)")
-    parser.add_argument("-j", "--jobs", default="1",
-                        help="jobs run at once (slots); 0 or 'auto' = one per CPU (default 1)")
+    parser.add_argument("-j", "--jobs", default=None,
+                        help="jobs run at once (slots); 0 or 'auto' = one per CPU (default 1, or --cpus)")
+    parser.add_argument("--cpus", metavar="N", default=None,
+                        help="its CPUs (default: the -j slots; with --mem, --gpus or --resource and no -j: "
+                             "the machine's)")
+    parser.add_argument("--mem", metavar="SIZE", default=None, help="its memory, e.g. 64G (default: the machine's)")
+    parser.add_argument("--gpus", metavar="auto|LIST|N", default=None,
+                        help="its GPUs: auto ($CUDA_VISIBLE_DEVICES, else nvidia-smi -L), 0,1,2,3, or N")
+    parser.add_argument("--resource", metavar="NAME=COUNT|NAME=a,b", action="append", default=[],
+                        help="a named resource: an amount, or distinct items (repeatable)")
+    parser.add_argument("--bind-cpus", action="store_true", help="pin each job to as many CPUs as it asked for")
+    parser.add_argument("--enforce-mem", action="store_true",
+                        help="kill a job that uses more memory than it asked for (a memory cgroup per job)")
     parser.add_argument("--tag", action="append", default=[], help="advertise this tag (repeatable)")
     parser.add_argument("--name", default=None, help="worker name (default HOSTNAME:PID)")
     parser.add_argument("--max-jobs", type=int, default=0, help="exit after running N jobs")
@@ -199,18 +221,46 @@ def worker_main(argv: list[str] | None = None, prog: str = "jobqueue-worker") ->
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    from .confine import ConfineError
     from .security import client_security
     from .worker import Worker, WorkerOptions
 
-    slots = os.cpu_count() or 1 if args.jobs in ("0", "auto") else _positive(args.jobs, "-j/--jobs")
+    pools, slots = _worker_resources(args)
     options = WorkerOptions(
         endpoint=config.endpoint(config.server_address(args.address)),
         name=args.name or f"{socket.gethostname()}:{os.getpid()}",
         slots=slots, tags=args.tag, max_jobs=1 if args.once else args.max_jobs,
         idle_timeout=args.idle_timeout, kill_grace=args.kill_grace, grace=args.server_grace,
         security=client_security(args.key, args.server_key), log_format=args.log_format,
+        pools=pools, bind_cpus=args.bind_cpus, enforce_mem=args.enforce_mem,
     )
-    return Worker(options).run()
+    try:
+        worker = Worker(options)
+    except ConfineError as e:
+        raise config.UsageError(str(e)) from None
+    return worker.run()
+
+
+def _worker_resources(args: argparse.Namespace) -> tuple[list[Pool], int]:
+    """The worker's pools and slots from -j, --cpus, --mem, --gpus and --resource."""
+    from .confine import detect_gpus, machine_memory
+
+    try:
+        cpus = None if args.cpus is None else _positive(args.cpus, "--cpus")
+        if args.jobs is None:
+            # The resource form without -j or --cpus: the machine's CPUs, as memory is the machine's.
+            declared_any = args.mem is not None or args.gpus is not None or args.resource
+            slots = cpus or ((os.cpu_count() or 1) if declared_any else 1)
+        else:
+            slots = os.cpu_count() or 1 if args.jobs in ("0", "auto") else _positive(args.jobs, "-j/--jobs")
+        if slots < 1 or cpus == 0:
+            raise config.UsageError("-j/--jobs and --cpus must be at least 1")
+        mem = machine_memory() if args.mem is None else parse_size(args.mem)
+        gpus = None if args.gpus is None else parse_gpus(args.gpus, detect_gpus)
+        declared = [parse_declaration(text) for text in args.resource]
+        return worker_pools(cpus or slots, mem, gpus, declared), slots
+    except ResourceError as e:
+        raise config.UsageError(str(e)) from None
 
 
 def _positive(text: str, name: str) -> int:

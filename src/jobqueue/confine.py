@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from .resources import gpus_from_nvidia_smi, gpus_from_visible_devices
+from .resources import CPUS, MEM, Allocation, gpus_from_nvidia_smi, gpus_from_visible_devices
 
 
 class ConfineError(Exception):
@@ -240,3 +240,73 @@ def _thread_id() -> int:
     import threading
 
     return threading.get_native_id()
+
+
+# --- one worker's jobs -----------------------------------------------------------------------------
+
+
+class Placement:
+    """Where one job runs: its CPUs, its memory cgroup (and its limit)."""
+
+    def __init__(self, cpus: list[int] | None, cgroup: Path | None, mem: int) -> None:
+        self.cpus, self.cgroup, self.mem = cpus, cgroup, mem
+
+
+class Confinement:
+    """What a worker's shell does with what the server gave each job: pins it
+    (``--bind-cpus``), limits its memory (``--enforce-mem``).  (What the job is
+    told, its environment, the worker core decides: :func:`jobqueue.resources.job_env`.)
+
+    Built at the worker's start, so that an option the machine cannot honour is
+    refused then, with a clear message (:class:`ConfineError`)."""
+
+    def __init__(self, cpus: int, *, bind_cpus: bool = False, enforce_mem: bool = False) -> None:
+        self.pinning = CpuPinning(os.sched_getaffinity(0), cpus) if bind_cpus else None
+        self.cgroups = MemoryCgroups.setup() if enforce_mem else None
+        self.placed: dict[str, Placement] = {}
+        #: Cgroups of ended jobs not removed yet (a process of the job was still in it).
+        self.leftover: list[Path] = []
+
+    def place(self, key: str, allocation: Allocation) -> Placement:
+        """Decide where the job ``key`` runs: its CPUs and its cgroup."""
+        amounts = {name: amount for name, amount, _ in allocation}
+        cpus = self.pinning.take(key, amounts.get(CPUS, 1)) if self.pinning is not None else None
+        mem = amounts.get(MEM, 0)
+        cgroup = None
+        if self.cgroups is not None:
+            # A job that asked for no memory is not limited: it gets none of the worker's counted.
+            cgroup = self.cgroups.create(key, mem) if mem else None
+        placement = self.placed[key] = Placement(cpus, cgroup, mem)
+        return placement
+
+    @contextlib.contextmanager
+    def spawning(self, key: str) -> Iterator[None]:
+        """Around the spawn of job ``key``: the child starts on its CPUs, in its cgroup."""
+        placement = self.placed.get(key)
+        if placement is None:
+            yield
+            return
+        with affinity(placement.cpus):
+            if self.cgroups is not None:
+                with self.cgroups.inside(placement.cgroup):
+                    yield
+            else:
+                yield
+
+    def out_of_memory(self, key: str) -> int:
+        """The job's memory limit if the kernel killed it for going past it, else 0."""
+        placement = self.placed.get(key)
+        if placement is None or placement.cgroup is None or self.cgroups is None:
+            return 0
+        return placement.mem if self.cgroups.oom_killed(placement.cgroup) else 0
+
+    def release(self, key: str) -> None:
+        """The job is over: free its CPUs, remove its cgroup (later if it is not empty yet)."""
+        placement = self.placed.pop(key, None)
+        if self.pinning is not None:
+            self.pinning.release(key)
+        if placement is not None and placement.cgroup is not None:
+            self.leftover.append(placement.cgroup)
+        if self.cgroups is not None:
+            cgroups = self.cgroups
+            self.leftover = [path for path in self.leftover if not cgroups.remove(path)]

@@ -284,7 +284,7 @@ class Terminal:
             self.result, self.message = 255, msg.message
         else:
             self.result = msg.status
-            if msg.reason in ("not-found", "not-executable"):
+            if msg.reason in ("not-found", "not-executable", "out-of-memory"):
                 self.message = msg.message
 
     def failed(self, job: ClientJob, reason: str) -> None:

@@ -360,7 +360,8 @@ class Finished(Message, tag="finished"):
 
     ``reason``: ``exited``, ``signaled``, ``timeout``, ``not-found`` (127),
     ``not-executable`` (126), ``failed`` (could not start: 255), ``cancelled``,
-    ``lost`` (its worker was lost too often: 255), ``killed`` (client gone)."""
+    ``lost`` (its worker was lost too often: 255), ``killed`` (client gone),
+    ``out-of-memory`` (past its ``--mem`` under ``--enforce-mem``: 137)."""
 
     job_id: str
     attempt: int

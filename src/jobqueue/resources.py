@@ -272,6 +272,17 @@ def allocation_env(allocation: Allocation) -> dict[str, str]:
     return env
 
 
+def job_env(allocation: Allocation, env: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """The variables a job with ``allocation`` gets on top of its own ``env`` (bytes, as a
+    spec's): what it got, and ``OMP_NUM_THREADS`` as many as its CPUs unless its
+    environment (jq's) sets it."""
+    told = allocation_env(allocation)
+    told.setdefault("JOBQUEUE_CPUS", "1")
+    if b"OMP_NUM_THREADS" not in env:
+        told["OMP_NUM_THREADS"] = told["JOBQUEUE_CPUS"]
+    return {name.encode(): value.encode() for name, value in told.items()}
+
+
 # --- fitting: a worker's holdings ----------------------------------------------------------
 
 

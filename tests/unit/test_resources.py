@@ -4,6 +4,8 @@ twice, every job that fits a worker eventually runs)."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections import Counter
 from typing import Any
 
@@ -382,3 +384,74 @@ def test_property_nothing_over_committed_and_every_fitting_job_runs(
     for job in h.broker.jobs.values():
         fits = [w for w in h.broker.peers.values() if hasattr(w, "holdings") and w.holdings.could_ever(job.request)]
         assert job.state is JobState.FINISHED or not fits, (job.job_id, job.state, job.request)
+
+
+# --- the system side and autoscaling ------------------------------------------------------------
+
+
+def test_enforce_mem_is_refused_clearly_without_a_usable_cgroup(tmp_path: Any) -> None:
+    from jobqueue.confine import ConfineError, MemoryCgroups
+
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "cgroup").write_text("0::/\n")
+    (proc / "mountinfo").write_text("")
+    with pytest.raises(ConfineError, match="--enforce-mem needs a memory cgroup .*no cgroup file system"):
+        MemoryCgroups.setup(proc)
+    fs = tmp_path / "cg"
+    fs.mkdir()
+    (fs / "cgroup.controllers").write_text("cpu io\n")
+    (proc / "mountinfo").write_text(f"30 20 0:26 / {fs} rw - cgroup2 cgroup2 rw\n")
+    with pytest.raises(ConfineError, match="memory controller is not delegated"):
+        MemoryCgroups.setup(proc)
+    (fs / "cgroup.controllers").write_text("cpu memory\n")
+    (fs / "cgroup.subtree_control").write_text("")
+    (fs / "cgroup.procs").write_text(f"{os.getpid()}\n1\n")
+    with pytest.raises(ConfineError, match="holds other processes too; run the worker in a cgroup of its own"):
+        MemoryCgroups.setup(proc)
+
+
+def test_bind_cpus_needs_enough_cpus_and_hands_out_distinct_ones() -> None:
+    from jobqueue.confine import ConfineError, CpuPinning
+
+    with pytest.raises(ConfineError, match="--cpus 8 is more than the 2 CPUs"):
+        CpuPinning({0, 1}, 8)
+    pins = CpuPinning({0, 1, 2, 3}, 4)
+    assert pins.take("a", 2) == [0, 1] and pins.take("b", 1) == [2]
+    pins.release("a")
+    assert pins.take("c", 3) == [0, 1, 3]
+
+
+def test_spawn_only_for_jobs_that_fit_the_spawn_resources() -> None:
+    from jobqueue.autoscale import Autoscaler, SpawnPolicy
+
+    plain = SpawnPolicy("true")
+    assert plain.fits(r.DEFAULT_REQUEST) and not plain.fits(r.normalise({"gpus": 1}))
+    gpu = SpawnPolicy("true", resources=(r.Pool("cpus", 8), r.parse_gpus("4", lambda: ())))
+    assert gpu.fits(r.normalise({"gpus": 4, "cpus": 8})) and not gpu.fits(r.normalise({"gpus": 5}))
+    why = Autoscaler(gpu).why_waiting([], 0.0, r.normalise({"gpus": 5}))
+    assert why == "not autoscaled: it needs gpus=5, more than --spawn-resources gives"
+
+
+def test_worker_core_tells_the_job_what_it_got_and_reports_an_out_of_memory_end() -> None:
+    from jobqueue.worker import actions as a
+    from jobqueue.worker.core import WorkerCore
+
+    pools = [p.ResourcePool("cpus", 4), p.ResourcePool("mem", 8 * G), _gpus(4)]
+    core = WorkerCore(a.CoreConfig(name="w", host="h", slots=4, resources=pools), 0.0)
+    grants = [p.Grant("cpus", 2), p.Grant("gpus", 2, ["1", "3"]), p.Grant("mem", 64 << 20)]
+    spec = p.JobSpec(["python3"], {"OMP_NUM_THREADS": "9"}, "/")
+    spawn = [x for x in core.on_message(p.Assign("j", 1, spec, grants), 0.0) if isinstance(x, a.Spawn)][0]
+    assert spawn.allocation == grants
+    env = spawn.spec.env
+    assert (env["CUDA_VISIBLE_DEVICES"], env["JOBQUEUE_GPUS"], env["JOBQUEUE_CPUS"]) == ("1,3", "1,3", "2")
+    assert env["OMP_NUM_THREADS"] == "9" and env["JOBQUEUE_MEM"] == str(64 << 20)
+    hello = core.hello()
+    assert hello.resources == pools and hello.jobs[0].allocation == grants
+    core.on_spawned("j", 100, 0.0)
+    core.on_eof("j", p.STDOUT, 0.0)
+    core.on_eof("j", p.STDERR, 0.0)
+    out = core.on_exit("j", int(signal.SIGKILL), 1.0, out_of_memory=64 << 20)
+    end = [x.message for x in out if isinstance(x, a.Send) and isinstance(x.message, p.Finished)][0]
+    assert (end.status, end.reason, end.message) == (137, "out-of-memory",
+                                                      "job j exceeded its memory (64M) and was killed")
