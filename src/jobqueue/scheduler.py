@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 from .jobstate import WAITING
 from .model import Job, Signature, Worker
@@ -31,7 +32,9 @@ from .resources import RESERVE_AFTER, Allocation, Request
 
 #: (-priority, ticket, heap sequence, job id): the heap order is the queue order.
 Entry = tuple[int, int, int, str]
-Kind = tuple[frozenset[str], Request]
+#: Jobs of a kind are interchangeable for fitting: tag set, request, and the partition
+#: a policy puts them in (see :attr:`Scheduler.partition`; "" by default).
+Kind = tuple[frozenset[str], Request, str]
 _LAST: Entry = (0, 1 << 62, 0, "")
 
 
@@ -50,14 +53,19 @@ class Scheduler:
         self._dirty: set[Kind] = set()
         self._heap_seq = itertools.count(1)
         self._ready_seq = itertools.count(1)
-        #: Extra admission rule (e.g. fair share per owner): whether this job may start now.
+        # Hooks for a policy over the plain order (e.g. per-owner limits and fair share):
+        #: which partition of its kind a job waits in (each partition is its own heap);
+        self.partition: Callable[[Job], str] = _no_partition
+        #: whether this job (the head of its heap) may start now;
         self.may_start: Callable[[Job], bool] = _always
+        #: the order among the heads that could start (default: priority, then ticket).
+        self.rank: Callable[[Job, Entry], tuple[Any, ...]] | None = None
 
     # --- inputs ---------------------------------------------------------------------------
 
     def enqueue(self, job: Job) -> None:
         job.heap_seq = next(self._heap_seq)
-        kind = (job.tag_key, job.request)
+        kind = (job.tag_key, job.request, self.partition(job))
         heap = self._queues.get(kind)
         if heap is None:
             heap = self._queues[kind] = []
@@ -80,6 +88,11 @@ class Scheduler:
         if not was_ready:
             worker.ready_seq = next(self._ready_seq)
         self._fresh[worker] = None
+
+    def reconsider(self) -> None:
+        """Look at every ready worker again (after a policy changed who may start)."""
+        for group in self._groups.values():
+            self._fresh.update(dict.fromkeys(group))
 
     @property
     def pending(self) -> bool:
@@ -115,14 +128,14 @@ class Scheduler:
                 kinds = [kind]
                 held_for = taker.held_for
                 if held_for is not None and held_for.state in WAITING and held_for.reserved_on is taker:
-                    kinds.append((held_for.tag_key, held_for.request))
+                    kinds.append((held_for.tag_key, held_for.request, self.partition(held_for)))
                 if not self._fill(taker, now, assign, kinds):
                     skip.add(taker)
 
     # --- matching -------------------------------------------------------------------------
 
     def _longest_ready_fitting(self, kind: Kind, skip: set[Worker]) -> Worker | None:
-        tags, request = kind
+        tags, request, _ = kind
         best: Worker | None = None
         for (worker_tags, *_), group in self._groups.items():
             if not tags <= worker_tags:
@@ -173,14 +186,18 @@ class Scheduler:
         holdings = worker.holdings
         candidates: list[tuple[Entry, Kind]] = []
         for kind in list(self._queues) if kinds is None else kinds:
-            tags, request = kind
+            tags, request, _ = kind
             if tags <= worker.tags and holdings.could_ever(request):
                 head = self._head(kind)
                 if head is not None:
                     candidates.append((head, kind))
                 elif kinds is None:
                     del self._queues[kind]
-        candidates.sort()
+        rank = self.rank
+        if rank is None:
+            candidates.sort()
+        else:
+            candidates.sort(key=lambda c: rank(self.jobs[c[0][3]], c[0]))
         for entry, kind in candidates:
             job = self.jobs[entry[3]]
             if holdings.fits(kind[1]):
@@ -219,3 +236,7 @@ def _reserved_elsewhere(job: Job, worker: Worker) -> bool:
 
 def _always(job: Job) -> bool:
     return True
+
+
+def _no_partition(job: Job) -> str:
+    return ""

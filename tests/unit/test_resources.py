@@ -455,3 +455,21 @@ def test_worker_core_tells_the_job_what_it_got_and_reports_an_out_of_memory_end(
     end = [x.message for x in out if isinstance(x, a.Send) and isinstance(x.message, p.Finished)][0]
     assert (end.status, end.reason, end.message) == (137, "out-of-memory",
                                                       "job j exceeded its memory (64M) and was killed")
+
+
+def test_policy_hooks_partition_admission_and_rank() -> None:
+    """What a policy (per-owner limits, fair share) plugs into the matching."""
+    h = Harness()
+    sched = h.broker.scheduler
+    sched.partition = lambda job: job.job_id[0]  # owner "a" or "b", from the id here
+    blocked = {"a"}
+    sched.may_start = lambda job: job.job_id[0] not in blocked
+    sched.rank = lambda job, entry: (entry[0], job.job_id[0] != "b", entry[1])  # b first within a priority
+    h.client(b"c")
+    for job_id in ("a1", "a2", "b1", "b2"):
+        h.submit(b"c", job_id)
+    _worker(h, b"w", [p.ResourcePool("cpus", 2)], slots=2)
+    assert [a.job_id for a in _assigns(h)] == ["b1", "b2"]
+    blocked.clear()
+    h.send(b"w", p.Finished("b1", 1, 0, "exited"))
+    assert [a.job_id for a in _assigns(h)][-1] == "a1"
