@@ -105,6 +105,7 @@ class Broker:
         self.scheduler = Scheduler(self.jobs, reserve_after)
         #: Per kind of job (tags, request): why no connected worker could ever run it (cleared as workers come and go).
         self._never_fits_cache: dict[tuple[frozenset[str], r.Request], str] = {}
+        self._grants: dict[r.Allocation, list[p.Grant]] = {}
         self._waiting = 0
         #: Tickets order jobs across restarts: wall-clock ns at first queueing.
         self._last_ticket = wall_clock_ns
@@ -790,7 +791,11 @@ class Broker:
         job.attempt += 1
         job.worker = worker
         worker.running[job.job_id] = job.attempt
-        grants = [p.Grant(name, amount, list(items)) for name, amount, items in allocation]
+        grants = self._grants.get(allocation)  # allocations without items repeat: one list each
+        if grants is None:
+            grants = [p.Grant(name, amount, list(items)) for name, amount, items in allocation]
+            if not any(items for _, _, items in allocation) and len(self._grants) < 1000:
+                self._grants[allocation] = grants
         self._send(worker.identity, p.assign_encoded(job.job_id, job.attempt, job.raw_spec, grants))
 
     def _refresh_ready(self, worker: Worker) -> None:

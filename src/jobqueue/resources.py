@@ -314,7 +314,10 @@ class Holdings:
 
     def could_ever(self, request: Request) -> bool:
         total = self.total
-        return all(total.get(name, 0) >= amount for name, amount in request)
+        for name, amount in request:  # noqa: SIM110 (the hot path: a loop is faster than all())
+            if total.get(name, 0) < amount:
+                return False
+        return True
 
     def has_room(self) -> bool:
         """Whether any job could start here now (each needs a slot and a CPU)."""

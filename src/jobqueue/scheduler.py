@@ -117,9 +117,9 @@ class Scheduler:
         at it and at the job it is held for, if any: nothing else changed."""
         fresh, self._fresh = self._fresh, {}
         dirty, self._dirty = self._dirty, set()
-        for worker in sorted(fresh, key=lambda w: w.ready_seq):
+        for worker in sorted(fresh, key=_ready_order) if len(fresh) > 1 else fresh:
             self._fill(worker, now, assign, None)
-        for kind in sorted(dirty, key=lambda k: self._head(k) or _LAST):
+        for kind in sorted(dirty, key=lambda k: self._head(k) or _LAST) if len(dirty) > 1 else dirty:
             skip: set[Worker] = set()
             while self._head(kind) is not None:
                 taker = self._longest_ready_fitting(kind, skip)
@@ -194,7 +194,9 @@ class Scheduler:
                 elif kinds is None:
                     del self._queues[kind]
         rank = self.rank
-        if rank is None:
+        if len(candidates) < 2:
+            pass
+        elif rank is None:
             candidates.sort()
         else:
             candidates.sort(key=lambda c: rank(self.jobs[c[0][3]], c[0]))
@@ -232,6 +234,10 @@ class Scheduler:
 def _reserved_elsewhere(job: Job, worker: Worker) -> bool:
     other = job.reserved_on
     return other is not None and other is not worker and not other.gone and not other.draining
+
+
+def _ready_order(worker: Worker) -> int:
+    return worker.ready_seq
 
 
 def _always(job: Job) -> bool:
