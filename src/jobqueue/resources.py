@@ -267,16 +267,17 @@ def allocation_env(allocation: Allocation) -> dict[str, str]:
         elif name == MEM:
             env["JOBQUEUE_MEM"] = value
         env["JOBQUEUE_RESOURCE_" + "".join(c if c.isalnum() else "_" for c in name.upper())] = value
-    if "JOBQUEUE_GPUS" not in env:  # a job without GPUs sees none, not every GPU of the box
-        env["CUDA_VISIBLE_DEVICES"] = ""
     return env
 
 
-def job_env(allocation: Allocation, env: dict[bytes, bytes]) -> dict[bytes, bytes]:
+def job_env(allocation: Allocation, env: dict[bytes, bytes], has_gpus: bool = False) -> dict[bytes, bytes]:
     """The variables a job with ``allocation`` gets on top of its own ``env`` (bytes, as a
     spec's): what it got, and ``OMP_NUM_THREADS`` as many as its CPUs unless its
-    environment (jq's) sets it."""
+    environment (jq's) sets it.  On a worker that hands out GPUs (``has_gpus``) a job
+    without any sees none, not all of them."""
     told = allocation_env(allocation)
+    if has_gpus and "JOBQUEUE_GPUS" not in told:
+        told["CUDA_VISIBLE_DEVICES"] = ""
     told.setdefault("JOBQUEUE_CPUS", "1")
     if b"OMP_NUM_THREADS" not in env:
         told["OMP_NUM_THREADS"] = told["JOBQUEUE_CPUS"]

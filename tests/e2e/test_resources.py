@@ -236,3 +236,22 @@ def test_enforce_mem_kills_a_job_past_its_memory_or_is_refused(cluster: Cluster)
                                               "and was killed"]
     ok = cluster.jq("--mem", "512M", "python3", "-c", grow)
     assert (ok.returncode, ok.stdout) == (0, b"survived\n"), ok.stderr
+
+
+def test_the_python_api_asks_for_resources_too(cluster: Cluster) -> None:
+    import jobqueue
+
+    cluster.server()
+    cluster.worker("-j", "2", "--gpus", "0,1", "--mem", "4G", "--resource", "licence=1", name="box")
+    show = ["sh", "-c", "echo $CUDA_VISIBLE_DEVICES $JOBQUEUE_CPUS $JOBQUEUE_MEM $JOBQUEUE_RESOURCE_LICENCE"]
+    r = jobqueue.run(show, capture_output=True, server=cluster.endpoint, gpus=2, mem="1G",
+                     resources={"licence": 1})
+    assert r.stdout == f"0,1 1 {1 << 30} 1\n".encode(), r
+    with jobqueue.Executor(server=cluster.endpoint) as pool:
+        futures = [pool.submit(show, capture_output=True, gpus=1, cpus=1) for _ in range(4)]
+        assert {f.result().stdout.split()[0] for f in futures} <= {b"0", b"1"}
+    for bad, error in [({"gpus": -1}, "gpus must be at least 0"), ({"mem": "12Q"}, "bad size '12Q'"),
+                       ({"resources": {"": 3}}, "resource name"), ({"cpus": 0}, "at least 1 CPU")]:
+        with pytest.raises(ValueError, match=error):
+            jobqueue.run(["true"], server=cluster.endpoint, **bad)  # type: ignore[arg-type]
+    assert cluster.jobs() == []

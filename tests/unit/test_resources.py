@@ -90,7 +90,10 @@ def test_allocation_env() -> None:
     assert env["CUDA_VISIBLE_DEVICES"] == env["JOBQUEUE_GPUS"] == "1,3"
     assert env["JOBQUEUE_CPUS"] == "2"
     assert env["JOBQUEUE_RESOURCE_FPGA"] == "b" and env["JOBQUEUE_RESOURCE_LICENCE"] == "1"
-    assert r.allocation_env((("cpus", 1, ()),))["CUDA_VISIBLE_DEVICES"] == ""
+    assert "CUDA_VISIBLE_DEVICES" not in r.job_env((("cpus", 1, ()),), {})  # a worker without GPUs: untouched
+    assert r.job_env((("cpus", 1, ()),), {}, has_gpus=True)["CUDA_VISIBLE_DEVICES"] == ""  # with: none of them
+    assert r.job_env((("cpus", 2, ()),), {"OMP_NUM_THREADS": "3"}) == {"JOBQUEUE_CPUS": "2",
+                                                                      "JOBQUEUE_RESOURCE_CPUS": "2"}
 
 
 # --- fitting ----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import launch
 from .. import protocol as p
-from ..resources import format_size, job_env
+from ..resources import GPUS, format_size, job_env
 from .actions import (
     Action,
     ClosePipe,
@@ -283,7 +283,8 @@ class WorkerCore:
             return
         self.runs[msg.job_id] = Run(msg, now)
         allocation = tuple((g.name, g.amount, tuple(g.items)) for g in msg.allocation)
-        msg.spec.env.update(job_env(allocation, msg.spec.env))  # what the job is told it got
+        has_gpus = any(pool.name == GPUS and pool.total for pool in self.cfg.resources)
+        msg.spec.env.update(job_env(allocation, msg.spec.env, has_gpus))  # what the job is told it got
         self._out.append(Spawn(msg.job_id, msg.spec, msg.allocation))
 
     def _on_input(self, msg: p.Input, now: float) -> None:
