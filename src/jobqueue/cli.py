@@ -246,7 +246,9 @@ def _worker_resources(args: argparse.Namespace) -> tuple[list[Pool], int]:
     from .confine import detect_gpus, machine_memory
 
     try:
-        cpus = None if args.cpus is None else _positive(args.cpus, "--cpus")
+        declared = [parse_declaration(text) for text in args.resource]  # may say cpus= and mem= too
+        named = {pool.name: pool.total for pool in declared}
+        cpus = named.get("cpus") if args.cpus is None else _positive(args.cpus, "--cpus")
         if args.jobs is None:
             # The resource form without -j or --cpus: the machine's CPUs, as memory is the machine's.
             declared_any = args.mem is not None or args.gpus is not None or args.resource
@@ -255,10 +257,9 @@ def _worker_resources(args: argparse.Namespace) -> tuple[list[Pool], int]:
             slots = os.cpu_count() or 1 if args.jobs in ("0", "auto") else _positive(args.jobs, "-j/--jobs")
         if slots < 1 or cpus == 0:
             raise config.UsageError("-j/--jobs and --cpus must be at least 1")
-        mem = machine_memory() if args.mem is None else parse_size(args.mem)
+        mem = parse_size(args.mem) if args.mem is not None else named.get("mem") or machine_memory()
         gpus = None if args.gpus is None else parse_gpus(args.gpus, detect_gpus)
-        declared = [parse_declaration(text) for text in args.resource]
-        return worker_pools(cpus or slots, mem, gpus, declared), slots
+        return worker_pools(cpus or slots, mem, gpus, [p for p in declared if p.name not in ("cpus", "mem")]), slots
     except ResourceError as e:
         raise config.UsageError(str(e)) from None
 

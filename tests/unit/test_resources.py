@@ -476,3 +476,15 @@ def test_policy_hooks_partition_admission_and_rank() -> None:
     blocked.clear()
     h.send(b"w", p.Finished("b1", 1, 0, "exited"))
     assert [a.job_id for a in _assigns(h)][-1] == "a1"
+
+
+@pytest.mark.parametrize("args, cpus, slots", [
+    ([], 1, 1), (["-j", "3"], 3, 3), (["--cpus", "4"], 4, 4), (["--cpus", "4", "-j", "2"], 4, 2),
+    (["--resource", "cpus=16", "--resource", "mem=64G"], 16, 16), (["--gpus", "2"], os.cpu_count(), os.cpu_count()),
+])
+def test_worker_options_give_its_cpus_and_slots(args: list[str], cpus: int, slots: int) -> None:
+    from jobqueue.cli import _worker_parser, _worker_resources
+
+    pools, got_slots = _worker_resources(_worker_parser().parse_args(args))
+    assert (pools[0], got_slots) == (r.Pool("cpus", cpus), slots)
+    assert pools[1].name == "mem" and pools[1].total > 0
