@@ -103,6 +103,7 @@ class Broker:
         self._out: list[Send] = []
         #: The queue and the matching of jobs to workers' resources.
         self.scheduler = Scheduler(self.jobs, reserve_after)
+        self._tenancy_hooks()
         #: Per kind of job (tags, request): why no connected worker could ever run it (cleared as workers come and go).
         self._never_fits_cache: dict[tuple[frozenset[str], r.Request], str] = {}
         self._grants: dict[r.Allocation, list[p.Grant]] = {}
@@ -234,6 +235,7 @@ class Broker:
         have queues of their own may have changed), and connected workers whose key
         may no longer advertise their tags are disconnected as if revoked."""
         self.tenancy.configure(tenancy_policy)
+        self._tenancy_hooks()
         self.scheduler.clear_queues()
         for job in sorted(self.jobs.values(), key=lambda j: j.heap_seq):
             if job.state in WAITING:
@@ -261,6 +263,26 @@ class Broker:
             self._remove_worker(peer, now, counts_as_loss=False, reason=f"worker {peer.name} was revoked")
         else:
             self._forget_client(peer, now, lambda name, jobs: ev.ClientRevoked(name, peer.owner, jobs))
+
+    def _tenancy_hooks(self) -> None:
+        """Tenancy's rules in the scheduler: the owners it tells apart wait in queues of their
+        own (:meth:`Tenancy.queue_part`), an owner at its max-running is passed over, and under
+        fair share the owner with the fewest running jobs goes first within a priority."""
+        tenancy, scheduler = self.tenancy, self.scheduler
+
+        def part(job: Job) -> str:
+            return tenancy.queue_part(job.owner_name)
+
+        def may_start(job: Job) -> bool:
+            owner = tenancy.queue_part(job.owner_name)
+            return not owner or tenancy.may_start(owner)
+
+        def fair(job: Job, entry: tuple[int, int, int, str]) -> tuple[int, int, int]:
+            return entry[0], tenancy.running.get(tenancy.queue_part(job.owner_name), 0), entry[1]
+
+        scheduler.partition, scheduler.may_start = part, may_start
+        scheduler.rank = fair if tenancy.fair_share else None
+        scheduler.reconsider()
 
     def _claim(self, job: Job, owner: str) -> None:
         """A job known only from its worker (after a restart) is claimed by its client."""

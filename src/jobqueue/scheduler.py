@@ -207,7 +207,8 @@ class Scheduler:
                     continue
                 heapq.heappop(self._queues[kind])
                 return job
-            if now - job.since >= self.reserve_after and not _reserved_elsewhere(job, worker):
+            if now - job.since >= self.reserve_after and not _reserved_elsewhere(job, worker) \
+                    and self.may_start(job):
                 job.reserved_on = worker
                 worker.held_for = job
                 return None

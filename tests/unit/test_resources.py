@@ -90,10 +90,10 @@ def test_allocation_env() -> None:
     assert env["CUDA_VISIBLE_DEVICES"] == env["JOBQUEUE_GPUS"] == "1,3"
     assert env["JOBQUEUE_CPUS"] == "2"
     assert env["JOBQUEUE_RESOURCE_FPGA"] == "b" and env["JOBQUEUE_RESOURCE_LICENCE"] == "1"
-    assert "CUDA_VISIBLE_DEVICES" not in r.job_env((("cpus", 1, ()),), {})  # a worker without GPUs: untouched
-    assert r.job_env((("cpus", 1, ()),), {}, has_gpus=True)["CUDA_VISIBLE_DEVICES"] == ""  # with: none of them
-    assert r.job_env((("cpus", 2, ()),), {"OMP_NUM_THREADS": "3"}) == {"JOBQUEUE_CPUS": "2",
-                                                                      "JOBQUEUE_RESOURCE_CPUS": "2"}
+    assert b"CUDA_VISIBLE_DEVICES" not in r.job_env((("cpus", 1, ()),), {})  # a worker without GPUs: untouched
+    assert r.job_env((("cpus", 1, ()),), {}, has_gpus=True)[b"CUDA_VISIBLE_DEVICES"] == b""  # with: none of them
+    assert r.job_env((("cpus", 2, ()),), {b"OMP_NUM_THREADS": b"3"}) == {b"JOBQUEUE_CPUS": b"2",
+                                                                        b"JOBQUEUE_RESOURCE_CPUS": b"2"}
 
 
 # --- fitting ----------------------------------------------------------------------------------
@@ -274,7 +274,7 @@ def test_requeue_returns_what_a_lost_job_held() -> None:
 
 def test_a_restarted_server_counts_what_running_jobs_hold() -> None:
     h = Harness()
-    held = p.ActiveJob("old", 1, ["sleep"], [], allocation=[p.Grant("cpus", 1), p.Grant("gpus", 1, ["1"])])
+    held = p.ActiveJob("old", 1, [b"sleep"], [], allocation=[p.Grant("cpus", 1), p.Grant("gpus", 1, ["1"])])
     _worker(h, b"w", [_gpus(2)], jobs=[held])
     h.client(b"c")
     h.submit(b"c", "new", resources={"gpus": 1})
@@ -443,12 +443,12 @@ def test_worker_core_tells_the_job_what_it_got_and_reports_an_out_of_memory_end(
     pools = [p.ResourcePool("cpus", 4), p.ResourcePool("mem", 8 * G), _gpus(4)]
     core = WorkerCore(a.CoreConfig(name="w", host="h", slots=4, resources=pools), 0.0)
     grants = [p.Grant("cpus", 2), p.Grant("gpus", 2, ["1", "3"]), p.Grant("mem", 64 << 20)]
-    spec = p.JobSpec(["python3"], {"OMP_NUM_THREADS": "9"}, "/")
+    spec = p.JobSpec([b"python3"], {b"OMP_NUM_THREADS": b"9"}, b"/")
     spawn = [x for x in core.on_message(p.Assign("j", 1, spec, grants), 0.0) if isinstance(x, a.Spawn)][0]
     assert spawn.allocation == grants
     env = spawn.spec.env
-    assert (env["CUDA_VISIBLE_DEVICES"], env["JOBQUEUE_GPUS"], env["JOBQUEUE_CPUS"]) == ("1,3", "1,3", "2")
-    assert env["OMP_NUM_THREADS"] == "9" and env["JOBQUEUE_MEM"] == str(64 << 20)
+    assert (env[b"CUDA_VISIBLE_DEVICES"], env[b"JOBQUEUE_GPUS"], env[b"JOBQUEUE_CPUS"]) == (b"1,3", b"1,3", b"2")
+    assert env[b"OMP_NUM_THREADS"] == b"9" and env[b"JOBQUEUE_MEM"] == str(64 << 20).encode()
     hello = core.hello()
     assert hello.resources == pools and hello.jobs[0].allocation == grants
     core.on_spawned("j", 100, 0.0)
