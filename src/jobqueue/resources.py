@@ -270,17 +270,20 @@ def allocation_env(allocation: Allocation) -> dict[str, str]:
     return env
 
 
-def job_env(allocation: Allocation, env: dict[bytes, bytes], has_gpus: bool = False) -> dict[bytes, bytes]:
+def job_env(allocation: Allocation, env: dict[bytes, bytes], *, asked: bool = True,
+            has_gpus: bool = False) -> dict[bytes, bytes]:
     """The variables a job with ``allocation`` gets on top of its own ``env`` (bytes, as a
     spec's): what it got, and ``OMP_NUM_THREADS`` as many as its CPUs unless its
-    environment (jq's) sets it.  On a worker that hands out GPUs (``has_gpus``) a job
-    without any sees none, not all of them."""
-    told = allocation_env(allocation)
+    environment (jq's) sets it.  A job that ``asked`` for nothing gets none of them: its
+    environment stays exactly jq's (README "What a job sees").  But on a worker that hands
+    out GPUs (``has_gpus``) a job without any sees none of them, not all."""
+    told = allocation_env(allocation) if asked else {}
     if has_gpus and "JOBQUEUE_GPUS" not in told:
         told["CUDA_VISIBLE_DEVICES"] = ""
-    told.setdefault("JOBQUEUE_CPUS", "1")
-    if b"OMP_NUM_THREADS" not in env:
-        told["OMP_NUM_THREADS"] = told["JOBQUEUE_CPUS"]
+    if asked:
+        told.setdefault("JOBQUEUE_CPUS", "1")
+        if b"OMP_NUM_THREADS" not in env:
+            told["OMP_NUM_THREADS"] = told["JOBQUEUE_CPUS"]
     return {name.encode(): value.encode() for name, value in told.items()}
 
 

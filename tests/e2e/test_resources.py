@@ -74,8 +74,11 @@ def test_the_job_is_told_what_it_got(cluster: Cluster) -> None:
            "$JOBQUEUE_RESOURCE_FPGA/$JOBQUEUE_RESOURCE_LICENCE"
     r = cluster.jq("--gpus", "2", "--cpus", "2", "--resource", "fpga=1", "--resource", "licence=2", "sh", "-c", show)
     assert (r.returncode, r.stdout) == (0, b"0,1/0,1/2/2/a/2\n"), r.stderr
-    r = cluster.jq("-e", "OMP_NUM_THREADS=7", "sh", "-c", show)  # jq's environment wins; no GPU: none visible
-    assert (r.returncode, r.stdout) == (0, b"//1/7//\n"), r.stderr
+    r = cluster.jq("--cpus", "1", "-e", "OMP_NUM_THREADS=7", "sh", "-c", show)  # jq's environment wins
+    assert (r.returncode, r.stdout) == (0, b"//1/7//\n"), r.stderr  # no GPU asked for: none visible
+    told = "env | grep -c -e ^JOBQUEUE_CPUS= -e ^JOBQUEUE_RESOURCE_ -e ^OMP_NUM_THREADS="
+    r = cluster.jq("sh", "-c", f"{show}; {told}")  # asked for nothing: told nothing
+    assert (r.returncode, r.stdout) == (1, b"/////\n0\n"), r.stderr
 
 
 def test_mixed_cpus_never_exceed_the_workers(cluster: Cluster) -> None:

@@ -92,6 +92,8 @@ def test_allocation_env() -> None:
     assert env["JOBQUEUE_RESOURCE_FPGA"] == "b" and env["JOBQUEUE_RESOURCE_LICENCE"] == "1"
     assert b"CUDA_VISIBLE_DEVICES" not in r.job_env((("cpus", 1, ()),), {})  # a worker without GPUs: untouched
     assert r.job_env((("cpus", 1, ()),), {}, has_gpus=True)[b"CUDA_VISIBLE_DEVICES"] == b""  # with: none of them
+    assert r.job_env((("cpus", 1, ()),), {}, asked=False) == {}  # a job that asked nothing: jq's environment
+    assert r.job_env((("cpus", 1, ()),), {}, asked=False, has_gpus=True) == {b"CUDA_VISIBLE_DEVICES": b""}
     assert r.job_env((("cpus", 2, ()),), {b"OMP_NUM_THREADS": b"3"}) == {b"JOBQUEUE_CPUS": b"2",
                                                                         b"JOBQUEUE_RESOURCE_CPUS": b"2"}
 
@@ -443,7 +445,7 @@ def test_worker_core_tells_the_job_what_it_got_and_reports_an_out_of_memory_end(
     pools = [p.ResourcePool("cpus", 4), p.ResourcePool("mem", 8 * G), _gpus(4)]
     core = WorkerCore(a.CoreConfig(name="w", host="h", slots=4, resources=pools), 0.0)
     grants = [p.Grant("cpus", 2), p.Grant("gpus", 2, ["1", "3"]), p.Grant("mem", 64 << 20)]
-    spec = p.JobSpec([b"python3"], {b"OMP_NUM_THREADS": b"9"}, b"/")
+    spec = p.JobSpec([b"python3"], {b"OMP_NUM_THREADS": b"9"}, b"/", resources={"cpus": 2, "gpus": 2, "mem": 64 << 20})
     spawn = [x for x in core.on_message(p.Assign("j", 1, spec, grants), 0.0) if isinstance(x, a.Spawn)][0]
     assert spawn.allocation == grants
     env = spawn.spec.env

@@ -284,7 +284,8 @@ class WorkerCore:
         self.runs[msg.job_id] = Run(msg, now)
         allocation = tuple((g.name, g.amount, tuple(g.items)) for g in msg.allocation)
         has_gpus = any(pool.name == GPUS and pool.total for pool in self.cfg.resources)
-        msg.spec.env.update(job_env(allocation, msg.spec.env, has_gpus))  # what the job is told it got
+        told = job_env(allocation, msg.spec.env, asked=bool(msg.spec.resources), has_gpus=has_gpus)
+        msg.spec.env.update(told)  # what the job is told it got
         self._out.append(Spawn(msg.job_id, msg.spec, msg.allocation))
 
     def _on_input(self, msg: p.Input, now: float) -> None:
