@@ -88,7 +88,7 @@ class JobDriver:
         self.ids = [f"j{i}" for i in range(jobs)]
         specs = [job_spec("minimal")]
         if mixed:
-            specs = [p.JobSpec(argv=["true"], env={}, cwd="/tmp", resources=r) for r in MIXED_REQUESTS]
+            specs = [p.JobSpec(argv=[b"true"], env={}, cwd=b"/tmp", resources=r) for r in MIXED_REQUESTS]
         self.submits = [p.encode(p.Submit(j, specs[i % len(specs)])) for i, j in enumerate(self.ids)]
         self.replies = {j: (p.encode(p.Started(j, 1, pid=1)), p.encode(p.Finished(j, 1, 0, "exited")))
                         for j in self.ids}
