@@ -258,3 +258,17 @@ def test_the_python_api_asks_for_resources_too(cluster: Cluster) -> None:
         with pytest.raises(ValueError, match=error):
             jobqueue.run(["true"], server=cluster.endpoint, **bad)  # type: ignore[arg-type]
     assert cluster.jobs() == []
+
+
+def test_spawn_starts_only_workers_whose_resources_fit(cluster: Cluster) -> None:
+    options = "$(for r in $JOBQUEUE_SPAWN_RESOURCES; do echo --resource $r; done)"  # what a spawned worker has
+    command = f"exec jobqueue-worker --once --kill-grace 1 {options}"
+    cluster.server("--spawn", command, "--spawn-resources", "cpus=1 gpus=2", "--spawn-max", "2")
+    r = cluster.jq("--gpus", "2", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES")
+    assert (r.returncode, r.stdout) == (0, b"0,1\n"), r.stderr  # on a spawned worker with 2 GPUs
+    big = cluster.popen_jq("--gpus", "4", "true")
+    jobs = wait_for(lambda: [j for j in cluster.jobs() if j["state"] == "queued"], 10, "the 4-GPU job queued")
+    assert "not autoscaled: it needs gpus=4, more than --spawn-resources gives" in jobs[0]["why"], jobs
+    assert cluster.log_text().count(" spawn ") == 1  # none for the job that could not fit
+    big.send_signal(signal.SIGINT)
+    assert big.wait(10) == 130
