@@ -57,7 +57,7 @@ def test_one_gpu_per_job_on_a_four_gpu_box(cluster: Cluster) -> None:
     cluster.server()
     cluster.worker("-j", "4", "--gpus", "0,1,2,3", name="box")
     log = cluster.tmp / "gpus.log"
-    assert _run_all(cluster, [["--gpus", "1", *_record("CUDA_VISIBLE_DEVICES", log, 0.6)]] * 8) == [0] * 8
+    assert _run_all(cluster, [["--gpus", "1", *_record("CUDA_VISIBLE_DEVICES", log, 1.0)]] * 8) == [0] * 8
     rows = _intervals(log)
     assert len(rows) == 8 and {v for v, _, _ in rows} <= {"0", "1", "2", "3"}
     assert _most_at_once(rows) == 4
