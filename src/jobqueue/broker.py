@@ -856,6 +856,8 @@ class Broker:
         job.state = next_state(job.job_id, old, event)
         self._waiting += (job.state in WAITING) - (old in WAITING)
         self.tenancy.moved(job.owner_name, old, job.state)
+        if old is JobState.RUNNING and self.tenancy.limits(job.owner_name).max_running is not None:
+            self.scheduler.reconsider()  # its owner may start another: on any worker it fits
         if self.observer is not None:  # before ``since`` moves: it tells how long the old state lasted
             self.observer.job_moved(job, old, now)
         if job.state is not JobState.FINISHED:

@@ -1,7 +1,8 @@
 """The queue and the matching of jobs to workers (pure; the broker drives it).
 
-Jobs wait in one heap per *kind* (tag set and request): jobs of a kind are
-interchangeable for fitting, so only each heap's head need be looked at.  A
+Jobs wait in one heap per *kind* (tag set, request, and the partition a policy
+such as tenancy's puts them in): jobs of a kind are interchangeable for
+fitting, so only each heap's head need be looked at.  A
 worker with room (a free slot and a free CPU) is *ready*; ready workers are
 served longest-ready first, and each takes the best job that fits it: priority,
 then first-in first-out.
@@ -36,7 +37,6 @@ Entry = tuple[int, int, int, str]
 #: a policy puts them in (see :attr:`Scheduler.partition`; "" by default).
 Kind = tuple[frozenset[str], Request, str]
 _LAST: Entry = (0, 1 << 62, 0, "")
-
 
 
 class Scheduler:

@@ -490,3 +490,20 @@ def test_worker_options_give_its_cpus_and_slots(args: list[str], cpus: int, slot
     pools, got_slots = _worker_resources(_worker_parser().parse_args(args))
     assert (pools[0], got_slots) == (r.Pool("cpus", cpus), slots)
     assert pools[1].name == "mem" and pools[1].total > 0
+
+
+def test_an_owner_below_its_max_running_again_starts_on_any_worker_it_fits() -> None:
+    from jobqueue.tenancy import Limits, Policy, Tenancy
+
+    h = Harness()
+    h.broker.tenancy = Tenancy(Policy(clients={"alice": Limits(max_running=1)}))
+    h.broker._tenancy_hooks()
+    h.send(b"c", p.ClientHello(p.PROTOCOL_VERSION, "c", "c"), None)
+    h.broker.peers[b"c"].owner = "alice"
+    _worker(h, b"cpu", [p.ResourcePool("cpus", 1)], slots=1)
+    _worker(h, b"gpu", [p.ResourcePool("cpus", 1), _gpus(1)], slots=1)
+    h.submit(b"c", "first")
+    h.submit(b"c", "second", resources={"gpus": 1})
+    assert [(peer, job) for peer, job, _ in h.assigned(h.outbox)] == [(b"cpu", "first")]  # max-running 1
+    h.send(b"cpu", p.Finished("first", 1, 0, "exited"))  # frees a worker "second" cannot use...
+    assert [(peer, job) for peer, job, _ in h.assigned(h.outbox)][-1] == (b"gpu", "second")  # ...yet it starts
