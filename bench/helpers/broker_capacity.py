@@ -2,12 +2,14 @@
 client that answer at once (no sockets, no fork): what it costs per job.
 
 usage:
-  broker_capacity.py jobs --workers W --jobs J [--owners N] [--fair-share] [--profile]
+  broker_capacity.py jobs --workers W --jobs J [--owners N] [--fair-share] [--mixed] [--profile]
       J jobs submitted while W one-slot workers are connected; each worker
       answers an Assign with Started and Finished, the client a Finished with
       Release.  Times the submissions and the drain of the queue.  With
       --owners N the jobs come from N clients of N owners in turn (tenancy);
-      --fair-share turns on the server's --fair-share among them.
+      --fair-share turns on the server's --fair-share among them.  --mixed:
+      workers of 8 CPUs, 32G, 4 GPUs and licence=2 (8 jobs at once), jobs
+      asking for a mix of CPUs, memory, GPUs and licences (MIXED_REQUESTS).
   broker_capacity.py chunks --messages M [--size BYTES] [--profile]
       One running job: M small Output frames worker -> client, each
       acknowledged by the client (Ack client -> worker).
@@ -54,10 +56,20 @@ def tag_of(message: Any) -> str:
     return head[2:2 + (head[1] & 0x1F)].decode()
 
 
-def new_broker(workers: int, fair_share: bool = False) -> Broker:
+#: The requests of --mixed, in turn (mem in bytes).
+MIXED_REQUESTS: list[dict[str, int]] = [
+    {}, {"cpus": 2}, {"gpus": 1}, {"cpus": 1, "mem": 4 << 30}, {"gpus": 2, "cpus": 4, "mem": 16 << 30},
+    {"licence": 1}, {"cpus": 4}, {"gpus": 1, "mem": 8 << 30},
+]
+MIXED_WORKER = [p.ResourcePool("cpus", 8), p.ResourcePool("mem", 32 << 30),
+                p.ResourcePool("gpus", 4, ["0", "1", "2", "3"]), p.ResourcePool("licence", 2)]
+
+
+def new_broker(workers: int, fair_share: bool = False, mixed: bool = False) -> Broker:
     broker = Broker(0.0, restart_hold=0.0, tenancy=Tenancy(Policy(fair_share=fair_share)))
     for i in range(workers):
-        hello = p.WorkerHello(p.PROTOCOL_VERSION, f"ws{i}", f"w{i}", "bench", 1, "bench", slots=1)
+        hello = p.WorkerHello(p.PROTOCOL_VERSION, f"ws{i}", f"w{i}", "bench", 1, "bench", slots=8 if mixed else 1,
+                              resources=MIXED_WORKER if mixed else [])
         broker.receive(worker_id(i), p.encode(hello), NOW)
     broker.receive(CLIENT, p.encode(p.ClientHello(p.PROTOCOL_VERSION, "cs", "bench")), NOW)
     broker.events.clear()
@@ -71,11 +83,13 @@ def job_spec(env: str) -> p.JobSpec:
 class JobDriver:
     """Peers that answer at once: Started+Finished for an Assign, Release for a Finished."""
 
-    def __init__(self, broker: Broker, jobs: int) -> None:
+    def __init__(self, broker: Broker, jobs: int, mixed: bool = False) -> None:
         self.broker = broker
         self.ids = [f"j{i}" for i in range(jobs)]
-        spec = job_spec("minimal")
-        self.submits = [p.encode(p.Submit(j, spec)) for j in self.ids]
+        specs = [job_spec("minimal")]
+        if mixed:
+            specs = [p.JobSpec(argv=[b"true"], env={}, cwd=b"/tmp", resources=r) for r in MIXED_REQUESTS]
+        self.submits = [p.encode(p.Submit(j, specs[i % len(specs)])) for i, j in enumerate(self.ids)]
         self.replies = {j: (p.encode(p.Started(j, 1, pid=1)), p.encode(p.Finished(j, 1, 0, "exited")))
                         for j in self.ids}
         self.releases = {j: p.encode(p.Release(j, 1)) for j in self.ids}
@@ -158,9 +172,10 @@ class OwnersDriver(JobDriver):
                 self.pending.append((send.peer, self.releases[job_id]))
 
 
-def measure_jobs(workers: int, jobs: int, owners: int = 0, fair_share: bool = False) -> dict[str, Any]:
-    broker = new_broker(workers, fair_share)
-    driver = OwnersDriver(broker, jobs, owners) if owners else JobDriver(broker, jobs)
+def measure_jobs(workers: int, jobs: int, owners: int = 0, fair_share: bool = False,
+                 mixed: bool = False) -> dict[str, Any]:
+    broker = new_broker(workers, fair_share, mixed)
+    driver = OwnersDriver(broker, jobs, owners) if owners else JobDriver(broker, jobs, mixed)
     start = time.perf_counter()
     driver.submit_all()
     submitted = time.perf_counter()
@@ -168,7 +183,7 @@ def measure_jobs(workers: int, jobs: int, owners: int = 0, fair_share: bool = Fa
     end = time.perf_counter()
     if driver.finished != jobs:
         raise SystemExit(f"only {driver.finished} of {jobs} jobs finished: the driver or the broker is wrong")
-    return {"workers": workers, "jobs": jobs, "owners": owners, "fair_share": fair_share,
+    return {"workers": workers, "jobs": jobs, "owners": owners, "fair_share": fair_share, "mixed": mixed,
             "submit_seconds": submitted - start, "drain_seconds": end - submitted,
             "total_seconds": end - start, "messages_in": driver.messages_in, "messages_out": driver.messages_out}
 
@@ -239,12 +254,13 @@ def main() -> None:
     parser.add_argument("--env", choices=("minimal", "full"), default="minimal")
     parser.add_argument("--owners", type=int, default=0)
     parser.add_argument("--fair-share", action="store_true")
+    parser.add_argument("--mixed", action="store_true")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     work: Callable[[], dict[str, Any]]
     if args.mode == "jobs":
         def work() -> dict[str, Any]:
-            return measure_jobs(args.workers, args.jobs, args.owners, args.fair_share)
+            return measure_jobs(args.workers, args.jobs, args.owners, args.fair_share, args.mixed)
     elif args.mode == "chunks":
         def work() -> dict[str, Any]:
             return measure_chunks(args.messages, args.size)

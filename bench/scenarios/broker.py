@@ -26,11 +26,14 @@ def _in_process(ctx: Context, section: Section) -> None:
     jobs = sizes.broker_jobs
     totals: dict[int, list[float]] = {w: [] for w in sizes.broker_workers}
     drains: dict[int, list[float]] = {w: [] for w in sizes.broker_workers}
+    mixed: list[float] = []  # resource requests (issue 14), alternating with the plain runs
     for _ in range(sizes.broker_rounds):
         for workers in sizes.broker_workers:
             result = run_json(_helper(ctx, "jobs", "--workers", str(workers), "--jobs", str(jobs)), 600)
             totals[workers].append(jobs / result["total_seconds"])
             drains[workers].append(jobs / result["drain_seconds"])
+        result = run_json(_helper(ctx, *_mixed_args(ctx)), 600)
+        mixed.append(jobs / result["total_seconds"])
     for workers in sizes.broker_workers:
         command = shlex.join(_helper(ctx, "jobs", "--workers", str(workers), "--jobs", str(jobs)))
         section.commands.append(command)
@@ -38,6 +41,7 @@ def _in_process(ctx: Context, section: Section) -> None:
                                 Stats.of(totals[workers]), command))
         section.rows.append(Row(f"Broker, {workers} workers, {jobs} queued: match and route only", "jobs/s",
                                 Stats.of(drains[workers])))
+    _mixed(ctx, section, mixed)
     if not ctx.quick:
         _queue_length(ctx, section)
         _fair_share(ctx, section)
@@ -59,6 +63,24 @@ def _in_process(ctx: Context, section: Section) -> None:
         profile = run_json(_helper(ctx, "jobs", "--workers", str(max(sizes.broker_workers)), "--jobs",
                                    str(jobs), "--profile"), 600)
         section.profiles.append(("cProfile of the in-process broker run (top by own time)", profile["profile"]))
+
+
+def _mixed_args(ctx: Context) -> list[str]:
+    return ["jobs", "--workers", str(max(ctx.sizes.broker_workers)), "--jobs", str(ctx.sizes.broker_jobs), "--mixed"]
+
+
+def _mixed(ctx: Context, section: Section, rates: list[float]) -> None:
+    """Resources (issue 14): jobs asking for a mix of CPUs, memory, GPUs and a licence, on
+    workers of 8 CPUs, 32G, 4 GPUs and licence=2 (see broker_capacity.py --mixed)."""
+    workers, jobs = max(ctx.sizes.broker_workers), ctx.sizes.broker_jobs
+    command = shlex.join(_helper(ctx, *_mixed_args(ctx)))
+    section.commands.append(command)
+    name = f"Broker, {workers} workers, {jobs} queued, mixed resource requests: whole job (mixed)"
+    section.rows.append(Row(name, "jobs/s", Stats.of(rates), command))
+    section.ratio("mixed resource requests / one-CPU jobs, whole job (1.0: resources cost nothing)", name,
+                  f"Broker, {workers} workers, {jobs} queued: whole job")
+    section.targets.append(Target(f"Broker ≥ {TARGET:,.0f} jobs/s, {workers} workers, {jobs} queued mixed requests",
+                                  Stats.of(rates).median or 0.0, TARGET, True, "jobs/s"))
 
 
 def _queue_length(ctx: Context, section: Section) -> None:

@@ -28,6 +28,7 @@ from . import config
 from . import protocol as p  # msgspec: the API is not on a start-up path (jq uses jobqueue.wire)
 from .client import ClientJob, Session, caller_attributes, exec_problem, new_job_id, same_file
 from .connection import Refused, ServerLost
+from .resources import request_of
 from .security import client_security
 from .waker import Waker
 
@@ -63,6 +64,10 @@ def run(
     cwd: StrPath | None = None,
     priority: int = 0,
     connect_timeout: float = config.CONNECT_TIMEOUT,
+    cpus: int | None = None,
+    mem: int | str | None = None,
+    gpus: int | None = None,
+    resources: Mapping[str, int] | None = None,
 ) -> Completed:
     """Run ``args`` on a worker like :func:`subprocess.run` runs it here.
 
@@ -72,7 +77,8 @@ def run(
     executor = Executor(server=server, tags=tags, connect_timeout=connect_timeout)
     try:
         future = executor.submit(args, input=input, capture_output=capture_output, check=check, timeout=timeout,
-                                 env=env, cwd=cwd, priority=priority)
+                                 env=env, cwd=cwd, priority=priority, cpus=cpus, mem=mem, gpus=gpus,
+                                 resources=resources)
         result: Completed = future.result()
     except BaseException:
         executor._abandon()  # e.g. KeyboardInterrupt: the server kills the job
@@ -149,7 +155,7 @@ class _JobIO:
         if msg.reason == "not-executable":
             return PermissionError(errno.EACCES, msg.message)
         code = msg.status
-        if msg.reason in ("signaled", "cancelled", "killed") and msg.status > 128:
+        if msg.reason in ("signaled", "cancelled", "killed", "out-of-memory") and msg.status > 128:
             code = 128 - msg.status  # subprocess's convention: -N for signal N
         if self.check and code != 0:
             return subprocess.CalledProcessError(code, self.args, out, err)
@@ -208,7 +214,14 @@ class Executor(concurrent.futures.Executor):
         env: EnvMapping | None = None,
         cwd: StrPath | None = None,
         priority: int = 0,
+        cpus: int | None = None,
+        mem: int | str | None = None,
+        gpus: int | None = None,
+        resources: Mapping[str, int] | None = None,
     ) -> concurrent.futures.Future[Completed]:
+        """Queue ``args``; ``cpus``, ``mem`` (bytes, or ``"16G"``), ``gpus`` and ``resources``
+        (name -> amount) are what the job needs to itself (ValueError if they are not valid)."""
+        wanted = request_of(cpus, mem, gpus, dict(resources or {}))
         argv = _argv(args)
         environment = dict(os.environb) if env is None else {
             os.fsencode(name): os.fsencode(value) for name, value in env.items()}
@@ -219,7 +232,7 @@ class Executor(concurrent.futures.Executor):
         spec = p.JobSpec(
             argv=argv, env=environment, cwd=here if cwd is None else os.path.join(here, os.fsencode(cwd)),
             tags=[*self.tags, *tags], priority=priority, timeout=_positive_timeout(timeout), stdin=bool(input),
-            merge_output=not capture_output and same_file(1, 2), **caller_attributes(),  # type: ignore[arg-type]
+            merge_output=not capture_output and same_file(1, 2), resources=wanted, **caller_attributes(),  # type: ignore[arg-type]
         )
         future: concurrent.futures.Future[Completed] = concurrent.futures.Future()
         io = _JobIO(self, future, args, input, capture_output, check, timeout)

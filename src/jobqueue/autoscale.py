@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 #: Environment variables the spawn command gets.
 from .config import ENV_SERVER as ENV_SERVER
 from .config import ENV_SPAWN_ID as ENV_SPAWN_ID
+from .config import ENV_SPAWN_RESOURCES as ENV_SPAWN_RESOURCES
 from .config import ENV_SPAWN_TAGS as ENV_SPAWN_TAGS
 from .events import Event, SpawnArrived, SpawnFailed
+from .resources import CPUS, DEFAULT_REQUEST, Pool, Request, describe
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,17 @@ class SpawnPolicy:
     timeout: float = 300.0
     backoff_first: float = 2.0
     backoff_max: float = 300.0
+    #: What a spawned worker has (--spawn-resources); none declared: jobs that ask for more
+    #: than one CPU do not make it spawn.
+    resources: tuple[Pool, ...] = ()
+
+    def fits(self, request: Request) -> bool:
+        """Whether a spawned worker could run a job asking for ``request``."""
+        if not self.resources:
+            return request == DEFAULT_REQUEST
+        total = {pool.name: pool.total for pool in self.resources}
+        total.setdefault(CPUS, 1)
+        return all(total.get(name, 0) >= amount for name, amount in request)
 
 
 @dataclass(frozen=True)
@@ -126,12 +139,14 @@ class Autoscaler:
             times.append(self.backoff_until)
         return min(times) if times else None
 
-    def why_waiting(self, tags: Iterable[str], now: float) -> str:
-        """Why autoscaling has not (yet) served a job with these tags."""
+    def why_waiting(self, tags: Iterable[str], now: float, request: Request = DEFAULT_REQUEST) -> str:
+        """Why autoscaling has not (yet) served a job with these tags and request."""
         tags = frozenset(tags)
         if not tags <= self.policy.tags:
             extra = ",".join(sorted(tags - self.policy.tags))
             return f"not autoscaled: tag {extra} is not in --spawn-tags"
+        if not self.policy.fits(request):
+            return f"not autoscaled: it needs {describe(request)}, more than --spawn-resources gives"
         if now < self.backoff_until:
             return (f"spawned workers failed to connect {self.failures} time(s); "
                     f"next spawn in {self.backoff_until - now:.0f}s")

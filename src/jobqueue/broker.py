@@ -4,9 +4,10 @@ Events in: :meth:`Broker.receive` (a frame from a peer) and :meth:`Broker.tick`
 (time passed), both given ``now``.  Messages out: the :class:`Send` list they
 return, plus :attr:`Broker.events` for the log.  No sockets, no clock.
 
-What it does: keeps the queue (priority, then first-in first-out), matches
-jobs to the ready worker slot that has waited longest among those whose tags
-fit, routes a job's stdio between its client and its worker, watches the
+What it does: keeps the queue and matches jobs to workers' resources (both in
+:mod:`jobqueue.scheduler`: priority, then first-in first-out, on the worker
+that has waited longest among those whose tags and free resources fit),
+routes a job's stdio between its client and its worker, watches the
 liveness of every peer, requeues the jobs of lost workers, kills the jobs of
 lost clients, and rebuilds its state after a restart from what clients and
 workers tell it again.  A job's moves are the table in :mod:`jobqueue.jobstate`.
@@ -14,22 +15,26 @@ workers tell it again.  A job's moves are the table in :mod:`jobqueue.jobstate`.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import signal as _signal
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import protocol as p
+from . import resources as r
 from .autoscale import WorkerView
 from .jobstate import TERMINAL, WAITING, JobEvent, JobState, next_state
+from .model import Client, Job, Peer, Worker
+from .resources import RESERVE_AFTER
+from .scheduler import Scheduler
 from .tenancy import LOCAL, UNKNOWN, Policy, Tenancy
 
 if TYPE_CHECKING:
     from .observe import Observer
+
+__all__ = ["Broker", "Client", "Frame", "Job", "Peer", "Send", "Worker"]
 
 MAX_JOB_ID = 64
 #: The most arguments and environment Linux runs (6 MiB: a quarter of the stack
@@ -48,86 +53,6 @@ class Send:
 
     peer: bytes
     message: p.Message | Frame
-
-
-@dataclass(eq=False)
-class Peer:
-    identity: bytes
-    session: str
-    name: str
-    host: str
-    pid: int
-    software: str
-    since: float
-    #: Its owner (client) or key name (worker): see :mod:`jobqueue.tenancy`.
-    owner: str = LOCAL
-
-
-@dataclass(eq=False)
-class Client(Peer):
-    #: Ids of the jobs it owns (a dict as an ordered set: a third of a set's size).
-    jobs: dict[str, None] = field(default_factory=dict)
-
-
-@dataclass(eq=False)
-class Worker(Peer):
-    slots: int = 1
-    tags: frozenset[str] = frozenset()
-    draining: bool = False
-    #: Set when the server's --spawn started this worker (autoscaling).
-    spawn_id: str = ""
-    #: Jobs occupying a slot (job id -> attempt), including ones being killed.
-    running: dict[str, int] = field(default_factory=dict)
-    #: Jobs that ended here but whose client has not released them yet.
-    finished: set[str] = field(default_factory=set)
-    #: Tokens of this worker's free slots in :attr:`Broker._ready`.
-    tokens: list[int] = field(default_factory=list)
-
-    @property
-    def free(self) -> int:
-        return self.slots - len(self.running)
-
-
-@dataclass(eq=False, slots=True)
-class Job:
-    """A job as the broker keeps it: compact, since a queue may hold 100,000.
-
-    Of its spec only what scheduling reads is decoded (tags, priority, attempts);
-    the whole spec stays as encoded for the worker, and is decoded only for a
-    status request (:attr:`argv`)."""
-
-    job_id: str
-    ticket: int
-    owner: Client | None
-    since: float
-    raw_spec: bytes = b""
-    #: Who it belongs to (its client's owner; UNKNOWN until a client claims it after a restart).
-    owner_name: str = UNKNOWN
-    tags: list[str] = field(default_factory=lambda: _NO_TAGS)
-    priority: int = 0
-    max_attempts: int = 1
-    state: JobState | None = None
-    attempt: int = 0
-    losses: int = 0
-    worker: Worker | None = None
-    heap_seq: int = 0
-    #: Seconds it waited in the queue before its current attempt was assigned.
-    waited: float = 0.0
-
-    @property
-    def tag_key(self) -> frozenset[str]:
-        return frozenset(self.tags)
-
-    @property
-    def argv(self) -> list[str]:
-        """The command line for people (``jobqueue status``)."""
-        return p.readable_argv(p.decode_spec(self.raw_spec).argv)
-
-    def keep_spec(self, spec: p.JobSpec) -> None:
-        """Keep the spec encoded for the worker, and decoded only what the broker reads."""
-        self.raw_spec = p.encode_spec(spec)
-        self.tags = spec.tags or _NO_TAGS
-        self.priority, self.max_attempts = spec.priority, spec.max_attempts
 
 
 Handler = Callable[[bytes, Any, float], None]
@@ -154,6 +79,7 @@ class Broker:
         restart_hold: float | None = None,
         wall_clock_ns: int = 0,
         tenancy: Tenancy | None = None,
+        reserve_after: float = RESERVE_AFTER,
     ) -> None:
         self.server_id = server_id
         #: Owners, admins, per-key limits and fair share (default: one owner, no limits).
@@ -175,20 +101,19 @@ class Broker:
         self.jobs: dict[str, Job] = {}
         self._last_seen: OrderedDict[bytes, float] = OrderedDict()
         self._out: list[Send] = []
-        #: Waiting jobs per (tag set, owner part) as heaps of (-priority, ticket, seq, job id).
-        self._queues: dict[tuple[frozenset[str], str], list[tuple[int, int, int, str]]] = {}
+        #: The queue and the matching of jobs to workers' resources.
+        self.scheduler = Scheduler(self.jobs, reserve_after)
+        self._tenancy_hooks()
+        #: Per kind of job (tags, request): why no connected worker could ever run it (cleared as workers come and go).
+        self._never_fits_cache: dict[tuple[frozenset[str], r.Request], str] = {}
+        self._grants: dict[r.Allocation, list[p.Grant]] = {}
         self._waiting = 0
-        self._ready: dict[int, Worker] = {}
-        self._token = itertools.count(1)
-        self._heap_seq = itertools.count(1)
         #: Tickets order jobs across restarts: wall-clock ns at first queueing.
         self._last_ticket = wall_clock_ns
         self._detached: dict[str, float] = {}
         #: Peers a send failed to reach (their connection is gone) -> when to call them lost.
         self._unreachable: dict[bytes, float] = {}
         self._holding = True
-        #: Set when a job is queued or a slot frees: only then can a match appear.
-        self._may_match = False
         #: Offsets of clients that re-attached before their job's worker did.
         self._client_offsets: dict[str, list[int]] = {}
         self._frame: Frame = b""
@@ -297,7 +222,7 @@ class Broker:
         candidates = [min(d.values()) for d in (self._detached, self._unreachable) if d]
         if self._last_seen:
             candidates.append(next(iter(self._last_seen.values())) + self.lost_after)
-        if self._holding and self._restarted and self._waiting and self._ready:
+        if self._holding and self._restarted and self._waiting and self.scheduler.has_ready:
             candidates.append(self.hold_until)
         if self.observer is not None:
             candidates.append(self.observer.next_deadline())
@@ -310,7 +235,8 @@ class Broker:
         have queues of their own may have changed), and connected workers whose key
         may no longer advertise their tags are disconnected as if revoked."""
         self.tenancy.configure(tenancy_policy)
-        self._queues.clear()
+        self._tenancy_hooks()
+        self.scheduler.clear_queues()
         for job in sorted(self.jobs.values(), key=lambda j: j.heap_seq):
             if job.state in WAITING:
                 self._enqueue(job)
@@ -338,6 +264,26 @@ class Broker:
         else:
             self._forget_client(peer, now, lambda name, jobs: ev.ClientRevoked(name, peer.owner, jobs))
 
+    def _tenancy_hooks(self) -> None:
+        """Tenancy's rules in the scheduler: the owners it tells apart wait in queues of their
+        own (:meth:`Tenancy.queue_part`), an owner at its max-running is passed over, and under
+        fair share the owner with the fewest running jobs goes first within a priority."""
+        tenancy, scheduler = self.tenancy, self.scheduler
+
+        def part(job: Job) -> str:
+            return tenancy.queue_part(job.owner_name)
+
+        def may_start(job: Job) -> bool:
+            owner = tenancy.queue_part(job.owner_name)
+            return not owner or tenancy.may_start(owner)
+
+        def fair(job: Job, entry: tuple[int, int, int, str]) -> tuple[int, int, int]:
+            return entry[0], tenancy.running.get(tenancy.queue_part(job.owner_name), 0), entry[1]
+
+        scheduler.partition, scheduler.may_start = part, may_start
+        scheduler.rank = fair if tenancy.fair_share else None
+        scheduler.reconsider()
+
     def _claim(self, job: Job, owner: str) -> None:
         """A job known only from its worker (after a restart) is claimed by its client."""
         self.tenancy.moved(job.owner_name, job.state, None)
@@ -364,11 +310,11 @@ class Broker:
         self.observer = observer
         self._client_handlers.update(handlers)
 
-    def waiting_tag_sets(self) -> dict[frozenset[str], int]:
-        """How many jobs wait, per tag set (read-only, for the autoscaler)."""
+    def waiting_tag_sets(self, fits: Callable[[r.Request], bool] | None = None) -> dict[frozenset[str], int]:
+        """How many jobs wait, per tag set, of those whose request ``fits`` (read-only, for the autoscaler)."""
         counts: dict[frozenset[str], int] = {}
         for job in self.jobs.values():
-            if job.state in WAITING:
+            if job.state in WAITING and (fits is None or fits(job.request)):
                 counts[job.tag_key] = counts.get(job.tag_key, 0) + 1
         return counts
 
@@ -426,11 +372,14 @@ class Broker:
             self._move_peer(old, peer)
             worker = old
         else:
+            slots = max(1, hello.slots)
             worker = Worker(
                 peer, hello.session, hello.name, hello.host, hello.pid, hello.software, now, self._owner,
-                slots=max(1, hello.slots), tags=frozenset(hello.tags), spawn_id=hello.spawn_id,
+                slots=slots, tags=frozenset(hello.tags), spawn_id=hello.spawn_id,
+                holdings=r.Holdings(_pools(hello, slots), slots),
             )
             self.peers[peer] = self.sessions[hello.session] = worker
+            self._never_fits_cache.clear()
             self._event(ev.WorkerJoined(worker.name, worker.host, worker.slots, sorted(worker.tags),
                                         worker.spawn_id))
         self._seen(peer, now)
@@ -445,7 +394,7 @@ class Broker:
         reported = {a.job_id: a for a in held}
         for job_id in list(worker.running):
             if job_id not in reported:  # our Assign never reached it
-                del worker.running[job_id]
+                worker.let_go(job_id)
                 job = self.jobs.get(job_id)
                 if job is not None and job.worker is worker and job.state is JobState.RUNNING:
                     self._transition(job, JobEvent.REJECT, now)
@@ -462,11 +411,11 @@ class Broker:
             job.keep_spec(p.JobSpec(argv=active.argv, env={}, cwd=b"", tags=active.tags))
             self._transition(job, JobEvent.REATTACH, now)
             self.jobs[job.job_id] = job
-            self._attach_worker(job, worker)
+            self._attach_worker(job, worker, active.allocation)
             self._detached[job.job_id] = now + self.lost_after
             if active.finished:
                 self._transition(job, JobEvent.FINISH, now)
-                del worker.running[job.job_id]
+                worker.let_go(job.job_id)
                 worker.finished.add(job.job_id)
             return
         if job.state in WAITING and job.worker is None and active.attempt > job.attempt:
@@ -475,15 +424,15 @@ class Broker:
         other_worker = job.worker is not None and job.worker is not worker
         if job.state in WAITING or job.attempt != active.attempt or other_worker:
             self._send(worker.identity, p.Kill(active.job_id, active.attempt, "stale attempt"))
-            worker.running[active.job_id] = active.attempt
+            worker.adopt(active.job_id, active.attempt, active.allocation)
             return
         if job.worker is None and job.state is JobState.RUNNING:
             # The client re-attached first (Submit with running=True).
-            self._attach_worker(job, worker)
+            self._attach_worker(job, worker, active.allocation)
             self._detached.pop(job.job_id, None)
             self._resume(job, self._client_offsets.pop(job.job_id, [0, 0]))
         else:
-            worker.running[job.job_id] = job.attempt
+            worker.adopt(job.job_id, job.attempt, active.allocation)
 
     def _adopt_queued(self, job: Job, worker: Worker, active: p.ActiveJob, now: float) -> None:
         """After a restart, a client re-queued its job without knowing that its latest attempt had started
@@ -491,16 +440,16 @@ class Broker:
         it: that run is the job's, not a stale one to kill and run again."""
         self._transition(job, JobEvent.REATTACH, now)
         job.attempt = active.attempt
-        self._attach_worker(job, worker)
+        self._attach_worker(job, worker, active.allocation)
         if active.finished:
             self._transition(job, JobEvent.FINISH, now)
-            del worker.running[job.job_id]
+            worker.let_go(job.job_id)
             worker.finished.add(job.job_id)
         self._resume(job, [0, 0])
 
-    def _attach_worker(self, job: Job, worker: Worker) -> None:
+    def _attach_worker(self, job: Job, worker: Worker, allocation: list[p.Grant]) -> None:
         job.worker = worker
-        worker.running[job.job_id] = job.attempt
+        worker.adopt(job.job_id, job.attempt, allocation)
 
     def _move_peer(self, peer: Client | Worker, identity: bytes) -> None:
         """A known session reconnected on a new connection."""
@@ -549,7 +498,7 @@ class Broker:
             client.jobs[job.job_id] = None
             self._enqueue(job)
             self._event(ev.JobQueued(job.job_id, client.name, job.priority, job.tags, client.owner))
-            self._send(client.identity, p.Queued(job.job_id, job.ticket, self._waiting))
+            self._send(client.identity, p.Queued(job.job_id, job.ticket, self._waiting, self._never_fits(job)))
 
     def _resubmit(self, client: Client, job: Job, msg: p.Submit, now: float) -> None:
         """The same job submitted again: a client re-attaching after it lost
@@ -683,7 +632,7 @@ class Broker:
 
     def _on_finished(self, worker: Worker, msg: p.Finished, now: float) -> None:
         job = self._worker_job(worker, msg.job_id, msg.attempt)
-        held = worker.running.pop(msg.job_id, None)
+        held = worker.let_go(msg.job_id)
         if job is None:
             if held is not None:  # a job we had it kill: it need not keep it
                 self._send(worker.identity, p.Release(msg.job_id, msg.attempt))
@@ -699,7 +648,7 @@ class Broker:
 
     def _on_reject(self, worker: Worker, msg: p.Reject, now: float) -> None:
         job = self._worker_job(worker, msg.job_id, msg.attempt)
-        worker.running.pop(msg.job_id, None)
+        worker.let_go(msg.job_id)
         if job is not None and job.state is JobState.RUNNING:
             self._transition(job, JobEvent.REJECT, now)
             job.worker = None
@@ -833,7 +782,9 @@ class Broker:
         if self.sessions.get(peer.session) is peer:
             del self.sessions[peer.session]
         if isinstance(peer, Worker):
-            self._clear_tokens(peer)
+            self._never_fits_cache.clear()
+            peer.gone = True
+            self.scheduler.refresh(peer)
         elif self.observer is not None:
             self.observer.peer_gone(peer)
 
@@ -846,88 +797,36 @@ class Broker:
         return self._last_ticket
 
     def _enqueue(self, job: Job) -> None:
-        job.heap_seq = next(self._heap_seq)
-        entry = (-job.priority, job.ticket, job.heap_seq, job.job_id)
-        key = (job.tag_key, self.tenancy.queue_part(job.owner_name))
-        heapq.heappush(self._queues.setdefault(key, []), entry)
-        self._may_match = True
-
-    def _head(self, key: tuple[frozenset[str], str]) -> tuple[int, int, int, str] | None:
-        """The best still-valid entry of one queue (stale entries are dropped)."""
-        heap = self._queues[key]
-        while heap:
-            entry = heap[0]
-            job = self.jobs.get(entry[3])
-            if job is not None and job.state in WAITING and job.heap_seq == entry[2]:
-                return entry
-            heapq.heappop(heap)
-        return None
-
-    def _best_job_for(self, worker: Worker) -> Job | None:
-        """The first job, in queue order, that ``worker`` can run.  Queues are per tag
-        set and, for the owners tenancy tells apart, per owner (see
-        :meth:`Tenancy.queue_part`): an owner at its max-running is skipped, and under
-        fair share the owner with the fewest running jobs goes first within a priority."""
-        best: tuple[Any, ...] | None = None
-        best_key = None
-        tenancy = self.tenancy
-        for key in list(self._queues):
-            if key[0] <= worker.tags:
-                head = self._head(key)
-                if head is None:
-                    del self._queues[key]
-                    continue
-                owner = key[1]
-                if owner and not tenancy.may_start(owner):
-                    continue
-                order = (head[0], tenancy.running.get(owner, 0), head[1]) if tenancy.fair_share else head
-                if best is None or order < best:
-                    best, best_key = order, key
-        if best is None or best_key is None:
-            return None
-        return self.jobs[heapq.heappop(self._queues[best_key])[3]]
+        self.scheduler.enqueue(job)
 
     def _dispatch(self, now: float) -> None:
-        """Give waiting jobs to ready slots, the longest-waiting slot first.  Only
-        a queued job or a freed slot can make a new match: otherwise nothing to do."""
-        if (self._restarted and now < self.hold_until) or not self._waiting or not self._may_match:
+        """Give waiting jobs to workers with room (see :mod:`jobqueue.scheduler`)."""
+        if (self._restarted and now < self.hold_until) or not self._waiting or not self.scheduler.pending:
             return
-        self._holding = self._may_match = False
-        for token, worker in list(self._ready.items()):
-            if not self._waiting:
-                return
-            if token not in self._ready:
-                continue
-            job = self._best_job_for(worker)
-            if job is not None:
-                del self._ready[token]
-                worker.tokens.remove(token)
-                self._assign(job, worker, now)
+        self._holding = False
+        self.scheduler.dispatch(now, lambda job, worker, allocation: self._assign(job, worker, allocation, now))
 
-    def _assign(self, job: Job, worker: Worker, now: float) -> None:
+    def _assign(self, job: Job, worker: Worker, allocation: r.Allocation, now: float) -> None:
         job.waited = now - job.since
+        job.reserved_on = None
         self._transition(job, JobEvent.ASSIGN, now)
         job.attempt += 1
-        self._attach_worker(job, worker)
-        self._send(worker.identity, p.assign_encoded(job.job_id, job.attempt, job.raw_spec))
+        job.worker = worker
+        worker.running[job.job_id] = job.attempt
+        grants = self._grants.get(allocation)  # allocations without items repeat: one list each
+        if grants is None:
+            grants = [p.Grant(name, amount, list(items)) for name, amount, items in allocation]
+            if not any(items for _, _, items in allocation) and len(self._grants) < 1000:
+                self._grants[allocation] = grants
+        self._send(worker.identity, p.assign_encoded(job.job_id, job.attempt, job.raw_spec, grants))
 
     def _refresh_ready(self, worker: Worker) -> None:
-        """Keep one ready token per free slot (none while draining)."""
+        """The worker's room or state changed."""
         if self.observer is not None:
             self.observer.worker_changed(worker)
-        wanted = 0 if worker.draining or worker.identity not in self.peers else max(0, worker.free)
-        while len(worker.tokens) > wanted:
-            self._ready.pop(worker.tokens.pop(), None)
-        while len(worker.tokens) < wanted:
-            token = next(self._token)
-            worker.tokens.append(token)
-            self._ready[token] = worker
-            self._may_match = True
-
-    def _clear_tokens(self, worker: Worker) -> None:
-        for token in worker.tokens:
-            self._ready.pop(token, None)
-        worker.tokens.clear()
+        if worker.identity not in self.peers:
+            worker.gone = True
+        self.scheduler.refresh(worker)
 
     def _cancel(self, job: Job, signum: int, now: float, by: str = "") -> None:
         waited = round(now - job.since, 3)
@@ -957,6 +856,8 @@ class Broker:
         job.state = next_state(job.job_id, old, event)
         self._waiting += (job.state in WAITING) - (old in WAITING)
         self.tenancy.moved(job.owner_name, old, job.state)
+        if old is JobState.RUNNING and self.tenancy.limits(job.owner_name).max_running is not None:
+            self.scheduler.reconsider()  # its owner may start another: on any worker it fits
         if self.observer is not None:  # before ``since`` moves: it tells how long the old state lasted
             self.observer.job_moved(job, old, now)
         if job.state is not JobState.FINISHED:
@@ -992,8 +893,9 @@ class Broker:
         for w in self.peers.values():
             if isinstance(w, Worker):
                 state = "draining" if w.draining else ("busy" if w.running else "idle")
+                use = [p.ResourceUse(name, used, total) for name, used, total in w.holdings.usage()]
                 infos.append(p.WorkerInfo(w.name, w.host, state, w.slots, sorted(w.tags), sorted(w.running),
-                                          round(now - w.since, 3), w.software, w.pid))
+                                          round(now - w.since, 3), w.software, w.pid, use))
         return infos
 
     def _job_infos(self, now: float, viewer: str) -> list[p.JobInfo]:
@@ -1008,7 +910,7 @@ class Broker:
                 spec = p.decode_spec(job.raw_spec)
                 infos.append(p.JobInfo(job.job_id, p.readable_argv(spec.argv), state, worker, job.tags, job.priority,
                                        job.attempt, seconds, self._why_waiting(job), job.owner_name,
-                                       p.readable(spec.cwd)))
+                                       p.readable(spec.cwd), resources=dict(job.request)))
             else:
                 infos.append(p.JobInfo(job.job_id, [], state, worker, [], job.priority, job.attempt, seconds,
                                        "", job.owner_name))
@@ -1028,11 +930,32 @@ class Broker:
             return f"no connected worker has tags {','.join(sorted(job.tag_key))}"
         if all(w.draining for w in able):
             return "every worker that could run it is draining"
-        return "every worker that could run it is busy"
+        able = [w for w in able if not w.draining]
+        why = r.why_waiting(job.request, [w.holdings for w in able])
+        reserved = self.scheduler.reserved_for(job)
+        if reserved is not None:
+            return f"{why or 'waiting'}; worker {reserved.name} is held for it until enough is free"
+        return why or "every worker that could run it is busy"
+
+    def _never_fits(self, job: Job) -> str:
+        """Why no connected worker could ever run ``job`` ('' if one could, or none is connected)."""
+        if job.request is r.DEFAULT_REQUEST:
+            return ""
+        kind = (job.tag_key, job.request)
+        why = self._never_fits_cache.get(kind)
+        if why is None:
+            able = [w.holdings for w in self.peers.values() if isinstance(w, Worker) and job.tag_key <= w.tags]
+            why = self._never_fits_cache[kind] = r.never_fits(job.request, able) if able else ""
+        return why
 
 
-#: Shared by every job without tags (never mutated): a queued job costs less.
-_NO_TAGS: list[str] = []
+def _pools(hello: p.WorkerHello, slots: int) -> list[r.Pool]:
+    """A worker's pools as it declared them (cpus: its slots unless declared)."""
+    pools = {r.CPUS: r.Pool(r.CPUS, slots)}
+    for pool in hello.resources[:r.MAX_POOLS]:
+        if pool.total >= 0 and pool.name and len(pool.name) <= r.MAX_NAME:
+            pools[pool.name] = r.Pool(pool.name, pool.total, tuple(dict.fromkeys(pool.items[:r.MAX_ITEMS])))
+    return list(pools.values())
 
 
 def _kind(message: p.Message) -> str:
@@ -1070,6 +993,9 @@ def _validate_submit(msg: p.Submit) -> str:
         return "closed_fds must be among 0, 1, 2, and signals valid signal numbers"
     if not -1 <= spec.umask <= 0o777:
         return "umask must be 0 to 0o777 (or -1)"
+    problem = r.request_problem(spec.resources)
+    if problem:
+        return problem
     if msg.attempt < 0 or msg.ticket < 0 or any(o < 0 for o in msg.offsets) or len(msg.offsets) != 2:
         return "negative attempt, ticket or offset"
     return ""

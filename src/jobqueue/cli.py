@@ -13,6 +13,18 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__, config
+from .resources import (
+    RESERVE_AFTER,
+    Pool,
+    ResourceError,
+    describe,
+    format_amount,
+    normalise,
+    parse_declaration,
+    parse_gpus,
+    parse_size,
+    worker_pools,
+)
 
 EXIT_ERROR = 255
 
@@ -32,6 +44,9 @@ def _server_parser(prog: str = "jobqueue-server") -> argparse.ArgumentParser:
     parser.add_argument("--restart-hold", type=config.duration, default=None,
                         help="after start, wait this long before dispatching, so that after a restart "
                              "workers and clients re-announce their jobs first (default 2 heartbeats)")
+    parser.add_argument("--reserve-after", type=config.duration, default=RESERVE_AFTER,
+                        help="a job that does not fit may be overtaken by jobs that do for this long; then "
+                             "the next worker that could run it is held for it (default 30s)")
     parser.add_argument("--key", default=None, help="the server's secret key file (CURVE; see jobqueue keygen)")
     parser.add_argument("--clients", metavar="KEYS", default=None,
                         help="public keys allowed to submit jobs: a directory of *.pub files or one file, "
@@ -100,6 +115,10 @@ def _spawn_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--spawn-timeout", metavar="DURATION", type=config.duration, default=300.0,
                        help="a spawned worker not connected after this long counts as failed, and spawning "
                             "backs off (default 5m; allow for the batch system's queueing)")
+    group.add_argument("--spawn-resources", metavar="'NAME=VALUE ...'", action="append", default=[],
+                       help="what a spawned worker has, e.g. 'cpus=16 mem=64G gpus=4' (given to the command "
+                            "as $JOBQUEUE_SPAWN_RESOURCES): only jobs that fit it make the server spawn "
+                            "(default: only jobs that ask for one CPU)")
     group.add_argument("--spawn-address", metavar="ADDRESS", default=None,
                        help="the address spawned workers connect to (default: the bound address)")
 
@@ -117,7 +136,12 @@ def _spawn_policy(args: argparse.Namespace) -> Any:
     if args.spawn_timeout <= 0:
         raise config.UsageError("--spawn-timeout must be positive")
     tags = frozenset(t for tag in args.spawn_tags for t in tag.split(",") if t)
-    return SpawnPolicy(args.spawn, max_workers=args.spawn_max, tags=tags, timeout=args.spawn_timeout)
+    try:
+        pools = tuple(parse_declaration(word) for text in args.spawn_resources for word in text.split())
+    except ResourceError as e:
+        raise config.UsageError(f"--spawn-resources: {e}") from None
+    return SpawnPolicy(args.spawn, max_workers=args.spawn_max, tags=tags, timeout=args.spawn_timeout,
+                       resources=pools)
 
 
 def _worker_parser(prog: str = "jobqueue-worker") -> argparse.ArgumentParser:
@@ -125,8 +149,19 @@ def _worker_parser(prog: str = "jobqueue-worker") -> argparse.ArgumentParser:
                                      "and runs the jobs it pulls.")
     parser.add_argument("address", nargs="?", default=None,
                         help="server address (default $JOBQUEUE_SERVER, else localhost:3821)")
-    parser.add_argument("-j", "--jobs", default="1",
-                        help="jobs run at once (slots); 0 or 'auto' = one per CPU (default 1)")
+    parser.add_argument("-j", "--jobs", default=None,
+                        help="jobs run at once (slots); 0 or 'auto' = one per CPU (default 1, or --cpus)")
+    parser.add_argument("--cpus", metavar="N", default=None,
+                        help="its CPUs (default: the -j slots; with --mem, --gpus or --resource and no -j: "
+                             "the machine's)")
+    parser.add_argument("--mem", metavar="SIZE", default=None, help="its memory, e.g. 64G (default: the machine's)")
+    parser.add_argument("--gpus", metavar="auto|LIST|N", default=None,
+                        help="its GPUs: auto ($CUDA_VISIBLE_DEVICES, else nvidia-smi -L), 0,1,2,3, or N")
+    parser.add_argument("--resource", metavar="NAME=COUNT|NAME=a,b", action="append", default=[],
+                        help="a named resource: an amount, or distinct items (repeatable)")
+    parser.add_argument("--bind-cpus", action="store_true", help="pin each job to as many CPUs as it asked for")
+    parser.add_argument("--enforce-mem", action="store_true",
+                        help="kill a job that uses more memory than it asked for (a memory cgroup per job)")
     parser.add_argument("--tag", action="append", default=[], help="advertise this tag (repeatable)")
     parser.add_argument("--name", default=None, help="worker name (default HOSTNAME:PID)")
     parser.add_argument("--max-jobs", type=int, default=0, help="exit after running N jobs")
@@ -156,7 +191,7 @@ def _run_server(args: argparse.Namespace) -> int:
     if args.heartbeat <= 0 or args.liveness < 1:
         raise config.UsageError("--heartbeat must be positive and --liveness at least 1")
     options = ServerOptions(config.endpoint(args.address, bind=True), args.heartbeat, args.liveness,
-                            args.log_format, args.restart_hold,
+                            args.log_format, args.restart_hold, reserve_after=args.reserve_after,
                             ipc_mode=args.ipc_mode,
                             keys=server_keys(args.key, args.clients, args.workers, args.admins, args.fair_share),
                             insecure=args.insecure,
@@ -186,18 +221,47 @@ def worker_main(argv: list[str] | None = None, prog: str = "jobqueue-worker") ->
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    from .confine import ConfineError
     from .security import client_security
     from .worker import Worker, WorkerOptions
 
-    slots = os.cpu_count() or 1 if args.jobs in ("0", "auto") else _positive(args.jobs, "-j/--jobs")
+    pools, slots = _worker_resources(args)
     options = WorkerOptions(
         endpoint=config.endpoint(config.server_address(args.address)),
         name=args.name or f"{socket.gethostname()}:{os.getpid()}",
         slots=slots, tags=args.tag, max_jobs=1 if args.once else args.max_jobs,
         idle_timeout=args.idle_timeout, kill_grace=args.kill_grace, grace=args.server_grace,
         security=client_security(args.key, args.server_key), log_format=args.log_format,
+        pools=pools, bind_cpus=args.bind_cpus, enforce_mem=args.enforce_mem,
     )
-    return Worker(options).run()
+    try:
+        worker = Worker(options)
+    except ConfineError as e:
+        raise config.UsageError(str(e)) from None
+    return worker.run()
+
+
+def _worker_resources(args: argparse.Namespace) -> tuple[list[Pool], int]:
+    """The worker's pools and slots from -j, --cpus, --mem, --gpus and --resource."""
+    from .confine import detect_gpus, machine_memory
+
+    try:
+        declared = [parse_declaration(text) for text in args.resource]  # may say cpus= and mem= too
+        named = {pool.name: pool.total for pool in declared}
+        cpus = named.get("cpus") if args.cpus is None else _positive(args.cpus, "--cpus")
+        if args.jobs is None:
+            # The resource form without -j or --cpus: the machine's CPUs, as memory is the machine's.
+            declared_any = args.mem is not None or args.gpus is not None or args.resource
+            slots = cpus or ((os.cpu_count() or 1) if declared_any else 1)
+        else:
+            slots = os.cpu_count() or 1 if args.jobs in ("0", "auto") else _positive(args.jobs, "-j/--jobs")
+        if slots < 1 or cpus == 0:
+            raise config.UsageError("-j/--jobs and --cpus must be at least 1")
+        mem = parse_size(args.mem) if args.mem is not None else named.get("mem") or machine_memory()
+        gpus = None if args.gpus is None else parse_gpus(args.gpus, detect_gpus)
+        return worker_pools(cpus or slots, mem, gpus, [p for p in declared if p.name not in ("cpus", "mem")]), slots
+    except ResourceError as e:
+        raise config.UsageError(str(e)) from None
 
 
 def _positive(text: str, name: str) -> int:
@@ -292,17 +356,19 @@ def status_main(argv: list[str]) -> int:
             print(json.dumps(out, indent=2))
             return 0
         if show_workers:
-            _print_table(["WORKER", "HOST", "STATE", "SLOTS", "JOBS", "SINCE", "TAGS", "VERSION"], [
+            _print_table(["WORKER", "HOST", "STATE", "SLOTS", "JOBS", "SINCE", "TAGS", "RESOURCES (USED/TOTAL)",
+                          "VERSION"], [
                 [w.name, w.host, w.state, str(w.slots), ",".join(w.jobs) or "-", _age(w.since),
-                 ",".join(w.tags) or "-", w.software or "-"] for w in workers] + [
-                [f"({s.spawn_id})", "-", "starting", "-", "-", _age(s.seconds), "spawned by --spawn", "-"]
+                 ",".join(w.tags) or "-", _usage(w.resources), w.software or "-"] for w in workers] + [
+                [f"({s.spawn_id})", "-", "starting", "-", "-", _age(s.seconds), "spawned by --spawn", "-", "-"]
                 for s in reply.spawning])
         if show_workers and show_jobs:
             print()
         if show_jobs:
-            _print_table(["JOB", "STATE", "WORKER", "OWNER", "TIME", "PRIO", "TRY", "COMMAND", "WHY"], [
+            _print_table(["JOB", "STATE", "WORKER", "OWNER", "TIME", "PRIO", "TRY", "NEEDS", "COMMAND", "WHY"], [
                 [j.job_id, j.state, j.worker or "-", j.owner or "-", _age(j.seconds), str(j.priority),
-                 str(j.attempt), _shorten(" ".join(j.argv)) if j.argv else "(not yours)", j.why or ""]
+                 str(j.attempt), _needs(j.resources), _shorten(" ".join(j.argv)) if j.argv else "(not yours)",
+                 j.why or ""]
                 for j in jobs])
         return 0
 
@@ -368,6 +434,16 @@ def _age(seconds: float) -> str:
 
 def _shorten(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _usage(resources: list[Any]) -> str:
+    """``cpus=2/8 mem=4G/32G gpus=1/4`` (a pool of 0 left out) from a worker's ResourceUse list."""
+    return " ".join(f"{u.name}={format_amount(u.name, u.used)}/{format_amount(u.name, u.total)}"
+                    for u in resources if u.total) or "-"
+
+
+def _needs(resources: dict[str, int]) -> str:
+    return describe(normalise(resources)) if resources else "cpus=1"
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:

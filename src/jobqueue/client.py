@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # annotations only: importing typing would slow jq down
         job_id: str
         ticket: int
         position: int
+        why: str
 
     class StartedMessage(Protocol):
         job_id: str

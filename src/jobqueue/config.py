@@ -15,6 +15,7 @@ ENV_SERVER_KEY = "JOBQUEUE_SERVER_KEY"
 #: Given by the server's --spawn to the workers it starts (see jobqueue.autoscale).
 ENV_SPAWN_ID = "JOBQUEUE_SPAWN_ID"
 ENV_SPAWN_TAGS = "JOBQUEUE_SPAWN_TAGS"
+ENV_SPAWN_RESOURCES = "JOBQUEUE_SPAWN_RESOURCES"
 #: fcntl.F_SETPIPE_SZ (Linux), for Pythons whose fcntl lacks the name.
 F_SETPIPE_SZ = 1031
 

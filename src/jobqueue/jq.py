@@ -48,6 +48,10 @@ options:
       --queue-timeout DURATION
                            give up if the job has not started by then (exit 255)
       --max-attempts N     give up after its worker was lost N times (default 3)
+      --cpus N             needs N CPUs (default 1)
+      --mem SIZE           needs SIZE of memory (512M, 16G, ...)
+      --gpus N             needs N GPUs to itself (it sees them as $CUDA_VISIBLE_DEVICES)
+      --resource NAME=N    needs N of the workers' resource NAME (repeatable)
       --connect-timeout DURATION
                            wait this long for the server (default 10s)
       --key FILE           this client's secret key (CURVE); $JOBQUEUE_KEY
@@ -70,7 +74,7 @@ class JqOptions:
     """jq's command line, parsed."""
 
     __slots__ = ("argv", "server", "chdir", "env", "tty", "tags", "priority", "timeout", "queue_timeout",
-                 "max_attempts", "connect_timeout", "key", "server_key", "verbose")
+                 "max_attempts", "connect_timeout", "key", "server_key", "verbose", "resources")
 
     def __init__(self, argv: list[str], **options: object) -> None:
         self.argv = argv
@@ -87,6 +91,8 @@ class JqOptions:
         self.key: str | None = None
         self.server_key: str | None = None
         self.verbose = False
+        #: What the job asks for (see :mod:`jobqueue.resources`): name -> amount.
+        self.resources: dict[str, int] = {}
         for name, value in options.items():
             setattr(self, name, value)
 
@@ -107,7 +113,8 @@ _VALUED = {
     "-s": "server", "--server": "server", "-C": "chdir", "--chdir": "chdir", "-e": "env", "--env": "env",
     "--tag": "tags", "--priority": "priority", "--timeout": "timeout", "--queue-timeout": "queue_timeout",
     "--max-attempts": "max_attempts", "--connect-timeout": "connect_timeout", "--key": "key",
-    "--server-key": "server_key",
+    "--server-key": "server_key", "--cpus": "resources", "--mem": "resources", "--gpus": "resources",
+    "--resource": "resources",
 }
 _FLAGS = {"-t": "tty", "--tty": "tty", "-v": "verbose", "--verbose": "verbose"}
 
@@ -169,6 +176,14 @@ def _set_option(options: JqOptions, key: str, name: str, value: str) -> None:
         setattr(options, key, number)
     elif key in ("timeout", "queue_timeout", "connect_timeout"):
         setattr(options, key, config.duration(value))
+    elif key == "resources":
+        from .resources import ResourceError, parse_request_option  # only jobs that ask for resources load it
+
+        try:
+            resource, amount = parse_request_option(name, value)
+        except ResourceError as e:
+            raise config.UsageError(str(e)) from None
+        options.resources[resource] = amount
     else:
         setattr(options, key, value)
 
@@ -189,6 +204,8 @@ class Terminal:
         self.watched: tuple[int, ...] = ()
         self.signals: list[int] = []
         self.queue_timed_out = False
+        #: Why no connected worker could run the job, as the server said when it queued it.
+        self.why = ""
         #: Restores our terminal after -t made it raw (when the job started, so
         #: that Ctrl-C still cancels a queued job).
         self.restore_terminal: Any = None
@@ -239,6 +256,9 @@ class Terminal:
     def queued(self, job: ClientJob, msg: Queued) -> None:
         if self.options.verbose:
             self.note(f"job {job.job_id} queued ({msg.position} waiting)")
+        if msg.why:  # it waits for a worker that may never come: say so now
+            self.why = msg.why
+            self.note(f"job {job.job_id} waits for a worker that can run it: {msg.why}")
 
     def started(self, job: ClientJob, msg: Started) -> None:
         self.has_started = True
@@ -258,13 +278,13 @@ class Terminal:
     def finished(self, job: ClientJob, msg: Finished) -> None:
         if self.queue_timed_out and msg.reason == "cancelled":
             self.result, self.message = 255, (
-                f"job {job.job_id} did not start within {self.options.queue_timeout:g}s (--queue-timeout); "
-                "cancelled it")
+                f"job {job.job_id} did not start within {self.options.queue_timeout:g}s (--queue-timeout"
+                f"{'; ' + self.why if self.why else ''}); cancelled it")
         elif msg.reason in ("failed", "lost"):
             self.result, self.message = 255, msg.message
         else:
             self.result = msg.status
-            if msg.reason in ("not-found", "not-executable"):
+            if msg.reason in ("not-found", "not-executable", "out-of-memory"):
                 self.message = msg.message
 
     def failed(self, job: ClientJob, reason: str) -> None:
@@ -370,6 +390,7 @@ def build_spec(options: JqOptions, closed: list[int] = []) -> JobSpec:  # noqa: 
         argv=argv, env=env, cwd=cwd, tags=options.tags, priority=options.priority,
         timeout=options.timeout, tty=options.tty, rows=rows, cols=cols, max_attempts=options.max_attempts,
         stdin=options.tty or _forwards_stdin(), closed_fds=[] if options.tty else closed, merge_output=merge,
+        resources=options.resources,
         **caller_attributes(),
     )
 

@@ -44,7 +44,7 @@ class Metrics:
         self.slots = Gauge("jobqueue_worker_slots", "Job slots of the connected workers", registry=r)
         self.finished = Counter("jobqueue_jobs_finished", "Jobs that ended, by outcome "
                                 "(succeeded, nonzero, signaled, timeout, not-found, not-executable, failed, "
-                                "cancelled, lost)", ["outcome"], registry=r)
+                                "cancelled, lost, out-of-memory)", ["outcome"], registry=r)
         self.queue_wait = Histogram("jobqueue_job_queue_wait_seconds", "Seconds a job waited in the queue "
                                     "before it started", buckets=WAIT_BUCKETS, registry=r)
         self.run_time = Histogram("jobqueue_job_run_seconds", "Seconds a job ran, start to end",

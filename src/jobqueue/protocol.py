@@ -110,6 +110,26 @@ class JobSpec(msgspec.Struct, array_like=True):
     #: The caller's stdout and stderr are one file (``2>&1``, one terminal): the
     #: job's are one pipe (its output arrives as stream 1), so their order is kept.
     merge_output: bool = False
+    #: What the job asks for (:mod:`jobqueue.resources`): pool name -> amount (mem in bytes);
+    #: empty asks for one CPU.
+    resources: dict[str, int] = {}
+
+
+class Grant(msgspec.Struct, array_like=True):
+    """Part of what a job was given: ``amount`` of pool ``name``, and which ``items``
+    of an indexed pool (GPUs)."""
+
+    name: str
+    amount: int
+    items: list[str] = []
+
+
+class ResourcePool(msgspec.Struct, array_like=True):
+    """A resource a worker has: a sum (``items`` empty) or distinct items (``total`` = their number)."""
+
+    name: str
+    total: int
+    items: list[str] = []
 
 
 class ActiveJob(msgspec.Struct, array_like=True):
@@ -121,6 +141,7 @@ class ActiveJob(msgspec.Struct, array_like=True):
     argv: list[bytes]  # for display: the worker may shorten it
     tags: list[str]
     finished: bool = False
+    allocation: list[Grant] = []  # what it holds, so a restarted server counts it
 
 
 class WorkerHello(Message, tag="whello"):
@@ -141,6 +162,8 @@ class WorkerHello(Message, tag="whello"):
     draining: bool = False
     spawn_id: str = ""  # $JOBQUEUE_SPAWN_ID: the server's --spawn started this worker
     previous_server: str = ""  # as in ClientHello
+    #: Its resources (cpus, mem, gpus, named); empty: ``slots`` CPUs.
+    resources: list[ResourcePool] = []
 
 
 class Welcome(Message, tag="welcome"):
@@ -203,6 +226,8 @@ class Queued(Message, tag="queued"):
     job_id: str
     ticket: int
     position: int
+    #: Set when no connected worker could ever run the job (it waits: workers may come).
+    why: str = ""
 
 
 class Assign(Message, tag="assign"):
@@ -211,6 +236,7 @@ class Assign(Message, tag="assign"):
     job_id: str
     attempt: int
     spec: JobSpec
+    allocation: list[Grant] = []  # what the job holds while it runs
 
 
 class AssignRaw(Message, tag="assign"):
@@ -221,6 +247,7 @@ class AssignRaw(Message, tag="assign"):
     job_id: str
     attempt: int
     spec: msgspec.Raw
+    allocation: list[Grant] = []
 
 
 class Reject(Message, tag="reject"):
@@ -333,7 +360,8 @@ class Finished(Message, tag="finished"):
 
     ``reason``: ``exited``, ``signaled``, ``timeout``, ``not-found`` (127),
     ``not-executable`` (126), ``failed`` (could not start: 255), ``cancelled``,
-    ``lost`` (its worker was lost too often: 255), ``killed`` (client gone)."""
+    ``lost`` (its worker was lost too often: 255), ``killed`` (client gone),
+    ``out-of-memory`` (past its ``--mem`` under ``--enforce-mem``: 137)."""
 
     job_id: str
     attempt: int
@@ -395,6 +423,12 @@ class StatusRequest(Message, tag="status"):
     version: int
 
 
+class ResourceUse(msgspec.Struct):
+    name: str
+    used: int
+    total: int
+
+
 class WorkerInfo(msgspec.Struct):
     name: str
     host: str
@@ -405,6 +439,7 @@ class WorkerInfo(msgspec.Struct):
     since: float  # seconds in the current state
     software: str
     pid: int
+    resources: list[ResourceUse] = []
 
 
 class JobInfo(msgspec.Struct):
@@ -419,6 +454,7 @@ class JobInfo(msgspec.Struct):
     why: str = ""  # why a queued job waits
     owner: str = ""  # who submitted it (a CURVE key's name, a Unix user, or "local")
     cwd: str = ""  # its directory (shown only to its owner and admins, as argv and tags)
+    resources: dict[str, int] = {}  # what it asks for (as in its spec)
 
 
 class SpawnInfo(msgspec.Struct):
@@ -694,9 +730,9 @@ def readable_argv(argv: list[bytes]) -> list[str]:
     return [readable(a) for a in argv]
 
 
-def assign_encoded(job_id: str, attempt: int, spec: bytes) -> AssignRaw:
+def assign_encoded(job_id: str, attempt: int, spec: bytes, allocation: list[Grant]) -> AssignRaw:
     """An Assign whose spec is already encoded (see :func:`encode_spec`)."""
-    return AssignRaw(job_id, attempt, msgspec.Raw(spec))
+    return AssignRaw(job_id, attempt, msgspec.Raw(spec), allocation)
 
 
 def _decode(decoder: msgspec.msgpack.Decoder[Any], data: Buffer, side: str) -> Message:

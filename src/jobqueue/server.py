@@ -24,7 +24,7 @@ from zmq.utils import z85
 
 from . import __version__
 from . import protocol as p
-from .autoscale import ENV_SERVER, ENV_SPAWN_ID, ENV_SPAWN_TAGS, Autoscaler, SpawnPolicy
+from .autoscale import ENV_SERVER, ENV_SPAWN_ID, ENV_SPAWN_RESOURCES, ENV_SPAWN_TAGS, Autoscaler, SpawnPolicy
 from .broker import Broker, Send
 from .config import UsageError
 from .connection import COPY_THRESHOLD
@@ -32,6 +32,7 @@ from .events import WorkerJoined
 from .identities import CLOSE_AFTER, Identities
 from .logs import Logger
 from .observe import Observer
+from .resources import RESERVE_AFTER, normalise
 from .security import ServerKeys, check_bind
 from .tenancy import Tenancy
 from .waker import Waker
@@ -50,6 +51,8 @@ class ServerOptions:
     liveness: int = 5
     log_format: str = "text"
     restart_hold: float | None = None
+    #: How long jobs that fit may overtake one that does not, before a worker is held for it.
+    reserve_after: float = RESERVE_AFTER
     ipc_mode: int = 0o700
     #: CURVE keys (None: no encryption, loopback or ipc only unless ``insecure``).
     keys: ServerKeys | None = None
@@ -77,6 +80,7 @@ class Server:
             time.monotonic(), server_id=self.server_id, software=__version__, heartbeat=options.heartbeat,
             liveness=options.liveness, restart_hold=options.restart_hold, wall_clock_ns=time.time_ns(),
             tenancy=Tenancy(self.identities.policy(options.fair_share)),
+            reserve_after=options.reserve_after,
         )
         #: History, series, watchers and tails for dashboards (jobqueue dashboard).
         self.observer = Observer(self.broker, time.monotonic(), wall_offset=time.time() - time.monotonic())
@@ -346,7 +350,8 @@ class Spawner:
             self._due = True
             return
         self._next_step, self._due = now + SPAWN_STEP, False
-        for spawn_id in self.autoscaler.step(now, broker.waiting_tag_sets(), broker.worker_views()):
+        waiting = broker.waiting_tag_sets(self.policy.fits)
+        for spawn_id in self.autoscaler.step(now, waiting, broker.worker_views()):
             self._run(spawn_id, now)
         self._log_events()
 
@@ -362,12 +367,13 @@ class Spawner:
         reply.spawning = [p.SpawnInfo(spawn_id, seconds) for spawn_id, seconds in self.autoscaler.starting(now)]
         for job in reply.jobs:
             if job.why:
-                job.why = f"{job.why}; {self.autoscaler.why_waiting(job.tags, now)}"
+                job.why = f"{job.why}; {self.autoscaler.why_waiting(job.tags, now, normalise(job.resources))}"
 
     def _run(self, spawn_id: str, now: float) -> None:
         env = dict(os.environ)
         env.update({ENV_SERVER: self.address, ENV_SPAWN_ID: spawn_id,
-                    ENV_SPAWN_TAGS: ",".join(sorted(self.policy.tags))})
+                    ENV_SPAWN_TAGS: ",".join(sorted(self.policy.tags)),
+                    ENV_SPAWN_RESOURCES: " ".join(pool.describe() for pool in self.policy.resources)})
         try:
             proc = subprocess.Popen(["/bin/sh", "-c", self.policy.command], env=env, stdin=subprocess.DEVNULL,
                                     stdout=sys.stderr.fileno(), start_new_session=True)

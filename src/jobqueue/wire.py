@@ -113,6 +113,12 @@ def _rlimit_list(value: object) -> list[tuple[str, int, int]]:
     return [(_str(name), _int(soft), _int(hard)) for name, soft, hard in value]
 
 
+def _int_map(value: object) -> dict[str, int]:
+    if type(value) is _Pairs and all(type(k) is str and type(v) is int for k, v in value):
+        return {_str(k): _int(v) for k, v in value}
+    raise _Mismatch("map of str to int")
+
+
 def _job_spec(value: object) -> JobSpec:
     if type(value) is not list:
         raise _Mismatch("JobSpec array")
@@ -148,7 +154,8 @@ class Struct:
             elif default is _REQUIRED:
                 raise TypeError(f"{type(self).__name__} needs the field {name!r}")
             else:
-                value = list(default) if isinstance(default, list) else default
+                value = list(default) if isinstance(default, list) else \
+                    dict(default) if isinstance(default, dict) else default
             setattr(self, name, value)
         if kwargs:
             raise TypeError(f"{type(self).__name__} has no field {next(iter(kwargs))!r}")
@@ -201,7 +208,7 @@ class JobSpec(Struct):
         ("tty", _bool, False), ("rows", _int, 0), ("cols", _int, 0), ("max_attempts", _int, 3),
         ("stdin", _bool, True), ("umask", _int, -1), ("rlimits", _rlimit_list, []), ("nice", _int_or_none, None),
         ("ignored_signals", _int_list, []), ("blocked_signals", _int_list, []), ("closed_fds", _int_list, []),
-        ("merge_output", _bool, False))
+        ("merge_output", _bool, False), ("resources", _int_map, {}))
     __slots__ = _names(FIELDS)
     argv: list[bytes]
     env: dict[bytes, bytes]
@@ -221,6 +228,7 @@ class JobSpec(Struct):
     blocked_signals: list[int]
     closed_fds: list[int]
     merge_output: bool
+    resources: dict[str, int]
 
 
 class ClientHello(Message):
@@ -296,11 +304,13 @@ class Submit(Message):
 
 class Queued(Message):
     TAG = "queued"
-    FIELDS = (("job_id", _str, _REQUIRED), ("ticket", _int, _REQUIRED), ("position", _int, _REQUIRED))
+    FIELDS = (("job_id", _str, _REQUIRED), ("ticket", _int, _REQUIRED), ("position", _int, _REQUIRED),
+              ("why", _str, ""))
     __slots__ = _names(FIELDS)
     job_id: str
     ticket: int
     position: int
+    why: str
 
 
 class Started(Message):

@@ -264,9 +264,9 @@ def test_lost_client_drops_queued_and_kills_running(h: Harness) -> None:
     assert h.to(b"w", p.Kill)[0].job_id == "run"
     assert h.broker.jobs == {}
     # The slot stays busy until the worker reports the killed job's end.
-    assert h.broker._ready == {}
+    assert h.broker.scheduler.ready == {}
     h.send(b"w", p.Finished("run", 1, 143, "killed"))
-    assert len(h.broker._ready) == 1
+    assert len(h.broker.scheduler.ready) == 1
 
 
 def test_cancel_queued_job(h: Harness) -> None:

@@ -26,6 +26,7 @@ FIELD_VALUES: dict[Any, st.SearchStrategy[Any]] = {
     w._bytes_list: st.lists(st.binary(max_size=40), max_size=20),
     w._bytes_map: st.dictionaries(st.binary(max_size=20), st.binary(max_size=40), max_size=20),
     w._rlimit_list: st.lists(st.tuples(texts, ints, ints), max_size=12),
+    w._int_map: st.dictionaries(texts, ints, max_size=5),
 }
 
 
@@ -175,7 +176,8 @@ def test_every_message_the_broker_takes_from_a_client_is_mirrored() -> None:
 WIRE_TYPES = {w._int: int, w._str: str, w._bool: bool, w._bytes: bytes, w._float: float,
               w._float_or_none: float | None, w._str_list: list[str], w._int_list: list[int],
               w._bytes_list: list[bytes], w._bytes_map: dict[bytes, bytes], w._int_or_none: int | None,
-              w._rlimit_list: list[tuple[str, int, int]], w._job_spec: p.JobSpec}
+              w._rlimit_list: list[tuple[str, int, int]], w._int_map: dict[str, int],
+              w._job_spec: p.JobSpec}
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)

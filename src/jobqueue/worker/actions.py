@@ -18,9 +18,12 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Spawn:
-    """Start the job's process; answer with on_spawned or on_spawn_failed before the next input."""
+    """Start the job's process; answer with on_spawned or on_spawn_failed before the next input.
+    ``allocation`` is what the server gave it (the spec's environment already says so); the
+    shell pins it to CPUs and limits its memory accordingly."""
     job_id: str
     spec: p.JobSpec
+    allocation: list[p.Grant] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +102,5 @@ class CoreConfig:
     software: str = ""
     spawn_id: str = ""
     server: str = ""
+    #: Its resources, as declared (cpus, mem, gpus, named); empty: ``slots`` CPUs.
+    resources: list[p.ResourcePool] = field(default_factory=list)

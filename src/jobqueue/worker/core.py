@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import launch
 from .. import protocol as p
+from ..resources import GPUS, format_size, job_env
 from .actions import (
     Action,
     ClosePipe,
@@ -55,6 +56,7 @@ class Run:
         self.job_id = assign.job_id
         self.attempt = assign.attempt
         self.spec = assign.spec
+        self.allocation = assign.allocation  # what it holds of the worker's resources
         self.state = S.STARTING  # written only by WorkerCore._transition
         self.pid = 0
         self.started = now
@@ -118,10 +120,11 @@ class WorkerCore:
     def hello(self) -> p.WorkerHello:
         """What the connection says on every (re)connection: who we are and what we hold."""
         c = self.cfg
-        held = [p.ActiveJob(r.job_id, r.attempt, launch.shown_argv(r.spec.argv), r.spec.tags, r.state is S.FINISHED)
+        held = [p.ActiveJob(r.job_id, r.attempt, launch.shown_argv(r.spec.argv), r.spec.tags, r.state is S.FINISHED,
+                            r.allocation)
                 for r in self.runs.values()]
         return p.WorkerHello(p.PROTOCOL_VERSION, c.session, c.name, c.host, c.pid, c.software, c.slots,
-                             c.tags, held, self.draining, spawn_id=c.spawn_id)
+                             c.tags, held, self.draining, spawn_id=c.spawn_id, resources=c.resources)
 
     def may_read(self, job_id: str, fd: int) -> bool:
         """Whether to read the job's output stream now (open, and its window not full)."""
@@ -183,11 +186,15 @@ class WorkerCore:
         self._count_start()
         return self._actions(now)
 
-    def on_exit(self, job_id: str, wait_status: int, now: float) -> list[Action]:
-        """The shell reaped the job's process (and killed the rest of its group)."""
+    def on_exit(self, job_id: str, wait_status: int, now: float, out_of_memory: int = 0) -> list[Action]:
+        """The shell reaped the job's process (and killed the rest of its group);
+        ``out_of_memory``: its memory limit, if the kernel killed it for going past it."""
         run = self.runs[job_id]
         code = exit_code(wait_status)
         run.exit_status = code if code >= 0 else 128 - code
+        if out_of_memory and not run.reason:
+            run.reason = "out-of-memory"
+            run.kill_reason = f"job {job_id} exceeded its memory ({format_size(out_of_memory)}) and was killed"
         run.reason = run.reason or ("exited" if code >= 0 else "signaled")
         self._transition(run, E.EXITED, now)
         self._settle(run, now)
@@ -275,7 +282,11 @@ class WorkerCore:
             self._send(p.Reject(msg.job_id, msg.attempt, "no free slot"))
             return
         self.runs[msg.job_id] = Run(msg, now)
-        self._out.append(Spawn(msg.job_id, msg.spec))
+        allocation = tuple((g.name, g.amount, tuple(g.items)) for g in msg.allocation)
+        has_gpus = any(pool.name == GPUS and pool.total for pool in self.cfg.resources)
+        told = job_env(allocation, msg.spec.env, asked=bool(msg.spec.resources), has_gpus=has_gpus)
+        msg.spec.env.update(told)  # what the job is told it got
+        self._out.append(Spawn(msg.job_id, msg.spec, msg.allocation))
 
     def _on_input(self, msg: p.Input, now: float) -> None:
         run = self._run(msg.job_id, msg.attempt)

@@ -21,10 +21,13 @@ import zmq
 
 from .. import config, launch
 from .. import protocol as p
+from ..confine import Confinement
 from ..connection import Connection, Refused, Security, ServerLost
 from ..logs import Logger
+from ..resources import CPUS, Pool
 from ..waker import Waker
 from . import actions as a
+from .actions import SpawnFailure
 from .core import WorkerCore
 from .spawn import Spawner, no_inheritable_fds, set_winsize
 
@@ -45,6 +48,10 @@ class WorkerOptions:
     grace: float = config.SERVER_GRACE
     security: Security | None = None
     log_format: str = "text"
+    #: Its resources (see jobqueue.resources); empty: ``slots`` CPUs.
+    pools: list[Pool] = field(default_factory=list)
+    bind_cpus: bool = False
+    enforce_mem: bool = False
 
 
 class Worker:
@@ -54,6 +61,9 @@ class Worker:
         config.open_missing_std_fds()
         no_inheritable_fds()
         self.spawner = Spawner()
+        cpus = next((pool.total for pool in options.pools if pool.name == CPUS), options.slots)
+        #: Pins each job to its CPUs, limits its memory (raises ConfineError at start if it cannot).
+        self.confinement = Confinement(cpus, bind_cpus=options.bind_cpus, enforce_mem=options.enforce_mem)
         if options.endpoint.startswith("ipc://"):  # immune to the spawner's directory changes
             options.endpoint = "ipc://" + os.path.abspath(options.endpoint[len("ipc://"):])
         self.core = WorkerCore(a.CoreConfig(
@@ -62,6 +72,7 @@ class Worker:
             session=os.urandom(8).hex(), pid=os.getpid(), software=_software(),
             spawn_id=os.environ.get(config.ENV_SPAWN_ID, ""),  # set by the server's --spawn
             server=options.endpoint,
+            resources=[p.ResourcePool(pool.name, pool.total, list(pool.items)) for pool in options.pools],
         ), time.monotonic())
         # Without keys the worker speaks ZMTP itself (jobqueue.zmtp), as jq does: its
         # few messages per job leave in one write a loop round, where pyzmq would
@@ -167,7 +178,7 @@ class Worker:
             elif isinstance(action, a.Log):
                 self.log.event(action.event, **action.fields)
             elif isinstance(action, a.Spawn):
-                self._spawn(action.job_id, action.spec)
+                self._spawn(action.job_id, action.spec, action.allocation)
             elif isinstance(action, a.WriteStdin):
                 self._write_stdin(action.job_id, action.chunks)
             elif isinstance(action, a.ClosePipe):
@@ -183,10 +194,16 @@ class Worker:
             elif isinstance(action, a.Exit):
                 self.done = True
 
-    def _spawn(self, job_id: str, spec: p.JobSpec) -> None:
+    def _spawn(self, job_id: str, spec: p.JobSpec, allocation: list[p.Grant]) -> None:
         now = time.monotonic()
-        started = self.spawner.start(spec)
+        try:
+            self.confinement.place(job_id, tuple((g.name, g.amount, tuple(g.items)) for g in allocation))
+            with self.confinement.spawning(job_id):  # the child starts on its CPUs, in its cgroup
+                started = self.spawner.start(spec)
+        except OSError as e:  # its cgroup could not be made or entered
+            started = (SpawnFailure.OTHER, f"cannot confine the job: {e.strerror or e}")
         if isinstance(started, tuple):
+            self.confinement.release(job_id)
             self._do(self.core.on_spawn_failed(job_id, *started, now))
             return
         self.pids[job_id] = started.pid
@@ -257,7 +274,9 @@ class Worker:
             proc = self.procs.pop(job_id, None)
             if proc is not None:
                 proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-            self._do(self.core.on_exit(job_id, status, now))
+            out_of_memory = self.confinement.out_of_memory(job_id)
+            self.confinement.release(job_id)
+            self._do(self.core.on_exit(job_id, status, now, out_of_memory))
             for which in (p.STDOUT, p.STDERR):  # the rest of its output, now rather than next round
                 if which in self.job_fds.get(job_id, {}):
                     self._read(job_id, which, now)
