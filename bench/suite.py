@@ -23,9 +23,9 @@ from typing import Any
 
 from harness import BENCH, FULL, QUICK, REPO, Cluster, Context, Processes, Section
 from report import history_row, old_history, render
-from scenarios import broker, latency, memory, streaming, throughput, watching
+from scenarios import broker, latency, memory, staging, streaming, throughput, watching
 
-SCENARIOS = ("latency", "throughput", "broker", "streaming", "memory", "watching")
+SCENARIOS = ("latency", "throughput", "broker", "streaming", "memory", "watching", "staging")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -74,10 +74,11 @@ def run_scenarios(ctx: Context, wanted: list[str]) -> list[Section]:
         "streaming": lambda: streaming.run(ctx, _need(shared), slurm),
         "memory": lambda: memory.run(ctx),
         "watching": lambda: watching.run(ctx),
+        "staging": lambda: staging.run(ctx),
     }
     titles = {"latency": "1. Latency", "throughput": "2. Throughput", "broker": "3. Broker capacity",
               "streaming": "4. Streaming", "memory": "5. Memory",
-              "watching": "6. Watching"}
+              "watching": "6. Watching", "staging": "7. Staging"}
     sections = []
     for name in wanted:
         ctx.log(f"scenario {name}")

@@ -17,6 +17,7 @@ import os
 import queue
 import signal
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -68,17 +69,25 @@ def run(
     mem: int | str | None = None,
     gpus: int | None = None,
     resources: Mapping[str, int] | None = None,
+    stage: StrPath | None = None,
+    fetch: Iterable[str] | None = None,
+    **staging: Any,
 ) -> Completed:
     """Run ``args`` on a worker like :func:`subprocess.run` runs it here.
 
     ``timeout`` is the job's run-time limit, enforced by the worker (it kills
     the job; this raises :class:`subprocess.TimeoutExpired`).  ``input=None``
-    gives the job an empty stdin.  A job killed by signal N has returncode -N."""
+    gives the job an empty stdin.  A job killed by signal N has returncode -N.
+
+    ``stage=DIR`` runs it on a snapshot of DIR, as ``jq --stage`` does, and brings
+    back what it created or changed before returning; ``fetch`` (gitignore-style
+    patterns) only what matches (``[]``: nothing).  ``exclude=[...]``,
+    ``stage_git=True`` and ``fetch_deletes=True`` are jq's options of those names."""
     executor = Executor(server=server, tags=tags, connect_timeout=connect_timeout)
     try:
         future = executor.submit(args, input=input, capture_output=capture_output, check=check, timeout=timeout,
                                  env=env, cwd=cwd, priority=priority, cpus=cpus, mem=mem, gpus=gpus,
-                                 resources=resources)
+                                 resources=resources, stage=stage, fetch=fetch, **staging)
         result: Completed = future.result()
     except BaseException:
         executor._abandon()  # e.g. KeyboardInterrupt: the server kills the job
@@ -104,6 +113,7 @@ class _JobIO:
         self.unwritten = 0  # chunks handed to a writer thread, not yet written
         self.ended: FinishedMessage | None = None
         self.marked_running = False
+        self.stager: Any = None  # stage=: the job's ClientStager
 
     # JobIO
     def write(self, job: ClientJob, fd: int, data: bytes, end: int) -> None:
@@ -130,6 +140,8 @@ class _JobIO:
         pass
 
     def finished(self, job: ClientJob, msg: FinishedMessage) -> None:
+        if self.stager is not None:
+            self.stager.close()
         self.ended = msg
         self.executor._settle_when_written(self)
 
@@ -146,6 +158,8 @@ class _JobIO:
         assert msg is not None
         out = bytes(self.output[p.STDOUT]) if self.capture else None
         err = bytes(self.output[p.STDERR]) if self.capture else None
+        if self.stager is not None and self.stager.failed:
+            return JobqueueError(self.stager.failed)
         if msg.reason == "timeout":
             return subprocess.TimeoutExpired(self.args, self.timeout or 0.0, out, err)
         if msg.reason in ("failed", "lost"):
@@ -218,6 +232,11 @@ class Executor(concurrent.futures.Executor):
         mem: int | str | None = None,
         gpus: int | None = None,
         resources: Mapping[str, int] | None = None,
+        stage: StrPath | None = None,
+        fetch: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+        stage_git: bool = False,
+        fetch_deletes: bool = False,
     ) -> concurrent.futures.Future[Completed]:
         """Queue ``args``; ``cpus``, ``mem`` (bytes, or ``"16G"``), ``gpus`` and ``resources``
         (name -> amount) are what the job needs to itself (ValueError if they are not valid)."""
@@ -237,6 +256,17 @@ class Executor(concurrent.futures.Executor):
         future: concurrent.futures.Future[Completed] = concurrent.futures.Future()
         io = _JobIO(self, future, args, input, capture_output, check, timeout)
         job = ClientJob(spec, io, io.job_id, proto=p)
+        if stage is not None:
+            from .staging.attach import StageError, stage_job
+
+            patterns = None if fetch is None else list(fetch)
+            try:
+                stage_job(job, os.fspath(stage), stage_git=stage_git, excludes=exclude, fetch=patterns or (),
+                          no_fetch=patterns == [], fetch_deletes=fetch_deletes,
+                          say=lambda line: print(line, file=sys.stderr))
+            except StageError as e:
+                raise JobqueueError(str(e)) from None
+            io.stager = job.stager
         with self._lock:
             if self._broken:
                 raise JobqueueError(f"this executor cannot submit any more: {self._broken}")

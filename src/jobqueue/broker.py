@@ -136,6 +136,8 @@ class Broker:
             p.Resize: self._on_resize,
             p.Release: self._on_release,
             p.CloseOutput: self._on_close_output,
+            p.RelayedBlob: self._on_blob,
+            p.Want: self._on_want,
         }
         self._worker_handlers: dict[type, Callable[[Worker, Any, float], None]] = {
             p.Ping: self._on_ping,
@@ -146,6 +148,9 @@ class Broker:
             p.Reject: self._on_reject,
             p.Goodbye: self._on_goodbye,
             p.Drain: self._on_worker_drain,
+            p.Need: self._to_owner,
+            p.Results: self._to_owner,
+            p.RelayedResultData: self._on_result_data,
         }
 
     # --- the two entry points ---------------------------------------------------
@@ -556,8 +561,8 @@ class Broker:
         self._to_worker(client, msg.job_id, msg.attempt, self._frame)
 
     def _on_client_ack(self, client: Client, msg: p.Ack, now: float) -> None:
-        if msg.fd not in (p.STDOUT, p.STDERR):
-            self._send(client.identity, p.Error("a client acknowledges fds 1 and 2 only", msg.job_id))
+        if msg.fd not in (p.STDOUT, p.STDERR, p.RESULTS):
+            self._send(client.identity, p.Error("a client acknowledges fds 1, 2 and 4 only", msg.job_id))
             return
         self._to_worker(client, msg.job_id, msg.attempt, self._frame)
 
@@ -627,7 +632,32 @@ class Broker:
 
     def _on_worker_ack(self, worker: Worker, msg: p.Ack, now: float) -> None:
         job = self._worker_job(worker, msg.job_id, msg.attempt)
-        if job is not None and job.owner is not None and msg.fd == p.STDIN:
+        if job is not None and job.owner is not None and msg.fd in (p.STDIN, p.STAGE_IN):
+            self._send(job.owner.identity, self._frame)
+
+    # jq --stage: blobs and Want go from the job's client to its worker, Need,
+    # Results and ResultData back; relayed as they came, like Input and Output.
+
+    def _on_blob(self, client: Client, msg: p.RelayedBlob, now: float) -> None:
+        if not p.is_bin(msg.data):
+            self._reject(client.identity, "Blob: field 'data' must be bytes", fatal=False)
+            return
+        self._to_worker(client, msg.job_id, msg.attempt, self._frame)
+
+    def _on_want(self, client: Client, msg: p.Want, now: float) -> None:
+        self._to_worker(client, msg.job_id, msg.attempt, self._frame)
+
+    def _to_owner(self, worker: Worker, msg: p.Need | p.Results, now: float) -> None:
+        job = self._worker_job(worker, msg.job_id, msg.attempt)
+        if job is not None and job.owner is not None:
+            self._send(job.owner.identity, self._frame)
+
+    def _on_result_data(self, worker: Worker, msg: p.RelayedResultData, now: float) -> None:
+        if not p.is_bin(msg.data):
+            self._reject(worker.identity, "ResultData: field 'data' must be bytes", fatal=False)
+            return
+        job = self._worker_job(worker, msg.job_id, msg.attempt)
+        if job is not None and job.owner is not None:
             self._send(job.owner.identity, self._frame)
 
     def _on_finished(self, worker: Worker, msg: p.Finished, now: float) -> None:
@@ -983,11 +1013,13 @@ def _validate_submit(msg: p.Submit) -> str:
         return "max_attempts must be at least 1"
     if spec.timeout is not None and not (0 < spec.timeout < float("inf")):
         return "timeout must be a positive number of seconds"
+    if spec.stage and len(spec.stage) != 32:
+        return "stage must be a 32-byte digest"
     texts = [*spec.argv, spec.cwd, *spec.env, *spec.env.values()]
     if any(b"\0" in t for t in texts) or any(b"=" in k or not k for k in spec.env):
         return "NUL byte in the command line, directory or environment, or a bad variable name"
-    if not spec.cwd.startswith(b"/"):
-        return "the directory must be an absolute path"
+    if spec.cwd.startswith(b"/") == bool(spec.stage):  # a staged job's is relative to its tree
+        return "the directory must be an absolute path (relative to the staged tree with --stage)"
     if any(fd not in (0, 1, 2) for fd in spec.closed_fds) or not all(_valid_signal(s) for s in
                                                                        (*spec.ignored_signals, *spec.blocked_signals)):
         return "closed_fds must be among 0, 1, 2, and signals valid signal numbers"

@@ -172,6 +172,15 @@ def _worker_parser(prog: str = "jobqueue-worker") -> argparse.ArgumentParser:
                         help="SIGKILL a job this long after SIGTERM (default 3s)")
     parser.add_argument("--server-grace", type=config.duration, default=config.SERVER_GRACE,
                         help="give up after the server is unreachable this long (default 10m)")
+    group = parser.add_argument_group("staging (jq --stage)")
+    group.add_argument("--cache-dir", metavar="DIR", default=None,
+                       help="where staged files are cached and staged jobs run (default: "
+                            "$TMPDIR/jobqueue-UID/cache); one worker process per directory")
+    group.add_argument("--cache-size", metavar="SIZE", type=_size, default=10 << 30,
+                       help="bound of the cache (bytes, or with K, M, G, T; default 10G); least recently used "
+                            "files go first, never those of a queued or running job")
+    group.add_argument("--keep-workdir", action="store_true",
+                       help="keep a staged job's private directory after it ended (for debugging)")
     parser.add_argument("--key", default=None, help="this worker's secret key file (CURVE); $JOBQUEUE_KEY")
     parser.add_argument("--server-key", default=None, help="the server's public key file; $JOBQUEUE_SERVER_KEY")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -215,6 +224,21 @@ def _spawn_address(address: str | None) -> str | None:
     return config.endpoint(address) if address else None
 
 
+def _size(text: str) -> int:
+    """A size in bytes: 1000000, 500K, 200M, 10G, 1T (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().removesuffix("B").removesuffix("I"), ""
+    if number and number[-1] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 10G)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    return int(value)
+
+
 def worker_main(argv: list[str] | None = None, prog: str = "jobqueue-worker") -> int:
     args = _worker_parser(prog).parse_args(argv)
     return _guard(prog, lambda: _run_worker(args))
@@ -233,6 +257,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout, kill_grace=args.kill_grace, grace=args.server_grace,
         security=client_security(args.key, args.server_key), log_format=args.log_format,
         pools=pools, bind_cpus=args.bind_cpus, enforce_mem=args.enforce_mem,
+        cache_dir=args.cache_dir, cache_size=args.cache_size, keep_workdir=args.keep_workdir,
     )
     try:
         worker = Worker(options)

@@ -268,6 +268,8 @@ class ClientJob:
         self.outbox: list[Any] = []
         #: Our stdout/stderr whose reader has gone (see close_output).
         self.closed_outputs: set[int] = set()
+        #: ``--stage``: the job's jobqueue.staging.clientside.ClientStager (set by its creator).
+        self.stager: Any = None
         #: Set by the session: called when this job has something to send or has ended.
         self.on_change: Callable[[ClientJob], None] | None = None
 
@@ -334,7 +336,10 @@ class ClientJob:
 
     def handle(self, msg: object) -> None:
         """One message from the server about this job."""
-        if isinstance(msg, self.p.Output):
+        if self.stager is not None and (isinstance(msg, (self.p.Need, self.p.Results, self.p.ResultData)) or (
+                isinstance(msg, self.p.Ack) and msg.fd == p.STAGE_IN)):
+            self.stager.handle(msg)
+        elif isinstance(msg, self.p.Output):
             self._on_output(msg)
         elif isinstance(msg, self.p.Ack):
             if msg.attempt == self.attempt and msg.fd == p.STDIN:
@@ -356,6 +361,8 @@ class ClientJob:
             self.io.failed(self, msg.reason)
 
     def _on_started(self, msg: StartedMessage) -> None:
+        if msg.resumed and self.stager is not None:
+            self.stager.resumed(msg.attempt)
         if msg.resumed and msg.attempt == self.attempt:
             self.stdin_sent = self.stdin_acked  # the worker's Ack tells where it stands
         elif msg.attempt > self.attempt or not self.running:

@@ -56,6 +56,14 @@ options:
                            wait this long for the server (default 10s)
       --key FILE           this client's secret key (CURVE); $JOBQUEUE_KEY
       --server-key FILE    the server's public key; $JOBQUEUE_SERVER_KEY
+      --stage DIR          send a snapshot of DIR to the worker; the job runs in
+                           its copy, and what it creates or changes comes back
+      --stage-git          with --stage: send .git too
+      --exclude PATTERN    with --stage: leave out what matches (gitignore
+                           syntax, relative to DIR; repeatable)
+      --fetch PATTERN      with --stage: bring back only what matches (repeatable)
+      --no-fetch           with --stage: bring nothing back
+      --fetch-deletes      with --stage: delete here what the job deleted
   -v, --verbose            print the job id and where it runs on stderr
   -h, --help               show this help
   -V, --version            show the version
@@ -74,7 +82,8 @@ class JqOptions:
     """jq's command line, parsed."""
 
     __slots__ = ("argv", "server", "chdir", "env", "tty", "tags", "priority", "timeout", "queue_timeout",
-                 "max_attempts", "connect_timeout", "key", "server_key", "verbose", "resources")
+                 "max_attempts", "connect_timeout", "key", "server_key", "verbose", "resources",
+                 "stage", "stage_git", "excludes", "fetch", "no_fetch", "fetch_deletes")
 
     def __init__(self, argv: list[str], **options: object) -> None:
         self.argv = argv
@@ -93,6 +102,12 @@ class JqOptions:
         self.verbose = False
         #: What the job asks for (see :mod:`jobqueue.resources`): name -> amount.
         self.resources: dict[str, int] = {}
+        self.stage: str | None = None
+        self.stage_git = False
+        self.excludes: list[str] = []
+        self.fetch: list[str] = []
+        self.no_fetch = False
+        self.fetch_deletes = False
         for name, value in options.items():
             setattr(self, name, value)
 
@@ -114,9 +129,10 @@ _VALUED = {
     "--tag": "tags", "--priority": "priority", "--timeout": "timeout", "--queue-timeout": "queue_timeout",
     "--max-attempts": "max_attempts", "--connect-timeout": "connect_timeout", "--key": "key",
     "--server-key": "server_key", "--cpus": "resources", "--mem": "resources", "--gpus": "resources",
-    "--resource": "resources",
+    "--resource": "resources", "--stage": "stage", "--exclude": "excludes", "--fetch": "fetch",
 }
-_FLAGS = {"-t": "tty", "--tty": "tty", "-v": "verbose", "--verbose": "verbose"}
+_FLAGS = {"-t": "tty", "--tty": "tty", "-v": "verbose", "--verbose": "verbose", "--stage-git": "stage_git",
+          "--no-fetch": "no_fetch", "--fetch-deletes": "fetch_deletes"}
 
 
 def parse_args(args: list[str]) -> JqOptions:
@@ -155,6 +171,9 @@ def parse_args(args: list[str]) -> JqOptions:
     options.argv = args[i:]
     if not options.argv:
         raise config.UsageError("no command given: usage: jq [OPTIONS] [--] COMMAND [ARG...]")
+    if options.stage is None and (options.stage_git or options.excludes or options.fetch or options.no_fetch
+                                  or options.fetch_deletes):
+        raise config.UsageError("--stage-git, --exclude, --fetch, --no-fetch and --fetch-deletes need --stage DIR")
     return options
 
 
@@ -164,8 +183,8 @@ def _set_option(options: JqOptions, key: str, name: str, value: str) -> None:
         if not eq or not var:
             raise config.UsageError(f"{name} takes NAME=VALUE, got {value!r}")
         options.env[var] = val
-    elif key == "tags":
-        options.tags.append(value)
+    elif key in ("tags", "excludes", "fetch"):
+        getattr(options, key).append(value)
     elif key in ("priority", "max_attempts"):
         try:
             number = int(value)
@@ -262,6 +281,8 @@ class Terminal:
 
     def started(self, job: ClientJob, msg: Started) -> None:
         self.has_started = True
+        if self.options.verbose and job.stager is not None and not msg.resumed:
+            self.say(job.stager.summary_sent())
         if self.options.tty:  # the window may have changed since the job was submitted
             if self.restore_terminal is None:
                 self.restore_terminal = _raw_terminal() or (lambda: None)
@@ -276,6 +297,13 @@ class Terminal:
         self.note(f"job {job.job_id}: {msg.reason}; running it again from the start on the next ready worker")
 
     def finished(self, job: ClientJob, msg: Finished) -> None:
+        if job.stager is not None:
+            job.stager.close()
+            if self.options.verbose:
+                self.say(job.stager.summary_fetched())
+            if job.stager.failed:
+                self.result, self.message = 255, job.stager.failed
+                return
         if self.queue_timed_out and msg.reason == "cancelled":
             self.result, self.message = 255, (
                 f"job {job.job_id} did not start within {self.options.queue_timeout:g}s (--queue-timeout"
@@ -291,8 +319,11 @@ class Terminal:
         self.result, self.message = 255, f"the server rejected the job: {reason}"
 
     def note(self, text: str) -> None:
+        self.say(f"jq: {text}")
+
+    def say(self, line: str) -> None:
         try:
-            os.write(2, f"jq: {text}\n".encode())
+            os.write(2, os.fsencode(line) + b"\n")
         except OSError:
             pass
 
@@ -411,6 +442,8 @@ def run(options: JqOptions, closed: list[int] = []) -> int:  # noqa: B006 (never
     spec = build_spec(options, closed)
     session = Session(endpoint, security=security, connect_timeout=options.connect_timeout, grace=grace)
     job = ClientJob(spec, term)
+    if options.stage is not None:
+        _stage(job, options, term)
     session.add(job)
     if not options.tty:
         term.watched = _pipes(tuple(fd for fd in ((1,) if spec.merge_output else (1, 2)) if fd not in closed))
@@ -430,6 +463,19 @@ def run(options: JqOptions, closed: list[int] = []) -> int:  # noqa: B006 (never
     if term.message:
         term.note(term.message)
     return code
+
+
+def _stage(job: ClientJob, options: JqOptions, term: Terminal) -> None:
+    """--stage: snapshot DIR before anything is queued (only now are hashing and walking loaded)."""
+    from .staging.attach import StageError, stage_job
+
+    assert options.stage is not None
+    try:
+        stage_job(job, options.stage, stage_git=options.stage_git, excludes=options.excludes, fetch=options.fetch,
+                  no_fetch=options.no_fetch, fetch_deletes=options.fetch_deletes, say=term.say,
+                  verbose=options.verbose)
+    except StageError as e:
+        raise Exit(255, str(e)) from None
 
 
 def _security(options: JqOptions) -> Any:

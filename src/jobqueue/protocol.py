@@ -33,6 +33,8 @@ import msgspec
 from .wire import CHUNK_SIZE as CHUNK_SIZE
 from .wire import MAX_MESSAGE_SIZE as MAX_MESSAGE_SIZE
 from .wire import PROTOCOL_VERSION as PROTOCOL_VERSION
+from .wire import RESULTS as RESULTS
+from .wire import STAGE_IN as STAGE_IN
 from .wire import STDERR as STDERR
 from .wire import STDIN as STDIN
 from .wire import STDOUT as STDOUT
@@ -113,6 +115,9 @@ class JobSpec(msgspec.Struct, array_like=True):
     #: What the job asks for (:mod:`jobqueue.resources`): pool name -> amount (mem in bytes);
     #: empty asks for one CPU.
     resources: dict[str, int] = {}
+    #: ``jq --stage``: the digest of the staged tree's root directory (empty: not
+    #: staged).  ``cwd`` is then relative to the tree's copy on the worker (empty: its root).
+    stage: bytes = b""
 
 
 class Grant(msgspec.Struct, array_like=True):
@@ -416,6 +421,107 @@ class Drain(Message, tag="drain"):
     """Worker -> server: take no more jobs from me.  Server -> worker: drain."""
 
 
+# --- staging (jq --stage, see jobqueue.staging) ------------------------------------------
+#
+# Before a staged job starts, its worker asks for the blobs of the tree it lacks
+# (Need); the client streams them (Blob, stream STAGE_IN: offsets over all the
+# blobs of the attempt, acknowledged by the worker's Ack with fd STAGE_IN).
+# When the job has ended, the worker lists what it created, changed or deleted
+# (Results), the client says which it wants (Want), the worker streams them
+# (ResultData, stream RESULTS, acknowledged by the client), then reports Finished.
+
+
+class Need(Message, tag="need"):
+    """Worker -> client: send these blobs (file contents or directories) of the tree.
+
+    ``epoch`` counts the worker's restarts of the staging stream (after a server
+    restart lost blobs in flight): the client starts its stream again at offset 0."""
+
+    job_id: str
+    attempt: int
+    digests: list[bytes]
+    epoch: int = 0
+
+
+class Blob(Message, tag="blob"):
+    """Client -> worker: bytes of blob ``digest`` (``size`` bytes in all), at
+    ``offset`` of the attempt's staging stream (of this ``epoch``); ``end`` closes the blob."""
+
+    job_id: str
+    attempt: int
+    offset: int
+    digest: bytes
+    size: int
+    data: bytes
+    end: bool = False
+    epoch: int = 0
+
+
+class RelayedBlob(Message, tag="blob"):
+    """The server's view of :class:`Blob` (see :class:`RelayedOutput`)."""
+
+    job_id: str
+    attempt: int
+    offset: int
+    digest: bytes
+    size: int
+    data: msgspec.Raw
+    end: bool = False
+    epoch: int = 0
+
+
+class ResultEntry(msgspec.Struct, array_like=True):
+    """A path the job created, changed or (``deleted``) removed, relative to the tree."""
+
+    path: bytes
+    kind: int
+    mode: int = 0
+    mtime_ns: int = 0
+    size: int = 0
+    target: bytes = b""
+    deleted: bool = False
+
+
+class Results(Message, tag="results"):
+    """Worker -> client: the next entries of the job's results; ``done`` on the last batch."""
+
+    job_id: str
+    attempt: int
+    entries: list[ResultEntry]
+    done: bool = False
+
+
+class Want(Message, tag="want"):
+    """Client -> worker: send these results (indexes into all the Results entries)."""
+
+    job_id: str
+    attempt: int
+    indexes: list[int]
+    done: bool = False
+
+
+class ResultData(Message, tag="rdata"):
+    """Worker -> client: bytes of result ``index`` at ``offset`` of the RESULTS stream."""
+
+    job_id: str
+    attempt: int
+    offset: int
+    index: int
+    data: bytes
+    end: bool = False
+
+
+class RelayedResultData(Message, tag="rdata"):
+    """The server's view of :class:`ResultData`."""
+
+    job_id: str
+    attempt: int
+    offset: int
+    index: int
+    data: msgspec.Raw
+    end: bool = False
+
+
 # --- control (jobqueue status / cancel / drain) -------------------------------------
 
 
@@ -661,6 +767,11 @@ ToServer = Union[
     Tail,
     TailAck,
     CloseOutput,
+    Need,
+    RelayedBlob,
+    Results,
+    Want,
+    RelayedResultData,
 ]
 ToClient = Union[
     Welcome,
@@ -676,6 +787,9 @@ ToClient = Union[
     Finished,
     StatusReply,
     ControlReply,
+    Need,
+    Results,
+    ResultData,
 ]
 #: What a watcher (the dashboard, a client that sent Watch) receives: a client's
 #: messages and the watching ones.  Jobs' clients never get these (jq's lean mirror
@@ -695,7 +809,7 @@ ToWatcher = Union[
 ]
 ToWorker = Union[
     Welcome, Pong, Unknown, Refused, Error, Assign, Input, Ack, Signal, Resize, Resume, Release, Kill, Drain,
-    CloseOutput,
+    CloseOutput, Blob, Want,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

@@ -32,6 +32,8 @@ CHUNK_SIZE = 256 * 1024
 WINDOW = 2 * 1024 * 1024
 
 STDIN, STDOUT, STDERR = 0, 1, 2
+#: The streams of ``jq --stage``: blobs to the worker, results back to the client.
+STAGE_IN, RESULTS = 3, 4
 
 
 class ProtocolError(Exception):
@@ -117,6 +119,17 @@ def _int_map(value: object) -> dict[str, int]:
     if type(value) is _Pairs and all(type(k) is str and type(v) is int for k, v in value):
         return {_str(k): _int(v) for k, v in value}
     raise _Mismatch("map of str to int")
+
+
+def _result_entries(value: object) -> list[ResultEntry]:
+    if type(value) is not list:
+        raise _Mismatch("list[ResultEntry]")
+    entries = []
+    for item in value:
+        if type(item) is not list:
+            raise _Mismatch("list[ResultEntry]")
+        entries.append(ResultEntry._from_fields(item, "ResultEntry"))
+    return entries  # type: ignore[return-value]
 
 
 def _job_spec(value: object) -> JobSpec:
@@ -208,7 +221,7 @@ class JobSpec(Struct):
         ("tty", _bool, False), ("rows", _int, 0), ("cols", _int, 0), ("max_attempts", _int, 3),
         ("stdin", _bool, True), ("umask", _int, -1), ("rlimits", _rlimit_list, []), ("nice", _int_or_none, None),
         ("ignored_signals", _int_list, []), ("blocked_signals", _int_list, []), ("closed_fds", _int_list, []),
-        ("merge_output", _bool, False), ("resources", _int_map, {}))
+        ("merge_output", _bool, False), ("resources", _int_map, {}), ("stage", _bytes, b""))
     __slots__ = _names(FIELDS)
     argv: list[bytes]
     env: dict[bytes, bytes]
@@ -229,6 +242,7 @@ class JobSpec(Struct):
     closed_fds: list[int]
     merge_output: bool
     resources: dict[str, int]
+    stage: bytes
 
 
 class ClientHello(Message):
@@ -417,13 +431,92 @@ class CloseOutput(Message):
     fd: int
 
 
+# --- staging (jq --stage; see protocol.py) ---------------------------------------------------
+
+
+class Need(Message):
+    TAG = "need"
+    FIELDS = (("job_id", _str, _REQUIRED), ("attempt", _int, _REQUIRED), ("digests", _bytes_list, _REQUIRED),
+              ("epoch", _int, 0))
+    __slots__ = _names(FIELDS)
+    job_id: str
+    attempt: int
+    digests: list[bytes]
+    epoch: int
+
+
+class Blob(Message):
+    TAG = "blob"
+    FIELDS = (("job_id", _str, _REQUIRED), ("attempt", _int, _REQUIRED), ("offset", _int, _REQUIRED),
+              ("digest", _bytes, _REQUIRED), ("size", _int, _REQUIRED), ("data", _bytes, _REQUIRED),
+              ("end", _bool, False), ("epoch", _int, 0))
+    __slots__ = _names(FIELDS)
+    job_id: str
+    attempt: int
+    offset: int
+    digest: bytes
+    size: int
+    data: bytes
+    end: bool
+    epoch: int
+
+
+class ResultEntry(Struct):
+    FIELDS = (("path", _bytes, _REQUIRED), ("kind", _int, _REQUIRED), ("mode", _int, 0), ("mtime_ns", _int, 0),
+              ("size", _int, 0), ("target", _bytes, b""), ("deleted", _bool, False))
+    __slots__ = _names(FIELDS)
+    path: bytes
+    kind: int
+    mode: int
+    mtime_ns: int
+    size: int
+    target: bytes
+    deleted: bool
+
+
+class Results(Message):
+    TAG = "results"
+    FIELDS = (("job_id", _str, _REQUIRED), ("attempt", _int, _REQUIRED), ("entries", _result_entries, _REQUIRED),
+              ("done", _bool, False))
+    __slots__ = _names(FIELDS)
+    job_id: str
+    attempt: int
+    entries: list[ResultEntry]
+    done: bool
+
+
+class Want(Message):
+    TAG = "want"
+    FIELDS = (("job_id", _str, _REQUIRED), ("attempt", _int, _REQUIRED), ("indexes", _int_list, _REQUIRED),
+              ("done", _bool, False))
+    __slots__ = _names(FIELDS)
+    job_id: str
+    attempt: int
+    indexes: list[int]
+    done: bool
+
+
+class ResultData(Message):
+    TAG = "rdata"
+    FIELDS = (("job_id", _str, _REQUIRED), ("attempt", _int, _REQUIRED), ("offset", _int, _REQUIRED),
+              ("index", _int, _REQUIRED), ("data", _bytes, _REQUIRED), ("end", _bool, False))
+    __slots__ = _names(FIELDS)
+    job_id: str
+    attempt: int
+    offset: int
+    index: int
+    data: bytes
+    end: bool
+
+
 #: Every message class of this module (the client's vocabulary).
 MESSAGES: tuple[type[Message], ...] = (
     ClientHello, Welcome, Ping, Pong, Unknown, Bye, Refused, Error, Submit, Queued, Started, Output, Input,
-    Ack, Signal, Resize, Finished, Release, Requeued, CloseOutput,
+    Ack, Signal, Resize, Finished, Release, Requeued, CloseOutput, Need, Blob, Results, Want, ResultData,
 )
 _TO_CLIENT: dict[str, type[Message]] = {cls.TAG: cls for cls in (
-    Welcome, Pong, Unknown, Refused, Error, Queued, Started, Output, Ack, Requeued, Finished)}
+    Welcome, Pong, Unknown, Refused, Error, Queued, Started, Output, Ack, Requeued, Finished,
+    Need, Results, ResultData)}
 _ANY: dict[str, type[Message]] = {cls.TAG: cls for cls in MESSAGES}
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from jobqueue import protocol as p
 from jobqueue import wire as w
 
-CLASSES = [*w.MESSAGES, w.JobSpec]
+CLASSES = [*w.MESSAGES, w.JobSpec, w.ResultEntry]
 
 ints = st.integers(-(2**63), 2**64 - 1)
 texts = st.text(max_size=40)
@@ -31,8 +31,14 @@ FIELD_VALUES: dict[Any, st.SearchStrategy[Any]] = {
 
 
 def _instance(cls: type[w.Struct]) -> st.SearchStrategy[w.Struct]:
-    strategies = [_instance(w.JobSpec) if check is w._job_spec else FIELD_VALUES[check]
-                  for _name, check, _default in cls.FIELDS]
+    def field(check: Any) -> st.SearchStrategy[Any]:
+        if check is w._job_spec:
+            return _instance(w.JobSpec)
+        if check is w._result_entries:
+            return st.lists(_instance(w.ResultEntry), max_size=4)
+        return FIELD_VALUES[check]
+
+    strategies = [field(check) for _name, check, _default in cls.FIELDS]
     return st.tuples(*strategies).map(lambda values: cls(*values))
 
 
@@ -40,6 +46,8 @@ def _to_msgspec(value: Any) -> Any:
     """The protocol struct with the same values as a wire struct."""
     if isinstance(value, w.Struct):
         return getattr(p, type(value).__name__)(*[_to_msgspec(v) for v in value.values()])
+    if isinstance(value, list):
+        return [_to_msgspec(v) for v in value]
     return value
 
 
@@ -47,6 +55,8 @@ def _from_msgspec(value: Any) -> Any:
     if isinstance(value, msgspec.Struct):
         fields = [getattr(value, f.name) for f in msgspec.structs.fields(value)]
         return getattr(w, type(value).__name__)(*[_from_msgspec(v) for v in fields])
+    if isinstance(value, list):
+        return [_from_msgspec(v) for v in value]
     return value
 
 
@@ -177,7 +187,7 @@ WIRE_TYPES = {w._int: int, w._str: str, w._bool: bool, w._bytes: bytes, w._float
               w._float_or_none: float | None, w._str_list: list[str], w._int_list: list[int],
               w._bytes_list: list[bytes], w._bytes_map: dict[bytes, bytes], w._int_or_none: int | None,
               w._rlimit_list: list[tuple[str, int, int]], w._int_map: dict[str, int],
-              w._job_spec: p.JobSpec}
+              w._job_spec: p.JobSpec, w._result_entries: list[p.ResultEntry]}
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)

@@ -156,7 +156,9 @@ def test_every_run_transition_is_in_one_table() -> None:
 def test_only_a_reaped_run_is_reported_or_forgotten() -> None:
     for (state, event), target in TRANSITIONS.items():
         if target in (RunState.FINISHED, None) and event is not RunEvent.SPAWN_FAILED:
-            assert state in (RunState.DRAINING, RunState.HELD, RunState.FINISHED), (state, event)
+            # STAGING: nothing was started yet (jq --stage)
+            assert state in (RunState.DRAINING, RunState.HELD, RunState.FETCHING, RunState.FINISHED,
+                             RunState.STAGING), (state, event)
 
 
 def test_the_core_refuses_an_illegal_move(h: Harness) -> None:
@@ -475,6 +477,97 @@ def test_idle_timeout_counts_from_the_last_job_forgotten() -> None:
     h.msg(p.Release("j1", 1))
     assert h.core.next_deadline() == pytest.approx(h.now + 10.0)
     assert not of(h.advance(9.0), a.Exit) and of(h.advance(1.0), a.Exit)
+
+
+# --- staging (jq --stage) ---------------------------------------------------------------------------
+
+TREE = b"d" * 32
+
+
+def staged(h: Harness, job_id: str = "j1", attempt: int = 1) -> list[a.Action]:
+    return h.assign(job_id, attempt, stage=TREE)
+
+
+def test_a_staged_job_is_staged_first_then_spawned_in_its_private_directory(h: Harness) -> None:
+    out = staged(h)
+    [stage] = of(out, a.Stage)
+    assert stage.spec.stage == TREE and not of(out, a.Spawn) and h.state() is RunState.STAGING
+    assert not h.core.readable() and not sent(out, p.Started)
+    out = h.feed(h.core.on_staged("j1", b"/cache/jobs/j1-x/sub", h.now))
+    assert of(out, a.Spawn)[0].spec.cwd == b"/cache/jobs/j1-x/sub" and h.state() is RunState.RUNNING
+    assert sent(out, p.Started)
+
+
+def test_blobs_go_to_the_stager_only_while_staging_and_only_of_this_attempt(h: Harness) -> None:
+    staged(h)
+    blob = p.Blob("j1", 1, 0, TREE, 1, b"x", True)
+    assert of(h.msg(blob), a.ToStager) == [a.ToStager(blob)]
+    assert not of(h.msg(p.Blob("j1", 2, 0, TREE, 1, b"x", True)), a.ToStager)
+    h.feed(h.core.on_staged("j1", b"/w", h.now))
+    assert not of(h.msg(blob), a.ToStager)
+
+
+def test_a_staged_job_sends_its_results_before_its_end(h: Harness) -> None:
+    staged(h)
+    h.feed(h.core.on_staged("j1", b"/w", h.now))
+    out = h.end()
+    assert of(out, a.Collect) == [a.Collect("j1")] and not sent(out, p.Finished)
+    assert h.state() is RunState.FETCHING
+    want, ack = p.Want("j1", 1, [0], True), p.Ack("j1", 1, p.RESULTS, 10)
+    assert of(h.msg(want), a.ToStager) == [a.ToStager(want)]
+    assert of(h.msg(ack), a.ToStager) == [a.ToStager(ack)]
+    out = h.feed(h.core.on_results_delivered("j1", h.now))
+    assert sent(out, p.Finished)[0].status == 0 and h.state() is RunState.FINISHED
+
+
+def test_staging_that_fails_ends_the_job_with_255_saying_why(h: Harness) -> None:
+    staged(h)
+    [finished] = sent(h.feed(h.core.on_stage_failed("j1", "staging failed: disk full", h.now)), p.Finished)
+    assert (finished.status, finished.reason) == (255, "failed")
+    assert finished.message == "staging failed: disk full (on worker w)"
+
+
+def test_a_signal_while_staging_ends_the_job_as_killed_by_it(h: Harness) -> None:
+    staged(h)
+    [finished] = sent(h.msg(p.Signal("j1", 2)), p.Finished)
+    assert (finished.status, finished.reason) == (130, "signaled")
+
+
+def test_a_kill_or_a_stop_while_staging_forgets_the_run(h: Harness) -> None:
+    staged(h)
+    out = h.msg(p.Kill("j1", 1, "client gone"))
+    assert of(out, a.Forget) and "j1" not in h.core.runs and not sent(out, p.Finished)
+    staged(h, "j2")
+    out = h.os_signal(signal.SIGTERM)
+    assert of(out, a.Forget) and not h.core.runs and not sent(out, p.Finished)
+
+
+def test_a_resume_while_staging_goes_to_the_stager_and_stdin_waits_for_the_process(h: Harness) -> None:
+    h.assign("j1", 1, stage=TREE, stdin=True)
+    resume = p.Resume("j1", 1, [0, 0])
+    assert of(h.msg(resume), a.ToStager) == [a.ToStager(resume)]
+    assert not of(h.msg(p.Input("j1", 1, 0, b"early", False)), a.WriteStdin)
+    out = h.feed(h.core.on_staged("j1", b"/w", h.now))
+    assert of(out, a.WriteStdin) and h.stdin_data["j1"] == b"early"
+
+
+def test_timeout_counts_from_the_start_not_from_staging_and_results_still_come_back(h: Harness) -> None:
+    h.assign("j1", 1, stage=TREE, timeout=5.0)
+    h.advance(60)  # a slow staging
+    h.feed(h.core.on_staged("j1", b"/w", h.now))
+    assert not of(h.advance(4.0), a.SignalGroup)
+    assert of(h.advance(1.0), a.SignalGroup)
+    assert of(h.end("j1", SIGTERMED), a.Collect)
+    [finished] = sent(h.feed(h.core.on_results_delivered("j1", h.now)), p.Finished)
+    assert (finished.status, finished.reason) == (124, "timeout")
+
+
+def test_a_stop_while_fetching_forgets_the_run_unreported(h: Harness) -> None:
+    staged(h)
+    h.feed(h.core.on_staged("j1", b"/w", h.now))
+    h.end()
+    out = h.os_signal(signal.SIGTERM)
+    assert of(out, a.Forget) and not sent(out, p.Finished) and not h.core.runs
 
 
 # --- properties ----------------------------------------------------------------------------------------

@@ -64,6 +64,28 @@ class Forget:
 
 
 @dataclass(frozen=True, slots=True)
+class Stage:
+    """jq --stage: fetch the run's tree and build its private directory; answer
+    with on_staged (the directory to run in) or on_stage_failed."""
+    job_id: str
+    attempt: int
+    spec: p.JobSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Collect:
+    """A staged run ended: list its results to the client and send what it wants;
+    answer with on_results_delivered."""
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToStager:
+    """A staging message of a run (Blob, Want, Ack of the results stream) for the stager."""
+    message: p.Message
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     """Write a log line."""
     event: str
@@ -76,7 +98,8 @@ class Exit:
     status: int = 0
 
 
-Action = Union[Send, Spawn, WriteStdin, ClosePipe, SignalGroup, SetWindowSize, Forget, Log, Exit]
+Action = Union[Send, Spawn, WriteStdin, ClosePipe, SignalGroup, SetWindowSize, Forget, Log, Exit, Stage, Collect,
+               ToStager]
 
 
 class SpawnFailure(Enum):

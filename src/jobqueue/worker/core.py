@@ -18,12 +18,15 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from .. import launch
 from .. import protocol as p
 from ..resources import GPUS, format_size, job_env
 from .actions import (
     Action,
     ClosePipe,
+    Collect,
     CoreConfig,
     Exit,
     Forget,
@@ -33,6 +36,8 @@ from .actions import (
     SignalGroup,
     Spawn,
     SpawnFailure,
+    Stage,
+    ToStager,
     WriteStdin,
 )
 from .runstate import ALIVE, EXITED, RunEvent, RunState, next_state
@@ -57,7 +62,8 @@ class Run:
         self.attempt = assign.attempt
         self.spec = assign.spec
         self.allocation = assign.allocation  # what it holds of the worker's resources
-        self.state = S.STARTING  # written only by WorkerCore._transition
+        # written only by WorkerCore._transition (a staged run first fetches its tree)
+        self.state = S.STAGING if self.spec.stage else S.STARTING
         self.pid = 0
         self.started = now
         self.deadline = now + self.spec.timeout if self.spec.timeout else None
@@ -113,6 +119,8 @@ class WorkerCore:
             p.Drain: self._on_drain,
             p.Error: self._on_error,
             p.CloseOutput: self._on_close_output,
+            p.Blob: self._on_stage_message,
+            p.Want: self._on_stage_message,
         }
 
     # --- queries --------------------------------------------------------------------------
@@ -135,7 +143,7 @@ class WorkerCore:
     def readable(self) -> list[tuple[str, int]]:
         """The (job, fd) output streams to poll for reading now."""
         return [(job_id, fd) for job_id, run in self.runs.items() for fd, s in run.streams.items()
-                if s.open and s.in_flight < p.WINDOW]
+                if s.open and s.in_flight < p.WINDOW and run.state is not S.STAGING]
 
     def stdin_waiting(self) -> list[str]:
         """The jobs whose stdin has bytes waiting for room in its pipe."""
@@ -170,6 +178,7 @@ class WorkerCore:
         self._log("job-started", job=job_id, attempt=run.attempt, pid=pid)
         self._send(p.Started(job_id, run.attempt, pid))
         self._count_start()
+        self._feed_stdin(run)  # stdin that came while a staged job's files were coming
         if run.kill_pending:
             self._terminate(run, run.kill_pending, now)
         return self._actions(now)
@@ -185,6 +194,44 @@ class WorkerCore:
         self._transition(run, E.SPAWN_FAILED, now)
         self._count_start()
         return self._actions(now)
+
+    def on_staged(self, job_id: str, cwd: bytes, now: float) -> list[Action]:
+        """The run's tree is in its private directory ``cwd``: start it there."""
+        run = self.runs.get(job_id)
+        if run is not None and run.state is S.STAGING:
+            self._transition(run, E.STAGED, now)
+            if run.spec.timeout:  # --timeout limits the run, not the staging before it
+                run.deadline = now + run.spec.timeout
+            env = run.spec.env if b"PWD" not in run.spec.env else {**run.spec.env, b"PWD": cwd}
+            self._out.append(Spawn(job_id, msgspec.structs.replace(run.spec, cwd=cwd, env=env), run.allocation))
+        return self._actions(now)
+
+    def on_stage_failed(self, job_id: str, why: str, now: float) -> list[Action]:
+        run = self.runs.get(job_id)
+        if run is not None and run.state is S.STAGING:
+            self._log("job-failed", job=job_id, reason="failed", why=why)
+            self._end_staging(run, 255, "failed", f"{why} (on worker {self.cfg.name})", now)
+        return self._actions(now)
+
+    def on_results_delivered(self, job_id: str, now: float) -> list[Action]:
+        """A staged run's results are all with its client: report its end."""
+        run = self.runs.get(job_id)
+        if run is not None and run.state is S.FETCHING:
+            self._transition(run, E.FINISH, now)
+        return self._actions(now)
+
+    def _end_staging(self, run: Run, status: int, reason: str, message: str, now: float) -> None:
+        run.exit_status, run.reason, run.kill_reason = status, reason, message
+        for stream in run.streams.values():
+            stream.open = False
+        run.stdin.open = False
+        self._transition(run, E.STAGE_FAILED, now)
+
+    def _on_stage_message(self, msg: p.Blob | p.Want, now: float) -> None:
+        run = self._run(msg.job_id, msg.attempt)
+        wanted = S.STAGING if isinstance(msg, p.Blob) else S.FETCHING
+        if run is not None and run.state is wanted:
+            self._out.append(ToStager(msg))
 
     def on_exit(self, job_id: str, wait_status: int, now: float, out_of_memory: int = 0) -> list[Action]:
         """The shell reaped the job's process (and killed the rest of its group);
@@ -286,7 +333,10 @@ class WorkerCore:
         has_gpus = any(pool.name == GPUS and pool.total for pool in self.cfg.resources)
         told = job_env(allocation, msg.spec.env, asked=bool(msg.spec.resources), has_gpus=has_gpus)
         msg.spec.env.update(told)  # what the job is told it got
-        self._out.append(Spawn(msg.job_id, msg.spec, msg.allocation))
+        if msg.spec.stage:
+            self._out.append(Stage(msg.job_id, msg.attempt, msg.spec))
+        else:
+            self._out.append(Spawn(msg.job_id, msg.spec, msg.allocation))
 
     def _on_input(self, msg: p.Input, now: float) -> None:
         run = self._run(msg.job_id, msg.attempt)
@@ -304,10 +354,15 @@ class WorkerCore:
         run = self._run(msg.job_id, msg.attempt)
         if run is not None and msg.fd in run.streams:
             run.streams[msg.fd].ack(msg.offset)
+        elif run is not None and msg.fd == p.RESULTS and run.state is S.FETCHING:
+            self._out.append(ToStager(msg))
 
     def _on_signal(self, msg: p.Signal, now: float) -> None:
         run = self.runs.get(msg.job_id)
-        if run is not None and run.state in ALIVE:
+        if run is not None and run.state is S.STAGING:  # nothing runs yet: it ends as if killed by it
+            self._log("job-signal", job=run.job_id, signal=msg.signum)
+            self._end_staging(run, 128 + msg.signum, "signaled", "signalled while its files were staged", now)
+        elif run is not None and run.state in ALIVE:
             self._log("job-signal", job=run.job_id, signal=msg.signum)
             run.client_signalled = True
             self._out.append(SignalGroup(run.pid, msg.signum))
@@ -336,6 +391,8 @@ class WorkerCore:
         if run is None:
             return
         self._log("job-resumed", job=run.job_id, offsets=msg.offsets)
+        if run.state in (S.STAGING, S.FETCHING):  # jq --stage: what was in flight is sent again
+            self._out.append(ToStager(msg))
         for fd, offset in zip((p.STDOUT, p.STDERR), msg.offsets):
             for start, data in run.streams[fd].since(offset):
                 for i in range(0, len(data), p.CHUNK_SIZE):
@@ -354,7 +411,7 @@ class WorkerCore:
         if run is None:
             return
         self._log("job-kill", job=run.job_id, why=msg.reason)
-        if run.state is S.FINISHED:
+        if run.state in (S.FINISHED, S.FETCHING):
             self._transition(run, E.FORGET, now)
             return
         run.reason = run.reason or "killed"  # a killed run is forgotten once its end is sent
@@ -391,7 +448,9 @@ class WorkerCore:
 
     def _terminate(self, run: Run, why: str, now: float) -> None:
         """SIGTERM the run's group now, SIGKILL after the grace (no-op unless it runs)."""
-        if run.state is S.STARTING:
+        if run.state is S.STAGING:  # nothing runs yet
+            self._transition(run, E.FORGET, now)
+        elif run.state is S.STARTING:
             run.kill_pending = run.kill_pending or why
         elif run.state is S.RUNNING:
             run.kill_reason = why
@@ -413,7 +472,11 @@ class WorkerCore:
             self._finish(run, now)
 
     def _finish(self, run: Run, now: float) -> None:
-        self._transition(run, E.FINISH, now)
+        if run.spec.stage and not self.stopping and run.reason != "killed":
+            self._transition(run, E.COLLECT, now)  # its results go back first
+            self._out.append(Collect(run.job_id))
+        else:
+            self._transition(run, E.FINISH, now)
 
     def _report(self, run: Run, now: float) -> None:
         """Entering FINISHED: make the end, send it (or drop it when stopping)."""
@@ -436,6 +499,8 @@ class WorkerCore:
     # --- stdin ------------------------------------------------------------------------------
 
     def _feed_stdin(self, run: Run) -> None:
+        if run.state is S.STAGING:
+            return  # no process yet: written once it is spawned
         if run.stdin.open and run.stdin.chunks:
             self._out.append(WriteStdin(run.job_id, tuple(run.stdin.chunks)))
         else:

@@ -5,12 +5,14 @@ Every legal move of a run is a row of :data:`TRANSITIONS`; any other
 ``WorkerCore._transition`` assigns ``Run.state``; a run that leaves the table
 (``None``) is forgotten by the worker.
 
+Staging (``jq --stage``, :mod:`jobqueue.staging`): a staged run starts in
+``STAGING`` (its tree's blobs arriving), goes on to ``STARTING`` once its
+private directory is built, and after its process ended goes through
+``FETCHING`` (its results going back to the client) before ``FINISHED``.  A
+stop or a server Kill while staging forgets it: nothing runs yet.
+
 Room left for later issues (not implemented):
 
-- staging (issue 13): a ``STAGING`` state before ``STARTING`` (inputs being
-  fetched), entered by the assignment, left by ``STAGED`` (→ ``STARTING``) or
-  ``STAGE_FAILED`` (→ ``FINISHED``); a stop or a server Kill while staging
-  would forget the run, as nothing runs yet.
 - resources (issue 14): a run holds resources (GPUs, memory) from the
   assignment until it leaves the table; ``_transition`` is the one place that
   sees a run leave, so that is where they would be given back.
@@ -22,15 +24,20 @@ import enum
 
 
 class RunState(enum.Enum):
+    STAGING = "staging"  # jq --stage: its tree's missing blobs are coming; nothing runs yet
     STARTING = "starting"  # accepted; the shell is spawning its process
     RUNNING = "running"  # its process runs
     KILLING = "killing"  # SIGTERM sent to its group; SIGKILL due at Run.kill_at (None once sent)
     DRAINING = "draining"  # its process was reaped; reading the rest of its output to EOF
     HELD = "held"  # ended by a signal from outside: the end waits OUTSIDE_SIGNAL_HOLD (a stop may follow)
+    FETCHING = "fetching"  # jq --stage: its results are going back to the client; then it finishes
     FINISHED = "finished"  # its end was reported; kept until the server releases it
 
 
 class RunEvent(enum.Enum):
+    STAGED = "staged"  # its private directory holds the tree: spawn it there
+    STAGE_FAILED = "stage-failed"  # the tree could not be staged (or the client cancelled meanwhile)
+    COLLECT = "collect"  # a staged run ended: send its results before its end
     SPAWNED = "spawned"  # the shell started its process
     SPAWN_FAILED = "spawn-failed"  # no such directory or program, not executable...
     TERMINATE = "terminate"  # SIGTERM sent (server Kill, --timeout, worker stopping)
@@ -46,6 +53,9 @@ S, E = RunState, RunEvent
 
 #: (state, event) -> next state; ``None`` is "forgotten".
 TRANSITIONS: dict[tuple[RunState, RunEvent], RunState | None] = {
+    (S.STAGING, E.STAGED): S.STARTING,
+    (S.STAGING, E.STAGE_FAILED): S.FINISHED,
+    (S.STAGING, E.FORGET): None,
     (S.STARTING, E.SPAWNED): S.RUNNING,
     (S.STARTING, E.SPAWN_FAILED): S.FINISHED,
     (S.RUNNING, E.TERMINATE): S.KILLING,
@@ -57,6 +67,10 @@ TRANSITIONS: dict[tuple[RunState, RunEvent], RunState | None] = {
     (S.DRAINING, E.FORGET): None,
     (S.HELD, E.FINISH): S.FINISHED,
     (S.HELD, E.FORGET): None,
+    (S.DRAINING, E.COLLECT): S.FETCHING,
+    (S.HELD, E.COLLECT): S.FETCHING,
+    (S.FETCHING, E.FINISH): S.FINISHED,
+    (S.FETCHING, E.FORGET): None,
     (S.FINISHED, E.RELEASE): None,
     (S.FINISHED, E.FORGET): None,
 }
@@ -64,7 +78,7 @@ TRANSITIONS: dict[tuple[RunState, RunEvent], RunState | None] = {
 #: States in which the run's process may still be alive (it can be signalled).
 ALIVE = frozenset({S.RUNNING, S.KILLING})
 #: States in which the run's process has been reaped.
-EXITED = frozenset({S.DRAINING, S.HELD, S.FINISHED})
+EXITED = frozenset({S.DRAINING, S.HELD, S.FETCHING, S.FINISHED})
 
 
 class IllegalTransition(Exception):

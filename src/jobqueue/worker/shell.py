@@ -52,6 +52,10 @@ class WorkerOptions:
     pools: list[Pool] = field(default_factory=list)
     bind_cpus: bool = False
     enforce_mem: bool = False
+    # jq --stage (jobqueue.staging): the blob cache and the jobs' private directories
+    cache_dir: str | None = None  # default: $TMPDIR/jobqueue-UID/cache
+    cache_size: int = 10 << 30
+    keep_workdir: bool = False
 
 
 class Worker:
@@ -88,6 +92,9 @@ class Worker:
         self.job_fds: dict[str, dict[int, int]] = {}  # job -> {0/1/2: our fd}
         self.fd_owner: dict[int, tuple[str, int]] = {}  # our fd -> (job, 0/1/2)
         self.done = False
+        self.stager: Any = None  # a jobqueue.staging.workerside.WorkerStager, made for the first staged job
+        self._pool: Any = None  # threads for the stager's work off the loop
+        self._completions: list[tuple[Any, Any]] = []  # (done, future) of that work, appended by the threads
 
     # --- main loop ----------------------------------------------------------------------
 
@@ -133,6 +140,10 @@ class Worker:
             signals, self._signals = self._signals, []
             for signum in signals:
                 self._do(self.core.on_os_signal(signum, now))
+            while self._completions:
+                done, future = self._completions.pop(0)
+                error = future.exception()
+                done(error if error is not None else future.result())
         if self.conn.socket in events:
             for message in self.conn.receive(now):
                 self._do(self.core.on_message(message, now))
@@ -191,8 +202,82 @@ class Worker:
                 for which in list(self.job_fds.get(action.job_id, ())):
                     self._close_pipe(action.job_id, which)
                 self.job_fds.pop(action.job_id, None)
+                if self.stager is not None:
+                    self.stager.forget(action.job_id)
+            elif isinstance(action, a.Stage):
+                self._stage(action)
+            elif isinstance(action, a.Collect):
+                self.stager.collect(action.job_id)
+            elif isinstance(action, a.ToStager):
+                self._to_stager(action.message)
             elif isinstance(action, a.Exit):
                 self.done = True
+
+    # --- jq --stage -----------------------------------------------------------------------
+
+    def _stage(self, action: a.Stage) -> None:
+        if self.stager is None:
+            try:
+                self.stager = self._make_stager()
+            except Exception as e:  # CacheBusy, OSError: the job fails, the worker goes on
+                self._do(self.core.on_stage_failed(action.job_id, f"staging failed: {e}", time.monotonic()))
+                return
+        self.stager.begin(action.job_id, action.attempt, action.spec)
+
+    def _make_stager(self) -> Any:
+        import tempfile
+
+        from ..staging.blobstore import BlobStore, CacheBusy
+        from ..staging.workerside import WorkerStager
+
+        directory = self.options.cache_dir
+        if directory is None:
+            base = os.path.join(tempfile.gettempdir(), f"jobqueue-{os.getuid()}")
+            try:
+                store = BlobStore(os.path.join(base, "cache"), self.options.cache_size)
+            except CacheBusy:  # another worker of this user has the shared one: a private one then
+                store = BlobStore(os.path.join(base, f"cache-{os.getpid()}"), self.options.cache_size)
+        else:
+            store = BlobStore(directory, self.options.cache_size)
+        self.log.event("cache", directory=store.directory, size=self.options.cache_size, blobs=len(store.policy))
+
+        def staged(job_id: str, cwd: bytes) -> None:
+            self._do(self.core.on_staged(job_id, cwd, time.monotonic()))
+
+        def failed(job_id: str, why: str) -> None:
+            self._do(self.core.on_stage_failed(job_id, why, time.monotonic()))
+
+        def delivered(job_id: str) -> None:
+            self._do(self.core.on_results_delivered(job_id, time.monotonic()))
+
+        return WorkerStager(store, lambda message: self._send(message), staged, failed, delivered,
+                            keep_workdir=self.options.keep_workdir, background=self._background)
+
+    def _background(self, work: Any, done: Any) -> None:
+        """Run ``work`` in a thread; ``done`` gets its outcome on the loop (the waker wakes it)."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jobqueue-stage")
+
+        def finished(future: Any) -> None:
+            self._completions.append((done, future))
+            self.waker.wake()
+
+        self._pool.submit(work).add_done_callback(finished)
+
+    def _send(self, message: p.Message) -> None:
+        self.conn.send(message)
+
+    def _to_stager(self, message: p.Message) -> None:
+        if isinstance(message, p.Blob):
+            self.stager.on_blob(message)
+        elif isinstance(message, p.Want):
+            self.stager.on_want(message)
+        elif isinstance(message, p.Ack):
+            self.stager.on_ack(message)
+        elif isinstance(message, p.Resume):
+            self.stager.resume(message.job_id)
 
     def _spawn(self, job_id: str, spec: p.JobSpec, allocation: list[p.Grant]) -> None:
         now = time.monotonic()

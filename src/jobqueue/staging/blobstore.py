@@ -1,0 +1,161 @@
+"""The worker's content-addressed blob cache on disk (the shell of :mod:`.cachepolicy`).
+
+Layout under ``--cache-dir``: ``blobs/ab/abcdef...`` (one file per blob, named
+by its hex SHA-256; the 256 subdirectories made once), blobs being received
+are ``blobs/ab/.abcdef...-N`` (written, checked against their digest, then
+renamed into place, so a blob file is always whole),
+``jobs/`` (the jobs' private directories, on the same file system so that a
+copy can be a reflink).  One worker process owns a cache directory (a lock
+file says so); its jobs share it.  Blob files are read-only and are never
+handed to a job: a job gets a copy (:mod:`.materialise`), so writing into a
+staged file in place cannot corrupt the cache.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Iterable
+
+from .cachepolicy import CachePolicy
+from .manifest import DIGEST_SIZE, new_hasher
+
+
+class CacheBusy(Exception):
+    """Another worker process owns this cache directory."""
+
+
+class BadBlob(Exception):
+    """Received bytes do not match the digest they were sent as."""
+
+
+class BlobStore:
+    def __init__(self, directory: str, capacity: int) -> None:
+        self.directory = os.path.abspath(directory)
+        self.blobs = os.path.join(self.directory, "blobs")
+        self.jobs = os.path.join(self.directory, "jobs")
+        for path in (self.directory, self.blobs, self.jobs):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        for i in range(256):
+            os.makedirs(os.path.join(self.blobs, f"{i:02x}"), mode=0o700, exist_ok=True)
+        self._lock = os.open(os.path.join(self.directory, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock)
+            raise CacheBusy(f"cache directory {self.directory} is in use by another worker") from None
+        self.policy = CachePolicy(capacity)
+        found: list[tuple[int, bytes, int]] = []
+        for sub in os.scandir(self.blobs):
+            for blob in os.scandir(sub.path):
+                if blob.name.startswith("."):  # half-received by an earlier run
+                    os.unlink(blob.path)
+                    continue
+                try:
+                    digest = bytes.fromhex(blob.name)
+                    st = blob.stat()
+                except (ValueError, OSError):
+                    continue
+                if len(digest) == DIGEST_SIZE:
+                    found.append((st.st_mtime_ns, digest, st.st_size))
+        for _mtime, digest, size in sorted(found):  # oldest first: the LRU order of the last run, roughly
+            self._drop(self.policy.add(digest, size))
+
+    def close(self) -> None:
+        os.close(self._lock)
+
+    def path(self, digest: bytes) -> str:
+        name = digest.hex()
+        return os.path.join(self.blobs, name[:2], name)
+
+    def has(self, digest: bytes) -> bool:
+        return digest in self.policy
+
+    def read(self, digest: bytes) -> bytes:
+        """A small blob (a directory) whole."""
+        self.policy.use(digest)
+        with open(self.path(digest), "rb") as f:
+            return f.read()
+
+    def pin(self, owner: str, digests: Iterable[bytes]) -> None:
+        self.policy.pin(owner, digests)
+
+    def unpin(self, owner: str) -> None:
+        self._drop(self.policy.unpin(owner))
+
+    def writer(self, digest: bytes, size: int) -> BlobWriter:
+        return BlobWriter(self, digest, size)
+
+    def _drop(self, digests: list[bytes]) -> None:
+        for digest in digests:
+            try:
+                os.unlink(self.path(digest))
+            except FileNotFoundError:
+                pass
+
+    def _stored(self, digest: bytes, temp: str, size: int) -> None:
+        os.replace(temp, self.path(digest))
+        self._drop(self.policy.add(digest, size))
+
+    def remove_workdir(self, path: str) -> None:
+        """Remove a job's directory, whatever modes the job left in it."""
+
+        def make_writable(_func: object, where: str, _exc: object) -> None:
+            parent = os.path.dirname(where)
+            try:
+                os.chmod(parent, 0o700)
+                os.chmod(where, 0o700, follow_symlinks=False)
+            except (OSError, NotImplementedError):
+                pass
+            if os.path.isdir(where) and not os.path.islink(where):
+                shutil.rmtree(where, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(where)
+                except OSError:
+                    pass
+
+        shutil.rmtree(path, onerror=make_writable)
+
+
+class BlobWriter:
+    """One blob being received in order: bytes go to a temporary file, checked
+    against the digest at the end, then renamed into the cache."""
+
+    def __init__(self, store: BlobStore, digest: bytes, size: int) -> None:
+        self.store = store
+        self.digest = digest
+        self.size = size
+        self.written = 0
+        self._hasher = new_hasher()
+        name = digest.hex()
+        self._temp = os.path.join(store.blobs, name[:2], f".{name}-{id(self)}")
+        self._fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.written + len(data) > self.size:
+            self.abort()
+            raise BadBlob(f"blob {self.digest.hex()[:12]} is longer than announced")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        self._hasher.update(data)
+        self.written += len(data)
+
+    def finish(self) -> None:
+        os.close(self._fd)
+        self._fd = -1
+        if self.written != self.size or self._hasher.digest() != self.digest:
+            os.unlink(self._temp)
+            raise BadBlob(f"blob {self.digest.hex()[:12]} does not match its digest")
+        self.store._stored(self.digest, self._temp, self.size)
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            try:
+                os.unlink(self._temp)
+            except FileNotFoundError:
+                pass

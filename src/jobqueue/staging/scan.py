@@ -1,0 +1,311 @@
+"""The client's side of staging: walk DIR into a :class:`Snapshot` (a shell: files, git).
+
+Never follows a symlink (it is sent as a link); skips sockets, FIFOs and
+devices (listed in ``Snapshot.skipped`` for ``-v``); leaves out what git
+ignores when DIR is in a git work tree, every ``.git`` unless ``stage_git``,
+and what ``--exclude`` patterns (gitignore syntax) match.  A file is hashed
+only when its (inode, size, mtime, ctime) changed since the last scan
+(:class:`StatCache`, persisted under ``~/.cache/jobqueue``).  Anything that
+cannot be read is a :class:`StageError` naming it, raised before a job is queued.
+
+jq loads this module for ``--stage`` on every such job: it imports only what
+the interpreter has loaded already or costs little (no msgspec, typing,
+dataclasses or subprocess).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+from .entry import DIRECTORY, FILE, MODE_MASK, SYMLINK, make_directory, sha256
+from .paths import UnsafePath, check_symlink_target
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .entry import EntryTuple
+
+
+class StageError(Exception):
+    """Staging cannot go ahead; the message names the file and says why."""
+
+
+#: What the client remembers of a staged path: (inode, size, mtime_ns, ctime_ns).
+StatKey = tuple[int, int, int, int]
+
+
+class Snapshot:
+    """DIR as it was sent: the tree's directories (by digest), where each file
+    blob can be read, and each staged path's stat (to tell later local changes)."""
+
+    def __init__(self, root: bytes, taken_ns: int) -> None:
+        self.root = root  # DIR, absolute
+        self.taken_ns = taken_ns  # wall clock when the scan started: later ctimes are changes made "here"
+        self.root_digest = b""
+        self.directories: dict[bytes, bytes] = {}  # digest -> canonical encoding
+        self.blobs: dict[bytes, tuple[bytes, int]] = {}  # file digest -> (a relative path holding it, size)
+        self.local: dict[bytes, StatKey] = {}  # relative path -> stat when snapshotted (files and symlinks)
+        self.links: dict[bytes, bytes] = {}  # relative path -> target, of every symlink
+        self.files = 0
+        self.size = 0  # bytes of file content
+        self.hashed = 0  # files hashed (not found in the stat cache)
+        self.skipped: list[tuple[bytes, str]] = []  # (path, why) for -v
+
+
+def stat_key(st: os.stat_result) -> StatKey:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+# --- the stat cache -------------------------------------------------------------------
+
+#: A file changed within this long before a scan is hashed again next time:
+#: its mtime/ctime may not yet tell a later change apart ("racy git").
+RACY_NS = 2_000_000_000
+_CACHE_FORMAT = 1
+
+
+class StatCache:
+    """Digests of files by relative path, trusted while (inode, size, mtime_ns,
+    ctime_ns) are unchanged.  One file per staged root under the cache home,
+    in :mod:`marshal`'s format (fast to load; a file of another Python or
+    format version is ignored)."""
+
+    def __init__(self, root: bytes, directory: str | None = None) -> None:
+        self.root = root
+        home = directory or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jobqueue", "stat"
+        )
+        self.path = os.path.join(home, sha256(root).hexdigest()[:32] + ".marshal")
+        self.old: dict[bytes, tuple[int, int, int, int, bytes]] = {}
+        self.new: dict[bytes, tuple[int, int, int, int, bytes]] = {}
+        import marshal
+
+        try:
+            with open(self.path, "rb") as f:
+                loaded = marshal.load(f)
+            if type(loaded) is tuple and loaded[:2] == (_CACHE_FORMAT, root) and type(loaded[2]) is dict:
+                self.old = loaded[2]
+        except (OSError, EOFError, ValueError, TypeError):
+            pass  # no cache, or an unreadable one: hash everything
+
+    def lookup(self, rel: bytes, key: StatKey) -> bytes | None:
+        hit = self.old.get(rel)
+        if hit is not None and hit[:4] == key:
+            return hit[4]
+        return None
+
+    def remember(self, rel: bytes, key: StatKey, digest: bytes, now_ns: int) -> None:
+        if key[2] < now_ns - RACY_NS and key[3] < now_ns - RACY_NS:
+            self.new[rel] = (*key, digest)
+
+    def save(self) -> None:
+        """Write the entries of this scan (replacing the old ones) atomically; best effort."""
+        if self.new == self.old:
+            return
+        import marshal
+
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            temp = f"{self.path}.{os.getpid()}.tmp"
+            with open(temp, "wb") as f:
+                marshal.dump((_CACHE_FORMAT, self.root, self.new), f)
+            os.replace(temp, self.path)
+        except OSError:
+            pass
+
+
+# --- git ------------------------------------------------------------------------------
+
+
+class _GitView:
+    """What git would not ignore under DIR."""
+
+    def __init__(self, files: set[bytes], untracked_dirs: set[bytes]) -> None:
+        self.files = files  # tracked or untracked-not-ignored files (and submodules), relative to DIR
+        self.untracked_dirs = untracked_dirs  # directories git lists as wholly untracked (empty ones too)
+        self.parents: set[bytes] = set()  # every directory holding one of the files
+        for path in files:
+            while b"/" in path:
+                path = path.rsplit(b"/", 1)[0]
+                if path in self.parents:
+                    break
+                self.parents.add(path)
+
+
+def _spawn_git(root: bytes, extra: list[str]) -> tuple[int, int] | None:
+    """(pid, read end of its stdout) of ``git -C root ls-files ...``; None without git."""
+    argv = ["git", "-C", os.fsdecode(root), "ls-files", "-z", "--others", "--exclude-standard", *extra]
+    read, write = os.pipe()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        pid = os.posix_spawnp("git", argv, os.environ, file_actions=[
+            (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, write, 1), (os.POSIX_SPAWN_DUP2, devnull, 2)])
+    except OSError:
+        os.close(read)
+        return None
+    finally:
+        os.close(write)
+        os.close(devnull)
+    return pid, read
+
+
+def _collect(started: tuple[int, int]) -> bytes | None:
+    pid, fd = started
+    chunks = []
+    with open(fd, "rb", closefd=True) as out:
+        while data := out.read(1 << 20):
+            chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    return b"".join(chunks) if os.waitstatus_to_exitcode(status) == 0 else None
+
+
+def _git_view(root: bytes) -> _GitView | None:
+    """Two ``git ls-files`` at once: the files, and the wholly untracked
+    directories (empty ones included); None when DIR is not in a work tree."""
+    files_run = _spawn_git(root, ["--cached"])
+    if files_run is None:
+        return None
+    dirs_run = _spawn_git(root, ["--directory"])
+    files_out = _collect(files_run)
+    dirs_out = _collect(dirs_run) if dirs_run is not None else None
+    if files_out is None or dirs_out is None:
+        return None
+    return _GitView({p for p in files_out.split(b"\0") if p},
+                    {p.rstrip(b"/") for p in dirs_out.split(b"\0") if p.endswith(b"/")})
+
+
+def _under(path: bytes, roots: set[bytes]) -> bool:
+    while True:
+        if path in roots:
+            return True
+        if b"/" not in path:
+            return False
+        path = path.rsplit(b"/", 1)[0]
+
+
+# --- the walk -------------------------------------------------------------------------
+
+
+def scan(
+    root: str | bytes,
+    *,
+    stage_git: bool = False,
+    excludes: Iterable[str] = (),
+    use_git: bool = True,
+    cache_dir: str | None = None,
+    use_cache: bool = True,
+) -> Snapshot:
+    """Snapshot the tree under ``root`` (see the module's docstring)."""
+    taken_ns = time.time_ns()
+    root_b = os.path.abspath(os.fsencode(root))
+    try:
+        st = os.stat(root_b)
+    except OSError as e:
+        raise StageError(f"--stage {os.fsdecode(root_b)}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StageError(f"--stage {os.fsdecode(root_b)}: not a directory")
+    exclude_spec = None
+    patterns = list(excludes)
+    if patterns:
+        import pathspec  # only when asked
+
+        exclude_spec = pathspec.GitIgnoreSpec.from_lines(patterns)
+    git = _git_view(root_b) if use_git else None
+    cache = StatCache(root_b, cache_dir) if use_cache else None
+    snap = Snapshot(root_b, taken_ns)
+
+    def included(rel: bytes, is_dir: bool, wholesale: bool) -> bool:
+        if exclude_spec is not None and exclude_spec.match_file(os.fsdecode(rel) + ("/" if is_dir else "")):
+            return False
+        if git is None or wholesale:
+            return True
+        if rel in git.files:
+            return True
+        return is_dir and (rel in git.parents or _under(rel, git.untracked_dirs))
+
+    def walk(path: bytes, rel: bytes, wholesale: bool) -> bytes:
+        entries: list[EntryTuple] = []
+        try:
+            listing = list(os.scandir(path))
+        except OSError as e:
+            raise StageError(f"cannot read directory {os.fsdecode(path)}: {e.strerror}") from None
+        for item in listing:
+            name = item.name
+            child_rel = rel + b"/" + name if rel else name
+            if name == b".git" and not stage_git:
+                continue
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError as e:
+                raise StageError(f"cannot stat {os.fsdecode(item.path)}: {e.strerror}") from None
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                # .git (with --stage-git) and submodules go as they are: git says nothing inside them.
+                whole = wholesale or name == b".git" or (git is not None and child_rel in git.files)
+                if not included(child_rel, True, whole):
+                    continue
+                digest = walk(item.path, child_rel, whole)
+                entries.append((name, DIRECTORY, stat.S_IMODE(mode), 0, 0, digest, b""))
+            elif stat.S_ISREG(mode):
+                if not included(child_rel, False, wholesale):
+                    continue
+                key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                cached = cache.lookup(child_rel, key) if cache is not None else None
+                if cached is None:
+                    cached = _hash_file(item.path)
+                    snap.hashed += 1
+                if cache is not None:
+                    cache.remember(child_rel, key, cached, taken_ns)
+                entries.append((name, FILE, stat.S_IMODE(mode) & MODE_MASK, st.st_mtime_ns, st.st_size, cached, b""))
+                snap.blobs.setdefault(cached, (child_rel, st.st_size))
+                snap.local[child_rel] = key
+                snap.files += 1
+                snap.size += st.st_size
+            elif stat.S_ISLNK(mode):
+                if not included(child_rel, False, wholesale):
+                    continue
+                try:
+                    target = os.readlink(item.path)
+                except OSError as e:
+                    raise StageError(f"cannot read symlink {os.fsdecode(item.path)}: {e.strerror}") from None
+                entries.append((name, SYMLINK, 0o777, st.st_mtime_ns, len(target), b"", target))
+                snap.local[child_rel] = stat_key(st)
+                snap.links[child_rel] = target
+            else:
+                kind = "socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode) else "device"
+                snap.skipped.append((child_rel, kind))
+        digest, data = make_directory(entries)
+        snap.directories[digest] = data
+        return digest
+
+    snap.root_digest = walk(root_b, b"", False)
+    _check_symlinks(snap)
+    if cache is not None:
+        cache.save()
+    return snap
+
+
+def _hash_file(path: bytes) -> bytes:
+    hasher = sha256()
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while data := f.read(1 << 20):
+                hasher.update(data)
+    except OSError as e:
+        raise StageError(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
+    return hasher.digest()
+
+
+def _check_symlinks(snap: Snapshot) -> None:
+    """The worker refuses a symlink that leads out of the tree: say so here first."""
+    for path, target in snap.links.items():
+        try:
+            check_symlink_target(path, target, snap.links)
+        except UnsafePath:
+            raise StageError(
+                f"symlink {os.fsdecode(os.path.join(snap.root, path))} -> {os.fsdecode(target)} "
+                "points outside the staged directory (it would dangle on the worker); --exclude it"
+            ) from None

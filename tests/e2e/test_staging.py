@@ -1,0 +1,306 @@
+"""jq --stage against workers that truly share no file system with jq.
+
+Each worker runs in its own mount namespace with a tmpfs over the test's
+directory (``unshare --mount``; root, as in CI), so the client's files do not
+exist where the job runs: without --stage a job fails (directory missing), with
+--stage it runs on a snapshot and its results come back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIN, Cluster, wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                                reason="needs root and unshare for a private mount namespace")
+
+
+def isolated_worker(cluster: Cluster, *args: str, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
+    """A worker that cannot see the test's directory (a tmpfs hides it); its cache lives on that tmpfs."""
+    script = 'mount -t tmpfs none "$1" && shift && exec "$@"'
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(cluster.tmp),
+               str(BIN / "jobqueue-worker"), cluster.endpoint, "--name", name, "--kill-grace", "1",
+               "--cache-dir", str(cluster.tmp / "worker-cache"), *args]
+    proc = cluster.spawn(command, log=f"worker-{name}")
+    if wait:
+        cluster.wait_worker(name)
+    return proc
+
+
+def sent(stderr: bytes) -> tuple[int, int]:
+    """(blobs, bytes) that jq -v says it sent."""
+    match = re.search(rb"sent (\d+) blobs \(([\d.]+) (bytes|KiB|MiB)\)", stderr)
+    assert match, stderr
+    scale = {b"bytes": 1, b"KiB": 1024, b"MiB": 1 << 20}[match[3]]
+    return int(match[1]), int(float(match[2]) * scale)
+
+
+@pytest.fixture
+def project(cluster: Cluster) -> Path:
+    root = cluster.tmp / "project"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("from the client\n")
+    return root
+
+
+def test_no_shared_file_system_without_stage_fails_with_stage_runs_and_results_come_back(
+        cluster: Cluster, project: Path) -> None:
+    cluster.server()
+    isolated_worker(cluster, name="w1")
+    plain = cluster.jq("cat", "a.txt", cwd=str(project / "sub"))
+    assert plain.returncode == 255 and b"does not exist" in plain.stderr, plain.stderr
+    staged = cluster.jq("--stage", str(project), "sh", "-c", "pwd; cat ../a.txt; echo made > out.txt; "
+                        "mkdir -p ../build && echo obj > ../build/x.o", cwd=str(project / "sub"))
+    assert staged.returncode == 0, staged.stderr
+    workdir, text = staged.stdout.decode().splitlines()
+    assert workdir.endswith("/sub") and not workdir.startswith(str(project)) and text == "from the client"
+    assert (project / "sub" / "out.txt").read_text() == "made\n"
+    assert (project / "build" / "x.o").read_text() == "obj\n"
+    # the worker removes the job's directory (--keep-workdir keeps it): a later job sees only its own
+    jobs = os.path.dirname(os.path.dirname(workdir))
+
+    def only_its_own() -> bool:
+        listing = cluster.jq("--stage", str(project), "sh", "-c", f"ls {jobs}")
+        return listing.returncode == 0 and len(listing.stdout.split()) == 1
+
+    wait_for(only_its_own, 10, "the finished job's directory to be removed")
+
+
+MAKEFILE = """\
+prog: main.o util.o
+\tcc -o prog main.o util.o
+%.o: %.c util.h
+\tcc -c $<
+"""
+
+
+@pytest.mark.skipif(not shutil.which("cc") or not shutil.which("make"), reason="needs cc and make")
+def test_a_c_build_compiles_once_objects_come_back_with_their_mtimes_second_make_does_nothing(
+        cluster: Cluster, tmp_path: Path) -> None:
+    src = tmp_path / "cproject"
+    src.mkdir()
+    (src / "Makefile").write_text(MAKEFILE)
+    (src / "util.h").write_text("int twice(int);\n")
+    (src / "util.c").write_text('#include "util.h"\nint twice(int x) { return 2 * x; }\n')
+    (src / "main.c").write_text('#include <stdio.h>\n#include "util.h"\nint main(void) '
+                                '{ printf("%d\\n", twice(21)); return 0; }\n')
+    for path in src.iterdir():  # sources older than anything the build makes
+        os.utime(path, (1_600_000_000, 1_600_000_000))
+    cluster.server()
+    isolated_worker(cluster, name="w1")
+    first = cluster.jq("-v", "--stage", str(src), "sh", "-c", "make && ./prog", cwd=str(src))
+    assert first.returncode == 0, first.stderr
+    assert b"cc -c main.c" in first.stdout and first.stdout.endswith(b"42\n")
+    assert b"brought back 3 files" in first.stderr, first.stderr
+    for name in ("main.o", "util.o", "prog"):
+        assert (src / name).stat().st_mtime > 1_600_000_000
+    assert os.access(src / "prog", os.X_OK)
+    assert subprocess.run(["make", "-q"], cwd=src).returncode == 0  # up to date here too
+    again = cluster.jq("-v", "--stage", str(src), "make", cwd=str(src))
+    assert again.returncode == 0 and b"is up to date" in again.stdout, again.stdout
+    assert b"brought back 0 files" in again.stderr
+    (src / "util.c").write_text('#include "util.h"\nint twice(int x) { return x + x; }\n')
+    third = cluster.jq("--stage", str(src), "make", cwd=str(src))
+    assert b"cc -c util.c" in third.stdout and b"main.c" not in third.stdout
+
+
+def test_one_changed_file_out_of_thousands_sends_one_blob(cluster: Cluster, tmp_path: Path) -> None:
+    root = tmp_path / "many"
+    for d in range(20):
+        (root / f"d{d}").mkdir(parents=True)
+        for f in range(100):
+            (root / f"d{d}" / f"f{f}").write_text(f"file {d}/{f}\n" * 20)
+    cluster.server()
+    isolated_worker(cluster, name="w1")
+    cold = cluster.jq("-v", "--stage", str(root), "true")
+    assert cold.returncode == 0, cold.stderr
+    assert sent(cold.stderr)[0] == 2000 + 21
+    warm = cluster.jq("-v", "--stage", str(root), "true")
+    assert sent(warm.stderr) == (0, 0)
+    (root / "d7" / "f3").write_text("changed\n")
+    one = cluster.jq("-v", "--stage", str(root), "sh", "-c", "cat d7/f3")
+    assert one.stdout == b"changed\n"
+    blobs, size = sent(one.stderr)
+    assert blobs == 3  # the file, its directory, the root
+    assert size < 12_000  # the root lists 20 entries, d7 100: no other file's content
+
+
+LISTING = r"""
+import os, stat, sys
+root = sys.argv[1].encode()
+for base, dirs, files in sorted(os.walk(root)):
+    dirs.sort()
+    for name in sorted(dirs + files):
+        path = os.path.join(base, name)
+        st = os.lstat(path)
+        rel = os.path.relpath(path, root)
+        if stat.S_ISLNK(st.st_mode):
+            what = b"link " + os.readlink(path)
+        elif stat.S_ISDIR(st.st_mode):
+            what = b"dir %o" % stat.S_IMODE(st.st_mode)
+        else:
+            what = b"file %o %d %d " % (stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns) + \
+                open(path, "rb").read().hex().encode()
+        sys.stdout.buffer.write(rel.hex().encode() + b" " + what + b"\n")
+"""
+
+
+def test_links_modes_empty_dirs_every_byte_and_odd_names_arrive_and_come_back(
+        cluster: Cluster, tmp_path: Path) -> None:
+    root = tmp_path / "odd"
+    (root / "empty").mkdir(parents=True)
+    (root / "tools").mkdir()
+    odd = os.path.join(os.fsencode(root), b"sp ace\nline\xff.bin")
+    with open(odd, "wb") as f:
+        f.write(bytes(range(256)) * 4)
+    (root / "tools" / "run.sh").write_text("#!/bin/sh\necho ran\n")
+    os.chmod(root / "tools" / "run.sh", 0o750)
+    (root / "secret").write_text("s")
+    os.chmod(root / "secret", 0o600)
+    os.symlink("tools/run.sh", root / "run")
+    os.symlink("../secret", root / "tools" / "up")
+    (root / "listing.py").write_text(LISTING)
+    cluster.server()
+    isolated_worker(cluster, name="w1")
+    here = subprocess.run([sys.executable, str(root / "listing.py"), str(root)], capture_output=True, check=True)
+    there = cluster.jq("--stage", str(root), "sh", "-c", f"{sys.executable} listing.py . && ./run", cwd=str(root))
+    assert there.returncode == 0, there.stderr
+    assert there.stdout == here.stdout + b"ran\n"
+    # and back: the job makes the same kinds of things
+    job = ("mkdir -p out/empty && printf 'x\\000y' > \"out/$(printf 'n\\nl')\" && chmod 640 \"out/$(printf 'n\\nl')\" "
+           "&& ln -s ../secret out/link && cp -p \"$(printf 'sp ace\\nline\\377.bin')\" out/")
+    back = cluster.jq("--stage", str(root), "sh", "-c", job, cwd=str(root))
+    assert back.returncode == 0, back.stderr
+    assert (root / "out" / "n\nl").read_bytes() == b"x\0y" and (root / "out" / "n\nl").stat().st_mode & 0o777 == 0o640
+    assert os.readlink(root / "out" / "link") == "../secret" and (root / "out" / "empty").is_dir()
+    copy = os.path.join(os.fsencode(root), b"out", b"sp ace\nline\xff.bin")
+    assert open(copy, "rb").read() == bytes(range(256)) * 4
+    assert os.stat(copy).st_mtime_ns == os.stat(odd).st_mtime_ns  # cp -p kept it, and so did the way back
+
+
+def test_gitignore_is_respected_and_git_is_left_out(cluster: Cluster, tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    (root / ".gitignore").write_text("*.log\n")
+    (root / "debug.log").write_text("ignored")
+    (root / "kept.txt").write_text("kept")
+    cluster.server()
+    isolated_worker(cluster, name="w1")
+    result = cluster.jq("--stage", str(root), "sh", "-c", "ls -A", cwd=str(root))
+    assert result.stdout.split() == [b".gitignore", b"kept.txt"], result.stderr
+    with_git = cluster.jq("--stage", str(root), "--stage-git", "--exclude", "*.txt", "sh", "-c", "ls -A")
+    assert with_git.stdout.split() == [b".git", b".gitignore"]
+
+
+def test_a_job_writing_a_staged_file_in_place_does_not_change_what_the_next_job_sees(
+        cluster: Cluster, project: Path) -> None:
+    cluster.server()
+    isolated_worker(cluster, name="w1")
+    first = cluster.jq("--stage", str(project), "--no-fetch", "sh", "-c",
+                       "printf XXXX | dd of=a.txt conv=notrunc status=none && cat a.txt")
+    assert first.stdout == b"XXXX the client\n"
+    second = cluster.jq("--stage", str(project), "cat", "a.txt")
+    assert second.stdout == b"from the client\n"
+    assert (project / "a.txt").read_text() == "from the client\n"  # --no-fetch
+
+
+def test_a_local_file_edited_while_the_job_runs_is_kept(cluster: Cluster, project: Path) -> None:
+    cluster.server()
+    isolated_worker(cluster, name="w1")
+    proc = cluster.popen_jq("--stage", str(project), "sh", "-c",
+                            "echo the job > a.txt; echo the job > b.txt; echo ready; read line",
+                            stdin=subprocess.PIPE, cwd=str(project))
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline() == b"ready\n"
+    (project / "a.txt").write_text("edited here\n")
+    proc.stdin.write(b"go\n")
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+    assert (project / "a.txt").read_text() == "edited here\n"
+    assert (project / "b.txt").read_text() == "the job\n"
+    assert proc.stderr is not None
+    assert proc.stderr.read() == f"jq: kept local {project}/a.txt: changed here while the job ran\n".encode()
+
+
+def test_requeue_after_kill_9_of_the_worker_stages_again_and_results_come_back_once(
+        cluster: Cluster, project: Path) -> None:
+    cluster.server()
+    first = isolated_worker(cluster, name="w1")
+    proc = cluster.popen_jq("--stage", str(project), "sh", "-c",
+                            "echo attempt >> log.txt; echo ready; read line; echo done", stdin=subprocess.PIPE,
+                            cwd=str(project))
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline() == b"ready\n"
+    os.kill(first.pid, 9)
+    isolated_worker(cluster, name="w2")
+    assert proc.stdout.readline() == b"ready\n"  # the second attempt, on w2, from the same snapshot
+    proc.stdin.write(b"go\n")
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+    assert (project / "log.txt").read_text() == "attempt\n"  # once: from the attempt that finished
+
+
+def test_cache_eviction_under_cache_size(cluster: Cluster, tmp_path: Path) -> None:
+    trees = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        root.mkdir()
+        for i in range(4):
+            (root / f"f{i}").write_bytes(os.urandom(100_000))
+        trees.append(root)
+    cluster.server()
+    isolated_worker(cluster, "--cache-size", "500K", name="w1")
+    assert sent(cluster.jq("-v", "--stage", str(trees[0]), "true").stderr)[0] == 5
+    assert sent(cluster.jq("-v", "--stage", str(trees[0]), "true").stderr)[0] == 0  # cached
+    assert sent(cluster.jq("-v", "--stage", str(trees[1]), "true").stderr)[0] == 5  # evicts a's
+    # 500 KiB holds 5 of the 100 kB files: b's four and one of a's; a's other three are sent again
+    assert sent(cluster.jq("-v", "--stage", str(trees[0]), "true").stderr)[0] in (3, 4)  # (4: a's directory too)
+
+
+def test_two_concurrent_staged_jobs_of_the_same_tree(cluster: Cluster, project: Path) -> None:
+    cluster.server()
+    isolated_worker(cluster, "-j", "2", name="w1")
+    procs = [cluster.popen_jq("--stage", str(project), "sh", "-c",
+                              f"echo {i} > out{i}.txt; cat a.txt", cwd=str(project)) for i in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and out == b"from the client\n", err
+    assert [(project / f"out{i}.txt").read_text() for i in range(2)] == ["0\n", "1\n"]
+    wait_for(lambda: not cluster.jobs(), 5, "the jobs to be gone")
+
+
+def test_the_python_api_stages_and_fetches(cluster: Cluster, project: Path) -> None:
+    import jobqueue
+
+    cluster.server()
+    isolated_worker(cluster, name="w1")
+    result = jobqueue.run(["sh", "-c", "cat a.txt; echo api > api.txt; echo skip > skip.log"], stage=project,
+                          cwd=project, fetch=["*.txt"], capture_output=True, server=cluster.endpoint)
+    assert result.returncode == 0 and result.stdout == b"from the client\n"
+    assert (project / "api.txt").read_text() == "api\n" and not (project / "skip.log").exists()
+    with jobqueue.Executor(server=cluster.endpoint) as executor:
+        future = executor.submit(["sh", "-c", "echo ex > ex.txt"], stage=project, cwd=project)
+        assert future.result().returncode == 0
+    assert (project / "ex.txt").read_text() == "ex\n"
+
+
+def test_staging_errors_are_clear_and_nothing_is_queued(cluster: Cluster, project: Path) -> None:
+    cluster.server()
+    missing = cluster.jq("--stage", str(project / "nope"), "true")
+    assert missing.returncode == 255 and missing.stderr.startswith(b"jq: --stage ") and b"No such file" in \
+        missing.stderr
+    os.symlink("/etc/passwd", project / "passwd")
+    outside = cluster.jq("--stage", str(project), "true")
+    assert outside.returncode == 255 and b"points outside the staged directory" in outside.stderr
+    usage = cluster.jq("--fetch", "*.o", "true")
+    assert usage.returncode == 255 and b"need --stage DIR" in usage.stderr
+    assert not cluster.jobs()
