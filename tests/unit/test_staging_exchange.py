@@ -32,7 +32,7 @@ class Link:
         self.client = ClientStager(self.snap, rules or FetchRules(), w, "job",
                                    lambda m: self.to_worker.append(w.encode(m)), self.said.append)
         self.worker = WorkerStager(store, lambda m: self.to_client.append(p.encode(m)),
-                                   lambda j, cwd: self.staged.__setitem__(j, cwd),
+                                   lambda j, cwd: self.staged.__setitem__(j, os.fsdecode(cwd)),
                                    lambda j, why: self.failed.__setitem__(j, why), self.delivered.append)
         self.attempt = attempt
         self.spec = p.JobSpec([b"true"], {}, b"", stage=self.snap.root_digest)
@@ -193,7 +193,7 @@ def test_a_requeued_attempt_is_staged_again_from_the_same_snapshot(project: str,
     # the worker was lost; another one, with an empty cache, runs attempt 2
     link.worker = WorkerStager(BlobStore(str(tmp_path / "cache2"), 1 << 30),
                                lambda m: link.to_client.append(p.encode(m)),
-                               lambda j, cwd: link.staged.__setitem__(j, cwd),
+                               lambda j, cwd: link.staged.__setitem__(j, os.fsdecode(cwd)),
                                lambda j, why: link.failed.__setitem__(j, why), link.delivered.append)
     link.attempt = 2
     workdir = link.stage()

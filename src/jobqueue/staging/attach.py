@@ -25,7 +25,7 @@ def relative_cwd(root: str | bytes, cwd: str | bytes) -> bytes:
 
 def stage_job(
     job: Any,
-    root: str,
+    root: str | bytes,
     *,
     stage_git: bool = False,
     excludes: Iterable[str] = (),
