@@ -66,7 +66,7 @@ def run(ctx: Context) -> Section:
         warm, invocations = time_commands(
             ctx, "staging-warm", [Command("jq --stage (warm)", cluster.jq("--stage", str(tree), "true")),
                                   Command("jq true", cluster.jq("true"))],
-            rounds=rounds, runs=3 if ctx.quick else 10, env=env)
+            rounds=rounds, runs=3 if ctx.quick else 5, env=env)
         section.commands += invocations
         victim = tree / "d000" / "f000.dat"
         for _ in range(rounds * 3):
