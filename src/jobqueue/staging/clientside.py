@@ -26,6 +26,10 @@ if TYPE_CHECKING:  # jq loads this module: no typing at run time
     from typing import Any
 
 
+#: Result indexes per Want message (at most 9 bytes each: far below the 1 MiB message limit).
+WANT_BATCH = 50_000
+
+
 class ClientStager:
     def __init__(
         self,
@@ -180,7 +184,10 @@ class ClientStager:
         for index, change in enumerate(self._changes):
             if change.kind == FILE and not change.deleted and change in self._fetch_set:
                 self._wanted[index] = change
-        self.post(self.p.Want(self.job_id, self.attempt, list(self._wanted), True))
+        wanted = list(self._wanted)
+        for start in range(0, len(wanted), WANT_BATCH):  # each message well under the size limit
+            self.post(self.p.Want(self.job_id, self.attempt, wanted[start:start + WANT_BATCH], False))
+        self.post(self.p.Want(self.job_id, self.attempt, [], True))
 
     def _apply_local(self, selection: Selection) -> None:
         """Kept files, deletions, directories and symlinks: everything but file contents."""
