@@ -9,7 +9,8 @@ in order.  No sockets, files, processes or clock in here: the shell
 (:mod:`jobqueue.worker.shell`) does all of that.
 
 A run's lifecycle is the table in :mod:`jobqueue.worker.runstate`;
-:meth:`WorkerCore._transition` is the one writer of ``Run.state``.
+:meth:`WorkerCore._transition` is the one writer of ``Run.state``.  What only staged
+runs (``jq --stage``) need is in :mod:`jobqueue.worker.staging`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from typing import Any
-
-import msgspec
 
 from .. import launch
 from .. import protocol as p
@@ -40,8 +39,8 @@ from .actions import (
     ToStager,
     WriteStdin,
 )
-from .runstate import ALIVE, EXITED, RunEvent, RunState, next_state
-from .streams import OutStream, StdinBuffer
+from .runstate import ALIVE, EXITED, Run, RunEvent, RunState, exit_code, next_state
+from .staging import StagingMixin
 
 #: A batch system stopping a worker (Slurm's scancel) signals every process of
 #: its allocation, the jobs included, an instant before the worker: a job that
@@ -54,49 +53,7 @@ STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 S, E = RunState, RunEvent
 
 
-class Run:
-    """A job run on this worker, from its assignment until it is forgotten."""
-
-    def __init__(self, assign: p.Assign, now: float) -> None:
-        self.job_id = assign.job_id
-        self.attempt = assign.attempt
-        self.spec = assign.spec
-        self.allocation = assign.allocation  # what it holds of the worker's resources
-        # written only by WorkerCore._transition (a staged run first fetches its tree)
-        self.state = S.STAGING if self.spec.stage else S.STARTING
-        self.pid = 0
-        self.started = now
-        self.deadline = now + self.spec.timeout if self.spec.timeout else None
-        # stdout and stderr; a terminal has one stream, read as stdout; one closed by the
-        # job's caller, or one pipe for both (2>&1), is a stream closed from the start
-        stdin, stdout, stderr = launch.job_pipes(self.spec)
-        self.streams = {p.STDOUT: OutStream(open=stdout), p.STDERR: OutStream(open=stderr)}
-        self.stdin = StdinBuffer(open=stdin)
-        self.exit_status: int | None = None
-        self.reason = ""  # exited, signaled, timeout, killed; or why it failed to start
-        self.kill_reason = ""  # why we terminated it (empty: we did not)
-        self.kill_pending = ""  # terminated while STARTING: why, acted on once spawned
-        self.kill_at: float | None = None  # SIGKILL due (KILLING)
-        self.client_signalled = False  # its client forwarded a signal to it
-        self.hold_until: float | None = None  # HELD until then
-        self.finished: p.Finished | None = None
-
-    def matches(self, attempt: int) -> bool:
-        return self.attempt == attempt
-
-    @property
-    def output_open(self) -> bool:
-        return any(s.open for s in self.streams.values())
-
-
-def exit_code(wait_status: int) -> int:
-    """A wait status as Popen's returncode (negative: killed by that signal); pure,
-    as ``os.waitstatus_to_exitcode`` on Linux."""
-    signum = wait_status & 0x7F
-    return -signum if signum else (wait_status >> 8) & 0xFF
-
-
-class WorkerCore:
+class WorkerCore(StagingMixin):
     def __init__(self, cfg: CoreConfig, now: float) -> None:
         self.cfg = cfg
         self.runs: dict[str, Run] = {}
@@ -194,44 +151,6 @@ class WorkerCore:
         self._transition(run, E.SPAWN_FAILED, now)
         self._count_start()
         return self._actions(now)
-
-    def on_staged(self, job_id: str, cwd: bytes, now: float) -> list[Action]:
-        """The run's tree is in its private directory ``cwd``: start it there."""
-        run = self.runs.get(job_id)
-        if run is not None and run.state is S.STAGING:
-            self._transition(run, E.STAGED, now)
-            if run.spec.timeout:  # --timeout limits the run, not the staging before it
-                run.deadline = now + run.spec.timeout
-            env = run.spec.env if b"PWD" not in run.spec.env else {**run.spec.env, b"PWD": cwd}
-            self._out.append(Spawn(job_id, msgspec.structs.replace(run.spec, cwd=cwd, env=env), run.allocation))
-        return self._actions(now)
-
-    def on_stage_failed(self, job_id: str, why: str, now: float) -> list[Action]:
-        run = self.runs.get(job_id)
-        if run is not None and run.state is S.STAGING:
-            self._log("job-failed", job=job_id, reason="failed", why=why)
-            self._end_staging(run, 255, "failed", f"{why} (on worker {self.cfg.name})", now)
-        return self._actions(now)
-
-    def on_results_delivered(self, job_id: str, now: float) -> list[Action]:
-        """A staged run's results are all with its client: report its end."""
-        run = self.runs.get(job_id)
-        if run is not None and run.state is S.FETCHING:
-            self._transition(run, E.FINISH, now)
-        return self._actions(now)
-
-    def _end_staging(self, run: Run, status: int, reason: str, message: str, now: float) -> None:
-        run.exit_status, run.reason, run.kill_reason = status, reason, message
-        for stream in run.streams.values():
-            stream.open = False
-        run.stdin.open = False
-        self._transition(run, E.STAGE_FAILED, now)
-
-    def _on_stage_message(self, msg: p.Blob | p.Want, now: float) -> None:
-        run = self._run(msg.job_id, msg.attempt)
-        wanted = S.STAGING if isinstance(msg, p.Blob) else S.FETCHING
-        if run is not None and run.state is wanted:
-            self._out.append(ToStager(msg))
 
     def on_exit(self, job_id: str, wait_status: int, now: float, out_of_memory: int = 0) -> list[Action]:
         """The shell reaped the job's process (and killed the rest of its group);

@@ -1,6 +1,6 @@
 """A job run's lifecycle on a worker, as one table (in the manner of :mod:`jobqueue.jobstate`).
 
-Every legal move of a run is a row of :data:`TRANSITIONS`; any other
+:class:`Run` is the record of one run; every legal move of a run is a row of :data:`TRANSITIONS`; any other
 (state, event) pair is a bug and raises :class:`IllegalTransition`.  Only
 ``WorkerCore._transition`` assigns ``Run.state``; a run that leaves the table
 (``None``) is forgotten by the worker.
@@ -21,6 +21,10 @@ Room left for later issues (not implemented):
 from __future__ import annotations
 
 import enum
+
+from .. import launch
+from .. import protocol as p
+from .streams import OutStream, StdinBuffer
 
 
 class RunState(enum.Enum):
@@ -91,3 +95,45 @@ def next_state(job_id: str, state: RunState, event: RunEvent) -> RunState | None
         return TRANSITIONS[(state, event)]
     except KeyError:
         raise IllegalTransition(job_id, state, event) from None
+
+
+class Run:
+    """A job run on this worker, from its assignment until it is forgotten."""
+
+    def __init__(self, assign: p.Assign, now: float) -> None:
+        self.job_id = assign.job_id
+        self.attempt = assign.attempt
+        self.spec = assign.spec
+        self.allocation = assign.allocation  # what it holds of the worker's resources
+        # written only by WorkerCore._transition (a staged run first fetches its tree)
+        self.state = S.STAGING if self.spec.stage else S.STARTING
+        self.pid = 0
+        self.started = now
+        self.deadline = now + self.spec.timeout if self.spec.timeout else None
+        # stdout and stderr; a terminal has one stream, read as stdout; one closed by the
+        # job's caller, or one pipe for both (2>&1), is a stream closed from the start
+        stdin, stdout, stderr = launch.job_pipes(self.spec)
+        self.streams = {p.STDOUT: OutStream(open=stdout), p.STDERR: OutStream(open=stderr)}
+        self.stdin = StdinBuffer(open=stdin)
+        self.exit_status: int | None = None
+        self.reason = ""  # exited, signaled, timeout, killed; or why it failed to start
+        self.kill_reason = ""  # why we terminated it (empty: we did not)
+        self.kill_pending = ""  # terminated while STARTING: why, acted on once spawned
+        self.kill_at: float | None = None  # SIGKILL due (KILLING)
+        self.client_signalled = False  # its client forwarded a signal to it
+        self.hold_until: float | None = None  # HELD until then
+        self.finished: p.Finished | None = None
+
+    def matches(self, attempt: int) -> bool:
+        return self.attempt == attempt
+
+    @property
+    def output_open(self) -> bool:
+        return any(s.open for s in self.streams.values())
+
+
+def exit_code(wait_status: int) -> int:
+    """A wait status as Popen's returncode (negative: killed by that signal); pure,
+    as ``os.waitstatus_to_exitcode`` on Linux."""
+    signum = wait_status & 0x7F
+    return -signum if signum else (wait_status >> 8) & 0xFF
