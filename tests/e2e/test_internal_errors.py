@@ -83,6 +83,6 @@ def test_server(cluster: Cluster) -> None:
 
 def test_jobqueue(cluster: Cluster) -> None:
     cluster.server()
-    plant = "import jobqueue.cli\njobqueue.cli._print_table = boom"
+    plant = "import jobqueue.cli.control\njobqueue.cli.control._print_table = boom"
     main = f"from jobqueue.cli import main\nsys.exit(main(['status', '-s', '{cluster.endpoint}']))"
     one_line(run_with_bug(cluster, plant, main), "jobqueue status")

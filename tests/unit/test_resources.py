@@ -485,7 +485,7 @@ def test_policy_hooks_partition_admission_and_rank() -> None:
     (["--resource", "cpus=16", "--resource", "mem=64G"], 16, 16), (["--gpus", "2"], os.cpu_count(), os.cpu_count()),
 ])
 def test_worker_options_give_its_cpus_and_slots(args: list[str], cpus: int, slots: int) -> None:
-    from jobqueue.cli import _worker_parser, _worker_resources
+    from jobqueue.cli.worker import _worker_parser, _worker_resources
 
     pools, got_slots = _worker_resources(_worker_parser().parse_args(args))
     assert (pools[0], got_slots) == (r.Pool("cpus", cpus), slots)
