@@ -298,11 +298,9 @@ class Terminal:
 
     def finished(self, job: ClientJob, msg: Finished) -> None:
         if job.stager is not None:
-            job.stager.close()
-            if self.options.verbose:
-                self.say(job.stager.summary_fetched())
-            if job.stager.failed:
-                self.result, self.message = 255, job.stager.failed
+            from .staging.jqside import staging_finished  # loaded already: --stage was given
+
+            if staging_finished(job, self):
                 return
         if self.queue_timed_out and msg.reason == "cancelled":
             self.result, self.message = 255, (
@@ -443,7 +441,9 @@ def run(options: JqOptions, closed: list[int] = []) -> int:  # noqa: B006 (never
     session = Session(endpoint, security=security, connect_timeout=options.connect_timeout, grace=grace)
     job = ClientJob(spec, term)
     if options.stage is not None:
-        _stage(job, options, term)
+        from .staging.jqside import stage  # only now are hashing and walking loaded
+
+        stage(job, options, term)
     session.add(job)
     if not options.tty:
         term.watched = _pipes(tuple(fd for fd in ((1,) if spec.merge_output else (1, 2)) if fd not in closed))
@@ -463,19 +463,6 @@ def run(options: JqOptions, closed: list[int] = []) -> int:  # noqa: B006 (never
     if term.message:
         term.note(term.message)
     return code
-
-
-def _stage(job: ClientJob, options: JqOptions, term: Terminal) -> None:
-    """--stage: snapshot DIR before anything is queued (only now are hashing and walking loaded)."""
-    from .staging.attach import StageError, stage_job
-
-    assert options.stage is not None
-    try:
-        stage_job(job, options.stage, stage_git=options.stage_git, excludes=options.excludes, fetch=options.fetch,
-                  no_fetch=options.no_fetch, fetch_deletes=options.fetch_deletes, say=term.say,
-                  verbose=options.verbose)
-    except StageError as e:
-        raise Exit(255, str(e)) from None
 
 
 def _security(options: JqOptions) -> Any:
