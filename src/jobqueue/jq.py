@@ -2,7 +2,9 @@
 
 This module is the terminal shell around :mod:`jobqueue.client`: it parses
 the command line, forwards stdin, stdout, stderr and signals, and exits with
-the job's exit code (255 for jq's own failures, as ssh does).
+the job's exit code (255 for jq's own failures, as ssh does).  The terminal side (the
+job's output written here, signals caught, ``-t``'s raw mode) is :mod:`jobqueue.jq_terminal`;
+what only ``--stage`` needs is :mod:`jobqueue.staging.jqside`.
 """
 
 from __future__ import annotations
@@ -15,19 +17,14 @@ import sys
 import time
 
 from . import config
-from .waker import Waker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: jq imports nothing it does not use
     from typing import Any
 
     from .client import ClientJob, Session
-    from .client import FinishedMessage as Finished
-    from .client import QueuedMessage as Queued
-    from .client import RequeuedMessage as Requeued
-    from .client import StartedMessage as Started
+    from .jq_terminal import Terminal
     from .wire import JobSpec
-    from .writer import Writer
 
 USAGE = """\
 usage: jq [OPTIONS] [--] COMMAND [ARG...]
@@ -73,10 +70,6 @@ DURATION: seconds, or a number with ms, s, m, h or d (90, 90s, 10m, 2h).
 
 #: How long jq keeps trying when the server went away (default 10 minutes).
 ENV_SERVER_GRACE = "JOBQUEUE_SERVER_GRACE"
-
-#: Signals delivered to the job's process group (SIGWINCH becomes a resize).
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-
 
 class JqOptions:
     """jq's command line, parsed."""
@@ -207,152 +200,6 @@ def _set_option(options: JqOptions, key: str, name: str, value: str) -> None:
         setattr(options, key, value)
 
 
-class Terminal:
-    """The job's stdio is this process's: the :class:`~jobqueue.client.JobIO` of jq."""
-
-    def __init__(self, options: JqOptions) -> None:
-        self.options = options
-        self.result: int | None = None
-        self.message = ""
-        self.has_started = False
-        self.waker = Waker()
-        self._written: list[tuple[Any, int, int]] = []  # appended by writer threads
-        self._broken: list[int] = []  # our output fds that can no longer be written (writer threads)
-        self._writers: dict[int, Writer] = {}
-        #: Our stdout/stderr that are pipes: polled for the error that says their reader left.
-        self.watched: tuple[int, ...] = ()
-        self.signals: list[int] = []
-        self.queue_timed_out = False
-        #: Why no connected worker could run the job, as the server said when it queued it.
-        self.why = ""
-        #: Restores our terminal after -t made it raw (when the job started, so
-        #: that Ctrl-C still cancels a queued job).
-        self.restore_terminal: Any = None
-
-    # JobIO
-    def write(self, job: ClientJob, fd: int, data: bytes, end: int) -> None:
-        writer = self._writer(fd)
-        if writer.broken:
-            job.written(fd, end)  # dropped, as a closed pipe would
-        else:
-            writer.put(job, data, end)
-
-    def _writer(self, fd: int) -> Writer:
-        writer = self._writers.get(fd)
-        if writer is None:
-            from .writer import Writer  # on the first output: a job without output never loads it
-
-            writer = self._writers[fd] = Writer(fd, self._on_written, self._on_broken)
-            writer.start()
-        return writer
-
-    def _on_written(self, job: Any, fd: int, end: int) -> None:
-        self._written.append((job, fd, end))
-        self.wake()
-
-    def _on_broken(self, fd: int, error: OSError | None) -> None:
-        if error is not None:
-            self.note(f"cannot write the job's output to fd {fd}: {error.strerror}; closing the job's pipe")
-        self._broken.append(fd)
-        self.wake()
-
-    def reader_left(self, fd: int) -> None:
-        """Polling says the pipe on ``fd`` has no reader any more (before we wrote to it)."""
-        self.watched = tuple(w for w in self.watched if w != fd)
-        self._writer(fd).mark_broken(None)
-
-    def broken_fds(self) -> list[int]:
-        """Our output fds found broken since the last call; raises a writer's bug."""
-        for writer in self._writers.values():
-            if writer.failure is not None:
-                raise writer.failure
-        broken, self._broken = self._broken, []
-        return broken
-
-    def wake(self) -> None:
-        self.waker.wake()
-
-    def queued(self, job: ClientJob, msg: Queued) -> None:
-        if self.options.verbose:
-            self.note(f"job {job.job_id} queued ({msg.position} waiting)")
-        if msg.why:  # it waits for a worker that may never come: say so now
-            self.why = msg.why
-            self.note(f"job {job.job_id} waits for a worker that can run it: {msg.why}")
-
-    def started(self, job: ClientJob, msg: Started) -> None:
-        self.has_started = True
-        if self.options.verbose and job.stager is not None and not msg.resumed:
-            self.say(job.stager.summary_sent())
-        if self.options.tty:  # the window may have changed since the job was submitted
-            if self.restore_terminal is None:
-                self.restore_terminal = _raw_terminal() or (lambda: None)
-            self.signals.append(signal.SIGWINCH)
-            self.wake()
-        if self.options.verbose:
-            what = "re-attached (the server restarted)" if msg.resumed else "started"
-            self.note(f"job {job.job_id} {what} on worker {msg.worker} ({msg.host}), attempt {msg.attempt}")
-
-    def requeued(self, job: ClientJob, msg: Requeued) -> None:
-        self.has_started = False
-        self.note(f"job {job.job_id}: {msg.reason}; running it again from the start on the next ready worker")
-
-    def finished(self, job: ClientJob, msg: Finished) -> None:
-        if job.stager is not None:
-            from .staging.jqside import staging_finished  # loaded already: --stage was given
-
-            if staging_finished(job, self):
-                return
-        if self.queue_timed_out and msg.reason == "cancelled":
-            self.result, self.message = 255, (
-                f"job {job.job_id} did not start within {self.options.queue_timeout:g}s (--queue-timeout"
-                f"{'; ' + self.why if self.why else ''}); cancelled it")
-        elif msg.reason in ("failed", "lost"):
-            self.result, self.message = 255, msg.message
-        else:
-            self.result = msg.status
-            if msg.reason in ("not-found", "not-executable", "out-of-memory"):
-                self.message = msg.message
-
-    def failed(self, job: ClientJob, reason: str) -> None:
-        self.result, self.message = 255, f"the server rejected the job: {reason}"
-
-    def note(self, text: str) -> None:
-        self.say(f"jq: {text}")
-
-    def say(self, line: str) -> None:
-        try:
-            os.write(2, os.fsencode(line) + b"\n")
-        except OSError:
-            pass
-
-    # signals
-    def install(self, ignored: list[int]) -> None:
-        """Catch the signals we forward, except those ignored when we started: the
-        job ignores them too (as a local command would), and so do we."""
-        signal.set_wakeup_fd(self.waker.write_fd, warn_on_full_buffer=False)
-        for signum in (*FORWARDED, signal.SIGWINCH):
-            if signum not in ignored:
-                signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.signals.append(signum)
-
-    def drain_wakeups(self) -> list[tuple[Any, int, int]]:
-        self.waker.drain()
-        done = []
-        while self._written:
-            done.append(self._written.pop(0))
-        return done
-
-    @property
-    def wake_fd(self) -> int:
-        return self.waker.fileno()
-
-    def flush(self, timeout: float) -> None:
-        for writer in self._writers.values():
-            writer.flush(timeout)
-
-
 def main(args: list[str] | None = None) -> int:
     try:
         closed = config.open_missing_std_fds()
@@ -432,6 +279,7 @@ def _pipes(fds: tuple[int, ...]) -> tuple[int, ...]:
 def run(options: JqOptions, closed: list[int] = []) -> int:  # noqa: B006 (never mutated)
     from .client import ClientJob, Session
     from .connection import AuthFailed, Refused, ServerLost
+    from .jq_terminal import Terminal  # after the options: jq --help and --version never load it
 
     endpoint = config.endpoint(config.server_address(options.server))
     security = _security(options)
@@ -558,21 +406,3 @@ def _forward_signals(session: Any, job: Any, term: Terminal) -> None:
             term.result = 128 + signum
         else:
             job.signal(signum)
-
-
-def _raw_terminal() -> Any:
-    """Put our terminal in raw mode; returns the function that restores it."""
-    import atexit
-    import termios
-    import tty
-
-    if not os.isatty(0):
-        return None
-    saved = termios.tcgetattr(0)
-    tty.setraw(0, termios.TCSADRAIN)  # keep what was typed while the job was queued
-
-    def restore() -> None:
-        termios.tcsetattr(0, termios.TCSADRAIN, saved)
-
-    atexit.register(restore)
-    return restore

@@ -13,7 +13,8 @@ from .attach import StageError, stage_job
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # jq loads this module: no typing at run time
     from ..client import ClientJob
-    from ..jq import JqOptions, Terminal
+    from ..jq import JqOptions
+    from ..jq_terminal import Terminal
 
 
 def stage(job: ClientJob, options: JqOptions, term: Terminal) -> None:
