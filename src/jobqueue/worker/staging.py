@@ -1,8 +1,8 @@
 """The staging part of the worker's sans-IO core (``jq --stage``): a staged run's tree
 coming in before it starts, and its results going back after it ends.
 
-A mixin of :class:`~jobqueue.worker.core.WorkerCore`: it reads and writes runs only through
-the core's helpers; :meth:`WorkerCore._transition` stays the one writer of ``Run.state``.
+A mixin of :class:`~jobqueue.worker.core.WorkerCore`: it moves a run only through the core's
+:meth:`WorkerCore._transition`, which stays the one writer of ``Run.state``.
 The staging itself (blobs, the private directory, results) is :mod:`jobqueue.staging.workerside`'s.
 """
 
