@@ -9,7 +9,6 @@ A record's log fields are its dataclass fields, in order; a field listed in
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,13 +21,11 @@ class Event:
     OPTIONAL: ClassVar[frozenset[str]] = frozenset()
 
     def fields(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in self.OPTIONAL and not value:
-                continue
-            out[f.name.rstrip("_")] = value
-        return out
+        # A slots dataclass lists its fields in __slots__, in order: cheaper than
+        # dataclasses.fields() on the server's hot path (three events per job).
+        optional = self.OPTIONAL
+        names: tuple[str, ...] = type(self).__slots__
+        return {name: value for name in names if (value := getattr(self, name)) or name not in optional}
 
 
 # --- peers ---------------------------------------------------------------------------------

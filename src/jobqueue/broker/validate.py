@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal as _signal
+from itertools import repeat
+from operator import contains
 
 from .. import protocol as p
 from .. import resources as r
@@ -41,8 +43,9 @@ def _validate_submit(msg: p.Submit) -> str:
         return "timeout must be a positive number of seconds"
     if spec.stage and len(spec.stage) != 32:
         return "stage must be a 32-byte digest"
+    # C-level loops (map): a job carries its whole environment, so this runs over dozens of strings.
     texts = [*spec.argv, spec.cwd, *spec.env, *spec.env.values()]
-    if any(b"\0" in t for t in texts) or any(b"=" in k or not k for k in spec.env):
+    if any(map(contains, texts, repeat(b"\0"))) or any(map(contains, spec.env, repeat(b"="))) or b"" in spec.env:
         return "NUL byte in the command line, directory or environment, or a bad variable name"
     if spec.cwd.startswith(b"/") == bool(spec.stage):  # a staged job's is relative to its tree
         return "the directory must be an absolute path (relative to the staged tree with --stage)"
