@@ -107,3 +107,15 @@ def test_a_blob_that_does_not_match_its_digest_is_not_stored(tmp_path) -> None:
     with pytest.raises(BadBlob):
         writer.write(b"too long")
     assert os.listdir(leftovers) == []
+
+
+def test_pinning_a_blob_again_makes_it_the_most_recently_used() -> None:
+    """Found by the property test above: a job that pins a blob it already pinned
+    needs it now, so that blob is the last to go once the pins are dropped."""
+    a, z = bytes([3]) * 32, bytes(32)
+    policy = CachePolicy(1)
+    policy.add(a, 1)
+    policy.pin("j1", [z, a])
+    policy.add(z, 1)
+    policy.pin("j1", [a])
+    assert policy.unpin("j1") == [z]

@@ -62,8 +62,8 @@ class CachePolicy:
             if digest not in mine:
                 mine.add(digest)
                 self._pinned[digest] += 1
-                if digest in self._sizes:
-                    self._sizes.move_to_end(digest)
+            if digest in self._sizes:  # needed again: the most recently used, pinned anew or not
+                self._sizes.move_to_end(digest)
 
     def unpin(self, owner: str) -> list[bytes]:
         """``owner`` no longer needs its blobs; returns the blobs to evict now."""
