@@ -94,6 +94,8 @@ class JobDriver:
                         for j in self.ids}
         self.releases = {j: p.encode(p.Release(j, 1)) for j in self.ids}
         self.pending: deque[tuple[bytes, bytes]] = deque()
+        #: The client peers (and their owners): OwnersDriver has several.
+        self.clients: dict[bytes, str] = {CLIENT: ""}
         self.finished = 0
         self.messages_in = 0
         self.messages_out = 0
@@ -120,9 +122,9 @@ class JobDriver:
                 started, finished = self.replies[_job_id(message, p.decode_to_worker)]
                 self.pending.append((send.peer, started))
                 self.pending.append((send.peer, finished))
-            elif tag == "finished" and send.peer == CLIENT:
+            elif tag == "finished" and send.peer in self.clients:
                 self.finished += 1
-                self.pending.append((CLIENT, self.releases[_job_id(message, p.decode_to_client)]))
+                self.pending.append((send.peer, self.releases[_job_id(message, p.decode_to_client)]))
 
 
 def _job_id(message: Any, decode: Callable[[bytes], p.Message]) -> str:
@@ -153,23 +155,6 @@ class OwnersDriver(JobDriver):
         while pending:
             peer, frame = pending.popleft()
             deliver(receive(peer, frame, NOW, None, clients.get(peer, "")))
-
-    def deliver(self, sends: list[Send]) -> None:
-        self.messages_in += 1
-        for send in sends:
-            message = send.message
-            if isinstance(message, p.Message):
-                p.encode(message)
-            self.messages_out += 1
-            tag = tag_of(message)
-            if tag == "assign":
-                started, finished = self.replies[_job_id(message, p.decode_to_worker)]
-                self.pending.append((send.peer, started))
-                self.pending.append((send.peer, finished))
-            elif tag == "finished" and send.peer in self.clients:
-                self.finished += 1
-                job_id = _job_id(message, p.decode_to_client)
-                self.pending.append((send.peer, self.releases[job_id]))
 
 
 def measure_jobs(workers: int, jobs: int, owners: int = 0, fair_share: bool = False,

@@ -108,11 +108,7 @@ def cancel_main(argv: list[str]) -> int:
         signum = _signal_number(args.signal)
         reply = _request(args.server, p.CancelRequest(p.PROTOCOL_VERSION, args.job_ids, signum), args.timeout,
                          args.key, args.server_key)
-        for job_id in reply.unknown:
-            print(f"jobqueue cancel: no job {job_id} (finished already, or mistyped?)", file=sys.stderr)
-        for why in reply.refused:
-            print(f"jobqueue cancel: {why}", file=sys.stderr)
-        return 1 if reply.unknown or reply.refused else 0
+        return _report("jobqueue cancel", reply, "no job {} (finished already, or mistyped?)")
 
     return guard("jobqueue cancel", body)
 
@@ -127,13 +123,18 @@ def drain_main(argv: list[str]) -> int:
 
         reply = _request(args.server, p.DrainRequest(p.PROTOCOL_VERSION, args.workers), args.timeout,
                          args.key, args.server_key)
-        for name in reply.unknown:
-            print(f"jobqueue drain: no worker named {name} (see jobqueue status --workers)", file=sys.stderr)
-        for why in reply.refused:
-            print(f"jobqueue drain: {why}", file=sys.stderr)
-        return 1 if reply.unknown or reply.refused else 0
+        return _report("jobqueue drain", reply, "no worker named {} (see jobqueue status --workers)")
 
     return guard("jobqueue drain", body)
+
+
+def _report(prog: str, reply: Any, unknown: str) -> int:
+    """A cancel's or drain's reply: one line per unknown name or refusal; exit 1 if any."""
+    for name in reply.unknown:
+        print(f"{prog}: {unknown.format(name)}", file=sys.stderr)
+    for why in reply.refused:
+        print(f"{prog}: {why}", file=sys.stderr)
+    return 1 if reply.unknown or reply.refused else 0
 
 
 def _signal_number(name: str) -> int:
