@@ -9,7 +9,6 @@ exist where the job runs: without --stage a job fails (directory missing), with
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -17,30 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, Cluster, wait_for
+from tests.conftest import Cluster, wait_for
+from tests.support.staging import isolated_worker, sent
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
                                 reason="needs root and unshare for a private mount namespace")
-
-
-def isolated_worker(cluster: Cluster, *args: str, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
-    """A worker that cannot see the test's directory (a tmpfs hides it); its cache lives on that tmpfs."""
-    script = 'mount -t tmpfs none "$1" && shift && exec "$@"'
-    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(cluster.tmp),
-               str(BIN / "jobqueue-worker"), cluster.endpoint, "--name", name, "--kill-grace", "1",
-               "--cache-dir", str(cluster.tmp / "worker-cache"), *args]
-    proc = cluster.spawn(command, log=f"worker-{name}")
-    if wait:
-        cluster.wait_worker(name)
-    return proc
-
-
-def sent(stderr: bytes) -> tuple[int, int]:
-    """(blobs, bytes) that jq -v says it sent."""
-    match = re.search(rb"sent (\d+) blobs \(([\d.]+) (bytes|KiB|MiB)\)", stderr)
-    assert match, stderr
-    scale = {b"bytes": 1, b"KiB": 1024, b"MiB": 1 << 20}[match[3]]
-    return int(match[1]), int(float(match[2]) * scale)
 
 
 @pytest.fixture

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+import os
+import tempfile
+from collections.abc import Callable
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobqueue.staging.fetchplan import Change, FetchRules, changed_here, diff, select
+from jobqueue.staging.fetchplan import Change, FetchRules, changed_here, diff, refused_symlinks, select
 from jobqueue.staging.manifest import DIRECTORY, FILE, SYMLINK, Entry
 
 D = b"d" * 32
@@ -71,3 +75,73 @@ keys = st.none() | st.tuples(*[st.integers(0, 3)] * 4)
 def test_a_staged_path_is_kept_exactly_when_its_stat_changed(before, now) -> None:  # type: ignore[no-untyped-def]
     if before is not None:
         assert changed_here(before, now, 10**9) == (before != now)
+
+
+def links_of(local: dict[bytes, bytes]) -> Callable[[bytes], bytes | None]:
+    return local.get
+
+
+def test_a_chain_of_symlinks_brought_back_that_leads_out_is_refused_in_any_order() -> None:
+    chain = [Change(b"x", DIRECTORY), Change(b"x/up", SYMLINK, target=b".."),
+             Change(b"chain", SYMLINK, target=b"x/up/..")]
+    assert set(refused_symlinks(chain, links_of({}))) == {b"chain"}
+    before = [Change(b"a", SYMLINK, target=b"z/up/.."), Change(b"z/up", SYMLINK, target=b"..")]
+    assert set(refused_symlinks(before, links_of({}))) == {b"a"}
+    assert refused_symlinks([Change(b"in", SYMLINK, target=b"x/up/x")], links_of({b"x/up": b".."})) == {}
+
+
+def test_local_symlinks_count_unless_replaced_by_a_file_or_a_deletion() -> None:
+    local = {b"out": b"../elsewhere", b"deep": b"a/b"}  # e.g. left out by .gitignore; deep leads inside
+    assert set(refused_symlinks([Change(b"l", SYMLINK, target=b"out/x")], links_of(local))) == {b"l"}
+    up = Change(b"l", SYMLINK, target=b"deep/../..")  # through the link: a/b/../.. is the root; without: outside
+    assert refused_symlinks([up], links_of(local)) == {}
+    assert set(refused_symlinks([up, Change(b"deep", FILE)], links_of(local))) == {b"l"}
+    assert set(refused_symlinks([up, Change(b"deep", SYMLINK, deleted=True)], links_of(local))) == {b"l"}
+    # a directory is never made over a symlink: the local one stays
+    assert refused_symlinks([up, Change(b"deep", DIRECTORY)], links_of(local)) == {}
+
+
+names = st.sampled_from([b"a", b"b", b"s", b"t"])
+relpaths = st.lists(names, min_size=1, max_size=2).map(b"/".join)
+link_targets = st.lists(st.sampled_from([b"a", b"s", b"t", b"..", b"."]), min_size=1, max_size=4).map(b"/".join)
+
+
+@given(st.dictionaries(relpaths, link_targets, max_size=3), st.dictionaries(relpaths, link_targets, max_size=3))
+@settings(max_examples=200, deadline=None)
+def test_accepted_symlinks_resolve_inside_dir_on_a_real_file_system(local: dict[bytes, bytes],
+                                                                      back: dict[bytes, bytes]) -> None:
+    """Differential: local symlinks (anything, as under an ignored path), then the
+    accepted ones brought back written over them as jq does: each resolves inside DIR."""
+    with tempfile.TemporaryDirectory() as outer:
+        root = os.path.join(os.fsencode(outer), b"root")
+        os.mkdir(root)
+
+        def place(path: bytes, target: bytes) -> bool:
+            parent = os.path.dirname(os.path.join(root, path))
+            try:
+                os.makedirs(parent, exist_ok=True)
+                if os.path.islink(parent) or not os.path.realpath(parent).startswith(root):
+                    return False
+                if os.path.lexists(os.path.join(root, path)):
+                    if not os.path.islink(os.path.join(root, path)):
+                        return False
+                    os.unlink(os.path.join(root, path))
+                os.symlink(target, os.path.join(root, path))
+            except OSError:
+                return False
+            return True
+
+        local = {path: target for path, target in local.items() if place(path, target)}
+
+        def local_link(path: bytes) -> bytes | None:
+            full = os.path.join(root, path)
+            return os.readlink(full) if os.path.islink(full) and os.path.realpath(
+                os.path.dirname(full)) == os.path.dirname(full) else None
+
+        changes = [Change(path, SYMLINK, target=target) for path, target in sorted(back.items())]
+        refused = refused_symlinks(changes, local_link)
+        written = [c.path for c in changes if c.path not in refused and place(c.path, c.target)]
+        real_root = os.path.realpath(root)
+        for path in written:
+            resolved = os.path.realpath(os.path.join(root, path))
+            assert resolved == real_root or resolved.startswith(real_root + b"/"), (local, back, refused, path)

@@ -12,11 +12,12 @@ bytes, like stdin: neither side holds a whole file in memory.
 from __future__ import annotations
 
 import os
+import stat
 from collections import deque
 
 from .. import wire
 from .entry import DIRECTORY, FILE, SYMLINK, sha256
-from .fetchplan import Change, FetchRules, Selection, changed_here, select
+from .fetchplan import Change, FetchRules, Selection, changed_here, refused_symlinks, select
 from .scan import Snapshot, StageError, stat_key
 from .writeback import Refused, ResultFile, check_writable, delete, lstat_at, make_directory, write_symlink
 
@@ -194,12 +195,23 @@ class ClientStager:
         root = self.snap.root
         for path in selection.kept:
             self._keep(path)
+        # a symlink may lead out through others (a chain): judged on the tree as it will be
+        escaping = refused_symlinks([*selection.fetch, *selection.delete], self._local_link)
+        written: list[Change] = []
+        unsure = False  # a symlink or deletion failed: the tree is not quite what was judged
         for change in selection.fetch:
             try:
                 if change.kind == DIRECTORY:
                     make_directory(root, change.path)
+                elif change.path in escaping:
+                    raise Refused(escaping[change.path])
                 elif change.kind == SYMLINK:
-                    write_symlink(root, change.path, change.target, change.mtime_ns)
+                    try:
+                        write_symlink(root, change.path, change.target, change.mtime_ns)
+                    except (Refused, OSError):
+                        unsure = True
+                        raise
+                    written.append(change)
                     self.fetched += 1
                 else:
                     check_writable(root, change.path)
@@ -211,7 +223,27 @@ class ClientStager:
                 delete(root, change.path, change.kind == DIRECTORY)
                 self.deleted += 1
             except (Refused, OSError) as e:
+                unsure = True
                 self._refuse(change.path, e)
+        if unsure and written:  # judge what was written again, on the tree as it is
+            files = [change for change in selection.fetch if change in self._fetch_set]
+            for path, why in refused_symlinks([*written, *files], self._local_link).items():
+                try:
+                    delete(root, path, False)
+                except (Refused, OSError):
+                    pass
+                self.fetched -= 1
+                self._refuse(path, Refused(why))
+
+    def _local_link(self, rel: bytes) -> bytes | None:
+        """The target of the symlink at ``rel`` under DIR (reached without following one), or None."""
+        st = lstat_at(self.snap.root, rel)
+        if st is None or not stat.S_ISLNK(st.st_mode):
+            return None
+        try:
+            return os.readlink(os.path.join(self.snap.root, rel))
+        except OSError:
+            return None
 
     def _keep(self, path: bytes) -> None:
         self.kept += 1

@@ -6,6 +6,8 @@ removed (:func:`diff`).  The client then picks (:func:`select`): ``--fetch``
 patterns (gitignore syntax, relative to DIR) or ``--no-fetch``, deletions
 only with ``--fetch-deletes``, and never a path that changed *here* while the
 job ran (:func:`changed_here`): that one is kept, with one line on stderr.
+Symlinks that would lead outside DIR once everything is written are refused
+(:func:`refused_symlinks`).
 
 jq loads this module with ``--stage``: plain classes, no typing at run time.
 """
@@ -13,6 +15,7 @@ jq loads this module with ``--stage``: plain classes, no typing at run time.
 from __future__ import annotations
 
 from .entry import DIRECTORY, SYMLINK
+from .paths import UnsafePath, check_symlink_target
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -130,3 +133,48 @@ def select(
         else:
             selection.fetch.append(change)
     return selection
+
+
+class _FinalLinks(dict[bytes, bytes]):
+    """The symlinks under DIR as they will be once the results are written: those
+    brought back; elsewhere the local ones, but where a file brought back or a
+    deletion replaces one.  (A dict for :func:`.paths.check_symlink_target`, which only calls ``get``.)"""
+
+    def __init__(self, pending: Mapping[bytes, bytes], replaced: set[bytes],
+                 local: Callable[[bytes], bytes | None]) -> None:
+        super().__init__()
+        self.pending, self.replaced, self.local = pending, replaced, local
+        self.seen: dict[bytes, bytes | None] = {}  # local lookups, each made once
+
+    def get(self, path: bytes, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
+        if path in self.pending:
+            return self.pending[path]
+        if path in self.replaced:
+            return default
+        if path not in self.seen:
+            self.seen[path] = self.local(path)
+        found = self.seen[path]
+        return default if found is None else found
+
+
+def refused_symlinks(changes: Sequence[Change], local_link: Callable[[bytes], bytes | None]) -> dict[bytes, str]:
+    """The symlinks among ``changes`` (what is about to be brought back and deleted here)
+    that would lead outside DIR once written: path -> why.
+
+    A target resolves as the kernel will resolve it afterwards, following the other
+    symlinks: those brought back, and elsewhere the local ones (``local_link(path)``:
+    the target of the symlink at ``path`` here, None if there is none), but where a
+    file brought back or a deletion replaces one (a directory is never made over a
+    symlink), so that a chain (``x/up -> ..`` and ``l -> x/up/..``) is seen for what
+    it is.  One pass is enough: a refused symlink is not written (its path stays as it
+    is here), but any target resolved through it was refused with it."""
+    replaced = {c.path for c in changes if c.deleted or c.kind not in (SYMLINK, DIRECTORY)}
+    pending = {c.path: c.target for c in changes if c.kind == SYMLINK and not c.deleted}
+    links = _FinalLinks(pending, replaced, local_link)
+    refused: dict[bytes, str] = {}
+    for path, target in pending.items():
+        try:
+            check_symlink_target(path, target, links)
+        except UnsafePath as e:
+            refused[path] = str(e)
+    return refused

@@ -23,9 +23,14 @@ class UnsafePath(ValueError):
     """A name, path or symlink target that could reach outside the tree."""
 
 
+def _show(path: bytes) -> str:
+    """A path in a message: quoted, on one line (newlines and undecodable bytes escaped)."""
+    return repr(path.decode("utf-8", "surrogateescape"))
+
+
 def check_name(name: bytes) -> None:
     if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise UnsafePath(f"unsafe name {name!r}")
+        raise UnsafePath(f"unsafe name {_show(name)}")
 
 
 def split_path(path: bytes) -> list[bytes]:
@@ -37,7 +42,7 @@ def split_path(path: bytes) -> list[bytes]:
         try:
             check_name(name)
         except UnsafePath:
-            raise UnsafePath(f"unsafe path {path!r}") from None
+            raise UnsafePath(f"unsafe path {_show(path)}") from None
     return names
 
 
@@ -46,12 +51,12 @@ def check_symlink_target(link: bytes, target: bytes, links: Mapping[bytes, bytes
     resolves above the tree's root.  ``links`` (the tree's symlinks: relative
     path -> target) lets the resolution follow them as the kernel would."""
     if not target or b"\0" in target:
-        raise UnsafePath(f"symlink {link!r}: empty target or NUL byte")
+        raise UnsafePath(f"symlink {_show(link)}: empty target or NUL byte")
     if target.startswith(b"/"):
-        raise UnsafePath(f"symlink {link!r} -> {target!r}: absolute target")
+        raise UnsafePath(f"symlink {_show(link)} -> {_show(target)}: absolute target")
     parent = link.split(b"/")[:-1]
-    if _resolve(parent, target, links or {}, [0]) is None:
-        raise UnsafePath(f"symlink {link!r} -> {target!r} leads outside the tree")
+    if _resolve(parent, target, {} if links is None else links, [0]) is None:
+        raise UnsafePath(f"symlink {_show(link)} -> {_show(target)} leads outside the tree")
 
 
 def _resolve(base: list[bytes], target: bytes, links: Mapping[bytes, bytes], hops: list[int]) -> list[bytes] | None:
