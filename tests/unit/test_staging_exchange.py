@@ -187,6 +187,28 @@ def test_a_hostile_worker_cannot_write_outside_dir(tmp_path) -> None:
     assert sorted(os.listdir(root)) == ["escape", "f"]
 
 
+def test_a_worker_breaking_the_results_protocol_fails_the_job_but_its_run_still_ends(project: str,
+                                                                                     tmp_path) -> None:
+    """Bytes for a result that was not asked for: the client writes nothing more, but it
+    acknowledges what comes, so that the worker's run ends (and jq with 255, saying why)."""
+    link = Link(project, BlobStore(str(tmp_path / "cache"), 1 << 30))
+    workdir = link.stage()
+    for name in ("a.out", "b.out"):
+        with open(os.path.join(workdir, name), "wb") as f:
+            f.write(os.urandom(2 * w.CHUNK_SIZE))
+    honest = link.worker.send
+
+    def hostile(msg: p.Message) -> None:
+        honest(p.ResultData(msg.job_id, msg.attempt, msg.offset, 99, msg.data, msg.end)
+               if isinstance(msg, p.ResultData) else msg)
+
+    link.worker.send = hostile
+    link.results()  # asserts the worker delivered: its run ends
+    assert link.client.failed == "the worker sent a result that was not asked for (index 99)"
+    assert not os.path.exists(os.path.join(project, "a.out")) and not os.path.exists(os.path.join(project, "b.out"))
+    assert not [name for name in os.listdir(project) if name.startswith(".jq-fetch-")]
+
+
 def test_a_requeued_attempt_is_staged_again_from_the_same_snapshot(project: str, tmp_path) -> None:
     link = Link(project, BlobStore(str(tmp_path / "cache1"), 1 << 30))
     link.stage()

@@ -107,6 +107,8 @@ class ClientStager:
                 self._on_result_data(msg)
         except StageError as e:
             self._fail(str(e))
+            if isinstance(msg, self.p.ResultData):
+                self._drain(msg)
 
     def _fail(self, why: str) -> None:
         if not self.failed:
@@ -255,6 +257,9 @@ class ClientStager:
         self.say(f"jq: did not bring back {_show(self.snap.root, path)}: {why}")
 
     def _on_result_data(self, msg: Any) -> None:
+        if self.failed:
+            self._drain(msg)
+            return
         if not self._current(msg.attempt):
             return
         if self._received < 0:
@@ -280,6 +285,14 @@ class ClientStager:
             if writer is not None:
                 self._commit(writer, change)
         self.post(self.p.Ack(self.job_id, self.attempt, wire.RESULTS, self._received))
+
+    def _drain(self, msg: Any) -> None:
+        """Staging failed while results came (the worker broke the protocol): nothing more
+        is written, but the bytes are acknowledged, so that the worker's run ends and
+        with it the job (jq then says why it failed, 255)."""
+        if msg.attempt == self.attempt:
+            self._received = max(self._received, msg.offset + len(msg.data))
+            self.post(self.p.Ack(self.job_id, self.attempt, wire.RESULTS, self._received))
 
     def _commit(self, writer: ResultFile, change: Change) -> None:
         # checked again right before the rename: an edit made while the bytes came is kept too
@@ -363,7 +376,10 @@ class _Source:
 
 
 def _show(root: bytes, path: bytes) -> str:
-    return os.fsdecode(os.path.join(root, path))
+    """A local path for a message: as it is, or quoted when that would not print on one
+    line (a newline, a control character or undecodable bytes in a name)."""
+    text = os.fsdecode(os.path.join(root, path))
+    return text if text.isprintable() else repr(text)
 
 
 def _size(n: int) -> str:
