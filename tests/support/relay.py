@@ -18,6 +18,7 @@ class Relay:
         self.port = int(self.listener.getsockname()[1])
         self.frozen = threading.Event()
         self.recorded = bytearray()
+        self._freeze_at: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -28,6 +29,10 @@ class Relay:
 
     def freeze(self) -> None:
         self.frozen.set()
+
+    def freeze_after(self, size: int) -> None:
+        """Freeze once ``size`` bytes in all have gone through (e.g. in the middle of a transfer)."""
+        self._freeze_at = size
 
     def thaw(self) -> None:
         """Forward again what was held (a cut that heals)."""
@@ -84,3 +89,6 @@ class Relay:
             other.sendall(data)
         except OSError:
             pass
+        if self._freeze_at is not None and len(self.recorded) >= self._freeze_at:
+            self._freeze_at = None
+            self.frozen.set()

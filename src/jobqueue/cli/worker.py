@@ -48,7 +48,8 @@ def _worker_parser(prog: str = "jobqueue-worker") -> argparse.ArgumentParser:
                        help="bound of the cache (bytes, or with K, M, G, T; default 10G); least recently used "
                             "files go first, never those of a queued or running job")
     group.add_argument("--keep-workdir", action="store_true",
-                       help="keep a staged job's private directory after it ended (for debugging)")
+                       help="keep a staged job's private directory after it ended (for debugging; the log "
+                            "says where: workdir-kept)")
     parser.add_argument("--key", default=None, help="this worker's secret key file (CURVE); $JOBQUEUE_KEY")
     parser.add_argument("--server-key", default=None, help="the server's public key file; $JOBQUEUE_SERVER_KEY")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")

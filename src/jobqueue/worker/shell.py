@@ -242,6 +242,8 @@ class Worker:
         self.log.event("cache", directory=store.directory, size=self.options.cache_size, blobs=len(store.policy))
 
         def staged(job_id: str, cwd: bytes) -> None:
+            if self.options.keep_workdir:  # where to look afterwards
+                self.log.event("workdir-kept", job=job_id, directory=os.fsdecode(cwd))
             self._do(self.core.on_staged(job_id, cwd, time.monotonic()))
 
         def failed(job_id: str, why: str) -> None:
