@@ -209,6 +209,23 @@ def test_a_signal_while_the_tree_is_staged_ends_the_job_before_it_runs(
     assert not (root / "ran.txt").exists()
 
 
+def test_a_signal_while_results_come_back_does_not_cut_them_short(
+        relayed: tuple[Cluster, Relay], tmp_path: Path) -> None:
+    """The job has ended: a signal has nothing left to stop, and the results all come back."""
+    cluster, relay = relayed
+    root = tmp_path / "tree"
+    root.mkdir()
+    relay.freeze_after(len(relay.recorded) + (4 << 20))
+    proc = cluster.popen_jq("--stage", str(root), "sh", "-c", "head -c 12M /dev/urandom > out.bin; exit 5",
+                            cwd=str(root))
+    wait_for(relay.frozen.is_set, 20, "the results to be under way")
+    proc.send_signal(signal.SIGINT)
+    relay.thaw()
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 5, err
+    assert (root / "out.bin").stat().st_size == 12 << 20
+
+
 # --- 3. --stage with everything else ---------------------------------------------------------------
 
 
