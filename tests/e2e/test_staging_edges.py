@@ -63,6 +63,8 @@ def test_a_job_planting_symlinks_out_of_the_tree_writes_nothing_outside_dir(
     job = (f"mkdir -p {outside} && ln -s {outside} link && echo evil > link/evil; "  # absolute, out of the tree
            "ln -s ../outside rel; "  # relative, out of the tree
            "mkdir x && ln -s .. x/up && ln -s x/up/.. chain; "  # x/up stays inside; chain leads out through it
+           # sub, a directory here, cannot become a symlink: via, inside through the symlink, leads out
+           "mkdir -p deep/er && rmdir sub && ln -s deep/er sub && ln -s x/up/sub/../.. via; "
            "echo fine > ok.txt; exit 3")
     before = files_under(cluster.tmp, leaving_out=project)
     result = cluster.jq("--stage", str(project), "sh", "-c", job, cwd=str(project))
@@ -71,9 +73,12 @@ def test_a_job_planting_symlinks_out_of_the_tree_writes_nothing_outside_dir(
     assert refused == [f"jq: did not bring back {project}/{name}: {why}" for name, why in (
         ("chain", "symlink 'chain' -> 'x/up/..' leads outside the tree"),
         ("link", f"symlink 'link' -> '{outside}': absolute target"),
-        ("rel", "symlink 'rel' -> '../outside' leads outside the tree"))], result.stderr
+        ("rel", "symlink 'rel' -> '../outside' leads outside the tree"),
+        ("sub", "Is a directory"),
+        ("via", "symlink 'via' -> 'x/up/sub/../..' leads outside the tree"))], result.stderr
     assert (project / "ok.txt").read_text() == "fine\n" and os.readlink(project / "x" / "up") == ".."
-    assert not any(os.path.lexists(project / name) for name in ("link", "rel", "chain"))
+    assert not any(os.path.lexists(project / name) for name in ("link", "rel", "chain", "via"))
+    assert (project / "sub").is_dir() and not (project / "sub").is_symlink()
     assert files_under(cluster.tmp, leaving_out=project) == before  # nothing written outside DIR
 
 

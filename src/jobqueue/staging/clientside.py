@@ -232,8 +232,8 @@ class ClientStager:
             for path, why in refused_symlinks([*written, *files], self._local_link).items():
                 try:
                     delete(root, path, False)
-                except (Refused, OSError):
-                    pass
+                except (Refused, OSError) as e:  # (changed here meanwhile)
+                    why += f", and it could not be removed: {e}"
                 self.fetched -= 1
                 self._refuse(path, Refused(why))
 
