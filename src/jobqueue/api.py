@@ -15,6 +15,7 @@ import concurrent.futures
 import errno
 import os
 import queue
+import resource
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from . import config
 from . import protocol as p  # msgspec: the API is not on a start-up path (jq uses jobqueue.wire)
 from .client import ClientJob, Session, caller_attributes, exec_problem, new_job_id, same_file
 from .connection import Refused, ServerLost
+from .launch import RLIMITS
 from .resources import request_of
 from .security import client_security
 from .waker import Waker
@@ -242,7 +244,7 @@ class Executor(concurrent.futures.Executor):
         (name -> amount) are what the job needs to itself (ValueError if they are not valid)."""
         wanted = request_of(cpus, mem, gpus, dict(resources or {}))
         argv = _argv(args)
-        environment = dict(os.environb) if env is None else {
+        environment = _environment() if env is None else {
             os.fsencode(name): os.fsencode(value) for name, value in env.items()}
         problem = exec_problem(argv, environment)
         if problem:  # what subprocess.run raises (with the reason)
@@ -251,7 +253,7 @@ class Executor(concurrent.futures.Executor):
         spec = p.JobSpec(
             argv=argv, env=environment, cwd=here if cwd is None else os.path.join(here, os.fsencode(cwd)),
             tags=[*self.tags, *tags], priority=priority, timeout=_positive_timeout(timeout), stdin=bool(input),
-            merge_output=not capture_output and same_file(1, 2), resources=wanted, **caller_attributes(),  # type: ignore[arg-type]
+            merge_output=not capture_output and same_file(1, 2), resources=wanted, **caller_attributes(_rlimits()),  # type: ignore[arg-type]
         )
         future: concurrent.futures.Future[Completed] = concurrent.futures.Future()
         io = _JobIO(self, future, args, input, capture_output, check, timeout)
@@ -468,6 +470,18 @@ def _shutdown_all() -> None:
     """At exit, wait for the jobs of executors not shut down (as ThreadPoolExecutor does)."""
     for executor in list(_executors):
         executor.shutdown(wait=True)
+
+
+def _environment() -> dict[bytes, bytes]:
+    """A copy of os.environb (through its dict when CPython exposes it: a C-level
+    copy, not a Python loop over the mapping; every submission takes one)."""
+    data = getattr(os.environb, "_data", None)
+    return dict(data) if isinstance(data, dict) else dict(os.environb)
+
+
+def _rlimits() -> list[tuple[str, int, int]]:
+    """The limits a job takes, by getrlimit (cheaper than /proc/self/limits per submission)."""
+    return [(name, *resource.getrlimit(number)) for name, number in RLIMITS.items()]
 
 
 def _argv(args: Command) -> list[bytes]:

@@ -18,7 +18,7 @@ from .connection import Connection, Security
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing would slow jq down
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from types import ModuleType
     from typing import IO, Any, Protocol
 
@@ -125,31 +125,54 @@ def caller_environment() -> dict[bytes, bytes]:
     return env
 
 
-def caller_attributes() -> dict[str, object]:
-    """How this process (this thread) stands, as JobSpec fields: umask, resource
-    limits, nice value, signals ignored and blocked.  Read from /proc in two reads
-    (no import: jq starts with this)."""
-    import _signal  # loaded already by jq (the C core of signal)
+def _status_field(status: bytes, name: bytes) -> bytes:
+    """One field of /proc/PID/status (``b""`` if absent), found without splitting the file."""
+    at = status.find(b"\n" + name + b":")
+    if at < 0:
+        return b""
+    start = at + len(name) + 2
+    end = status.find(b"\n", start)
+    return status[start:end if end >= 0 else len(status)].strip()
 
-    valid = _signal.valid_signals()  # not the C library's own (32 and 33 on Linux), which show as ignored
-    attrs: dict[str, object] = {}
-    for line in _read_proc("/proc/thread-self/status").splitlines():
-        if line.startswith(b"Umask:"):
-            attrs["umask"] = int(line.split()[1], 8)
-        elif line.startswith((b"SigIgn:", b"SigBlk:")):
-            mask = int(line.split()[1], 16)
-            signals = [n for n in range(1, 65) if mask >> (n - 1) & 1 and n in valid]
-            if line.startswith(b"SigIgn:"):
-                attrs["ignored_signals"] = [n for n in signals if n not in PYTHON_IGNORES]
-            else:
-                attrs["blocked_signals"] = signals
+
+def _signals_in(mask: bytes, valid: Iterable[int]) -> list[int]:
+    bits = int(mask, 16)
+    return [n for n in valid if 0 < n < 65 and bits >> (n - 1) & 1]
+
+
+def proc_rlimits() -> list[tuple[str, int, int]]:
+    """The resource limits a job takes, from /proc/self/limits (no import)."""
     rlimits = []
     for line in _read_proc("/proc/self/limits").splitlines()[1:]:
         name = RLIMITS.get(line[:26].strip())
         if name is not None:
             soft, hard = line[26:].split()[:2]
             rlimits.append((name, -1 if soft == b"unlimited" else int(soft), -1 if hard == b"unlimited" else int(hard)))
-    attrs["rlimits"] = rlimits
+    return rlimits
+
+
+def caller_attributes(rlimits: list[tuple[str, int, int]] | None = None) -> dict[str, object]:
+    """How this process (this thread) stands, as JobSpec fields: umask, resource
+    limits, nice value, signals ignored and blocked.  The umask and signals come
+    from /proc/thread-self/status (the only race-free way to read a umask); the
+    limits from /proc/self/limits unless the caller read them its own way (the
+    API, per submission: getrlimit is cheaper than the file, but needs an import
+    jq's start-up does without)."""
+    import _signal  # loaded already by jq (the C core of signal)
+
+    valid = sorted(_signal.valid_signals())  # not the C library's own (32 and 33), which show as ignored
+    status = _read_proc("/proc/thread-self/status")
+    attrs: dict[str, object] = {}
+    umask = _status_field(status, b"Umask")
+    if umask:
+        attrs["umask"] = int(umask, 8)
+    ignored = _status_field(status, b"SigIgn")
+    if ignored:
+        attrs["ignored_signals"] = [n for n in _signals_in(ignored, valid) if n not in PYTHON_IGNORES]
+    blocked = _status_field(status, b"SigBlk")
+    if blocked:
+        attrs["blocked_signals"] = _signals_in(blocked, valid)
+    attrs["rlimits"] = proc_rlimits() if rlimits is None else rlimits
     try:
         attrs["nice"] = os.getpriority(os.PRIO_PROCESS, 0)
     except OSError:
@@ -171,19 +194,16 @@ def exec_problem(argv: list[bytes], env: dict[bytes, bytes]) -> str:
     """Why the kernel would refuse to run this command line here ('' if it would
     not): Linux counts every argument and variable with its NUL and pointer
     against ARG_MAX (a quarter of the stack limit; the job takes our stack
-    limit), and each string against MAX_ARG_STRLEN."""
+    limit), and each string against MAX_ARG_STRLEN.  (C-level sums: the API
+    checks every submission, with a whole environment.)"""
     try:  # Linux caps it at 6 MiB (three quarters of 8 MiB), whatever the stack limit
         arg_max = min(os.sysconf("SC_ARG_MAX"), MAX_EXEC_BYTES)
     except (ValueError, OSError):
         arg_max = 2 << 20
-    size = 8 * (len(argv) + len(env) + 2)
-    longest = 0
-    for arg in argv:
-        size += len(arg) + 1
-        longest = max(longest, len(arg) + 1)
-    for name, value in env.items():
-        size += len(name) + len(value) + 2
-        longest = max(longest, len(name) + len(value) + 2)
+    arg_sizes = list(map(len, argv))
+    entry_sizes = list(map(int.__add__, map(len, env), map(len, env.values())))
+    size = 8 * (len(argv) + len(env) + 2) + sum(arg_sizes) + len(argv) + sum(entry_sizes) + 2 * len(env)
+    longest = max(max(arg_sizes, default=0) + 1, max(entry_sizes, default=-2) + 2)
     if size > arg_max:
         return (f"argument list too long: {size} bytes of arguments and environment, more than the "
                 f"system's limit (ARG_MAX = {arg_max} bytes, a quarter of the stack size limit)")

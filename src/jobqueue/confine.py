@@ -267,6 +267,11 @@ class Confinement:
         #: Cgroups of ended jobs not removed yet (a process of the job was still in it).
         self.leftover: list[Path] = []
 
+    @property
+    def active(self) -> bool:
+        """Whether jobs are pinned or limited at all (else spawning skips it: per-job cost)."""
+        return self.pinning is not None or self.cgroups is not None
+
     def place(self, key: str, allocation: Allocation) -> Placement:
         """Decide where the job ``key`` runs: its CPUs and its cgroup."""
         amounts = {name: amount for name, amount, _ in allocation}

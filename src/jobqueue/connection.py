@@ -49,7 +49,8 @@ if TYPE_CHECKING:  # annotations only: importing them would slow jq down
             """What to register in a poller (an fd or a zmq socket)."""
 
         def poll_events(self) -> int: ...
-        def wait(self, fds: list[int], timeout: float, errors: tuple[int, ...] = ()) -> tuple[bool, set[int]]: ...
+        def wait(self, fds: list[int], timeout: float, errors: tuple[int, ...] = (),
+                 writable: tuple[int, ...] = ()) -> tuple[bool, set[int]]: ...
         def next_wakeup(self, now: float) -> float | None: ...
         def maintain(self, now: float) -> None: ...
         def send(self, data: bytes) -> bool: ...
@@ -123,18 +124,10 @@ class LeanTransport:
     def poll_events(self) -> int:
         return self.dealer.poll_events()
 
-    def wait(self, fds: list[int], timeout: float, errors: tuple[int, ...] = ()) -> tuple[bool, set[int]]:
-        import select
-
-        poller = select.poll()
+    def wait(self, fds: list[int], timeout: float, errors: tuple[int, ...] = (),
+             writable: tuple[int, ...] = ()) -> tuple[bool, set[int]]:
         own = self.dealer.fileno()
-        poller.register(own, self.dealer.poll_events())
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        for fd in errors:
-            poller.register(fd, 0)  # POLLERR and POLLHUP are always reported
-        events = dict(poller.poll(int(timeout * 1000)))
-        return own in events, {fd for fd in (*fds, *errors) if fd in events}
+        return _select_poll(fds, timeout, errors, writable, own, self.dealer.poll_events())
 
     def next_wakeup(self, now: float) -> float | None:
         return self.dealer.next_wakeup(now)
@@ -204,7 +197,8 @@ class ZmqTransport:
     def poll_events(self) -> int:
         return POLLIN
 
-    def wait(self, fds: list[int], timeout: float, errors: tuple[int, ...] = ()) -> tuple[bool, set[int]]:
+    def wait(self, fds: list[int], timeout: float, errors: tuple[int, ...] = (),
+             writable: tuple[int, ...] = ()) -> tuple[bool, set[int]]:
         zmq = self._zmq
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
@@ -214,13 +208,15 @@ class ZmqTransport:
             poller.register(fd, zmq.POLLIN)
         for fd in errors:
             poller.register(fd, zmq.POLLERR)
+        for fd in writable:
+            poller.register(fd, zmq.POLLOUT)
         try:
             events = dict(poller.poll(int(timeout * 1000)))
         except zmq.ZMQError as e:
             if e.errno != errno.EINTR:
                 raise
             events = {}
-        return self.socket in events, {fd for fd in (*fds, *errors) if fd in events}
+        return self.socket in events, {fd for fd in (*fds, *errors, *writable) if fd in events}
 
     def next_wakeup(self, now: float) -> float | None:
         return None
@@ -252,15 +248,32 @@ class ZmqTransport:
         self.socket.close(linger=int(wait * 1000))
 
 
-def _wait_without_transport(fds: list[int], timeout: float, errors: tuple[int, ...] = ()) -> tuple[bool, set[int]]:
+def _select_poll(fds: list[int], timeout: float, errors: tuple[int, ...], writable: tuple[int, ...],
+                 own: int = -1, own_events: int = 0) -> tuple[bool, set[int]]:
+    """poll(2) on plain fds: ``own`` (the connection's, if any) for ``own_events``, ``fds``
+    for input, ``writable`` for room, ``errors`` for errors only (POLLERR and POLLHUP are
+    always reported).  A signal cuts the wait short: nothing ready then."""
     import select
 
     poller = select.poll()
+    if own >= 0:
+        poller.register(own, own_events)
     for fd in fds:
         poller.register(fd, select.POLLIN)
     for fd in errors:
         poller.register(fd, 0)
-    return False, {fd for fd, _ in poller.poll(int(timeout * 1000))}
+    for fd in writable:
+        poller.register(fd, select.POLLOUT)
+    try:
+        events = dict(poller.poll(int(timeout * 1000)))
+    except InterruptedError:
+        events = {}
+    return own in events, {fd for fd in (*fds, *errors, *writable) if fd in events}
+
+
+def _wait_without_transport(fds: list[int], timeout: float, errors: tuple[int, ...] = (),
+                            writable: tuple[int, ...] = ()) -> tuple[bool, set[int]]:
+    return _select_poll(fds, timeout, errors, writable)
 
 
 class Connection:
@@ -320,13 +333,15 @@ class Connection:
         """The events to poll :attr:`socket` for (POLLIN, plus POLLOUT while output waits)."""
         return POLLIN if self.transport is None else self.transport.poll_events()
 
-    def wait(self, fds: list[int], timeout: float, errors: tuple[int, ...] = ()) -> tuple[bool, set[int]]:
+    def wait(self, fds: list[int], timeout: float, errors: tuple[int, ...] = (),
+             writable: tuple[int, ...] = ()) -> tuple[bool, set[int]]:
         """Wait up to ``timeout`` seconds for this connection (to have input, or room for its
-        output), for one of ``fds`` to be readable, or for one of ``errors`` to be in error
-        (the write end of a pipe whose reader left): (connection ready, the ready fds)."""
+        output), for one of ``fds`` to be readable, one of ``writable`` to have room, or
+        one of ``errors`` to be in error (the write end of a pipe whose reader left):
+        (connection ready, the ready fds)."""
         if self.transport is None:
-            return _wait_without_transport(fds, timeout, errors)
-        return self.transport.wait(fds, timeout, errors)
+            return _wait_without_transport(fds, timeout, errors, writable)
+        return self.transport.wait(fds, timeout, errors, writable)
 
     def open(self, now: float) -> None:
         """(Re)connect and say hello; queued stale messages die with the old connection."""

@@ -185,7 +185,8 @@ class SimTransport:
     def poll_events(self) -> int:
         return 1
 
-    def wait(self, fds: list[int], timeout: float) -> tuple[bool, set[int]]:
+    def wait(self, fds: list[int], timeout: float, errors: tuple[int, ...] = (),
+             writable: tuple[int, ...] = ()) -> tuple[bool, set[int]]:
         raise AssertionError("the simulation drives peers by events, not by waiting")
 
     def next_wakeup(self, now: float) -> float | None:

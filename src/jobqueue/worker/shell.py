@@ -17,9 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import zmq
-
-from .. import config, launch
+from .. import config
 from .. import protocol as p
 from ..confine import Confinement
 from ..connection import Connection, Refused, Security, ServerLost
@@ -100,7 +98,7 @@ class Worker:
 
     def run(self) -> int:
         self._install_signals()
-        self.spawner.own = launch.own_state()  # with our handlers installed
+        self.spawner.refresh_own()  # with our handlers installed
         self.conn.open(time.monotonic())
         self.log.event("started", name=self.options.name, slots=self.options.slots,
                        tags=self.options.tags, server=self.options.endpoint)
@@ -127,13 +125,9 @@ class Worker:
 
     def _poll_once(self) -> None:
         now = time.monotonic()
-        poller = self._register()
-        try:
-            events = dict(poller.poll(int(self._timeout(now) * 1000)))
-        except zmq.ZMQError as e:
-            if e.errno != errno.EINTR:
-                raise
-            events = {}
+        readable = [self.waker.fileno(), *(self.job_fds[job_id][which] for job_id, which in self.core.readable())]
+        writable = tuple(self.job_fds[job_id][p.STDIN] for job_id in self.core.stdin_waiting())
+        conn_ready, events = self.conn.wait(readable, self._timeout(now), writable=writable)
         now = time.monotonic()
         if self.waker.fileno() in events:
             self.waker.drain()
@@ -144,11 +138,11 @@ class Worker:
                 done, future = self._completions.pop(0)
                 error = future.exception()
                 done(error if error is not None else future.result())
-        if self.conn.socket in events:
+        if conn_ready:
             for message in self.conn.receive(now):
                 self._do(self.core.on_message(message, now))
         for fd in events:
-            owner = self.fd_owner.get(fd) if isinstance(fd, int) else None
+            owner = self.fd_owner.get(fd)
             if owner is not None:
                 job_id, which = owner
                 if which == p.STDIN:
@@ -168,17 +162,6 @@ class Worker:
         if self.pids:
             timeout = min(timeout, REAP_SAFETY_NET)
         return timeout
-
-    def _register(self) -> zmq.Poller:
-        poller = zmq.Poller()
-        if self.conn.socket is not None:
-            poller.register(self.conn.socket, self.conn.poll_events())
-        poller.register(self.waker.fileno(), zmq.POLLIN)
-        for job_id, which in self.core.readable():
-            poller.register(self.job_fds[job_id][which], zmq.POLLIN)
-        for job_id in self.core.stdin_waiting():
-            poller.register(self.job_fds[job_id][p.STDIN], zmq.POLLOUT)
-        return poller
 
     # --- carrying out the core's actions ------------------------------------------------------
 
@@ -284,8 +267,11 @@ class Worker:
     def _spawn(self, job_id: str, spec: p.JobSpec, allocation: list[p.Grant]) -> None:
         now = time.monotonic()
         try:
-            self.confinement.place(job_id, tuple((g.name, g.amount, tuple(g.items)) for g in allocation))
-            with self.confinement.spawning(job_id):  # the child starts on its CPUs, in its cgroup
+            if self.confinement.active:
+                self.confinement.place(job_id, tuple((g.name, g.amount, tuple(g.items)) for g in allocation))
+                with self.confinement.spawning(job_id):  # the child starts on its CPUs, in its cgroup
+                    started = self.spawner.start(spec)
+            else:
                 started = self.spawner.start(spec)
         except OSError as e:  # its cgroup could not be made or entered
             started = (SpawnFailure.OTHER, f"cannot confine the job: {e.strerror or e}")

@@ -32,6 +32,7 @@ class Spawner:
         self.own = launch.own_state()
         #: Where each program was found, per PATH, as a shell's command hash remembers it.
         self.programs: dict[tuple[bytes, bytes, bytes], str] = {}
+        self.plans: dict[tuple[object, ...], launch.Plan] = {}
 
     def start(self, spec: p.JobSpec) -> Started | tuple[SpawnFailure, str]:
         """Start the job's process, or say why it could not start."""
@@ -61,7 +62,7 @@ class Spawner:
         enters the job's for the instant of the spawn (it runs no other thread
         that resolves relative paths).  The job's fds, umask, signals and limits
         are its caller's (:mod:`jobqueue.launch`)."""
-        plan = launch.plan(spec, self.own)
+        plan = self._plan(spec)
         ours: dict[int, int] = {}  # our ends of the job's pipes, by the job's fd
         theirs: dict[int, int] = {}  # the job's ends (closed here once it has them)
         try:
@@ -84,6 +85,23 @@ class Spawner:
             for fd in set(theirs.values()):
                 os.close(fd)
         return Started(pid, ours, proc)
+
+    def refresh_own(self) -> None:
+        """Read our own attributes again (once our signal handlers are installed)."""
+        self.own = launch.own_state()
+        self.plans.clear()
+
+    def _plan(self, spec: p.JobSpec) -> launch.Plan:
+        """launch.plan, remembered per caller attributes: the jobs of one client (an
+        Executor's thousands) all stand alike, and planning costs more than the lookup."""
+        key = (spec.umask, spec.nice, spec.merge_output, tuple(spec.rlimits), tuple(spec.ignored_signals),
+               tuple(spec.blocked_signals), tuple(spec.closed_fds))
+        plan = self.plans.get(key)
+        if plan is None:
+            if len(self.plans) > 100:
+                self.plans.clear()
+            plan = self.plans[key] = launch.plan(spec, self.own)
+        return plan
 
     def _spawn_program(self, spec: p.JobSpec, plan: launch.Plan,
                        fds: dict[int, int]) -> tuple[int, subprocess.Popen[bytes] | None]:
