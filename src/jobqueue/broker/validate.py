@@ -32,7 +32,8 @@ def _validate_submit(msg: p.Submit) -> str:
     spec = msg.spec
     if not spec.argv or not spec.argv[0]:
         return "empty command line"
-    size = sum(len(a) + 1 for a in spec.argv) + sum(len(k) + len(v) + 2 for k, v in spec.env.items())
+    env = spec.env  # C-level sums: a job carries its whole environment
+    size = sum(map(len, spec.argv)) + len(spec.argv) + sum(map(len, env)) + sum(map(len, env.values())) + 2 * len(env)
     if size > MAX_EXEC_BYTES:
         return f"arguments and environment longer than {MAX_EXEC_BYTES} bytes (the most Linux runs)"
     if not (0 <= spec.rows <= MAX_TERMINAL and 0 <= spec.cols <= MAX_TERMINAL):
