@@ -1,0 +1,74 @@
+"""What a job takes from its caller (README "What a job sees"): the caller's side.
+
+``caller_attributes`` reads /proc; here it is checked against what the same
+process says through the system calls, after changing each attribute."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+
+import pytest
+
+from jobqueue.api import _environment, _rlimits
+from jobqueue.client import MAX_ARG_STRLEN, caller_attributes, exec_problem, proc_rlimits
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def restore_process_state():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    usr2 = signal.getsignal(signal.SIGUSR2)
+    core = resource.getrlimit(resource.RLIMIT_CORE)
+    yield
+    os.umask(mask)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    signal.signal(signal.SIGUSR2, usr2)
+    resource.setrlimit(resource.RLIMIT_CORE, core)
+
+
+def test_caller_attributes_follow_changes_to_umask_signals_and_limits(restore_process_state):
+    os.umask(0o027)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1, signal.SIGWINCH])
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    resource.setrlimit(resource.RLIMIT_CORE, (0 if hard == 0 else 4096, hard))
+    attrs = caller_attributes()
+    assert attrs["umask"] == 0o027
+    assert {signal.SIGUSR1, signal.SIGWINCH} <= set(attrs["blocked_signals"])  # type: ignore[arg-type]
+    assert signal.SIGUSR2 in attrs["ignored_signals"]  # type: ignore[operator]
+    assert signal.SIGPIPE not in attrs["ignored_signals"]  # type: ignore[operator]  # Python's own
+    assert dict((n, (s, h)) for n, s, h in attrs["rlimits"])["core"] == resource.getrlimit(resource.RLIMIT_CORE)  # type: ignore[misc, union-attr]
+    assert attrs["nice"] == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_the_apis_limits_by_getrlimit_equal_procs(restore_process_state):
+    assert _rlimits() == proc_rlimits()
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+    assert _rlimits() == proc_rlimits()
+    assert caller_attributes(_rlimits()) == caller_attributes()
+
+
+def test_the_apis_environment_is_a_copy_of_environb(monkeypatch):
+    monkeypatch.setenv("JOBQUEUE_TEST_VARIABLE", "one")
+    env = _environment()
+    assert env == dict(os.environb) and env[b"JOBQUEUE_TEST_VARIABLE"] == b"one"
+    env[b"JOBQUEUE_TEST_VARIABLE"] = b"two"
+    assert os.environ["JOBQUEUE_TEST_VARIABLE"] == "one"
+
+
+def test_exec_problem_counts_what_linux_counts():
+    assert exec_problem([b"true"], {b"A": b"1"}) == ""
+    assert exec_problem([b"x" * (MAX_ARG_STRLEN - 1)], {}) == ""  # with its NUL: exactly the limit
+    assert "one argument or variable" in exec_problem([b"x" * MAX_ARG_STRLEN], {})
+    # a variable counts as NAME=VALUE with its NUL
+    assert exec_problem([b"a"], {b"A": b"x" * (MAX_ARG_STRLEN - 3)}) == ""
+    assert "one argument or variable" in exec_problem([b"a"], {b"A": b"x" * (MAX_ARG_STRLEN - 2)})
+    many = [b"x" * 1000] * 7000  # 7 MB: past ARG_MAX whatever the stack limit
+    assert "bytes of arguments and environment" in exec_problem(many, {})
+    assert exec_problem([], {}) == ""
