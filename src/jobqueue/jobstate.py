@@ -10,7 +10,14 @@ from __future__ import annotations
 import enum
 
 
-class JobState(enum.Enum):
+class FastEnum(enum.Enum):
+    """An Enum hashed by identity (its members are singletons): Enum's own ``__hash__``
+    is Python code, and the state tables are looked up on every job's hot path."""
+
+    __hash__ = object.__hash__
+
+
+class JobState(FastEnum):
     QUEUED = "queued"  # waiting for a worker
     RUNNING = "running"  # assigned to a worker (or re-attached after a server restart)
     REQUEUED = "requeued"  # waiting again after its worker was lost
@@ -19,7 +26,7 @@ class JobState(enum.Enum):
     LOST = "lost"  # given up: client gone, or worker lost too often
 
 
-class JobEvent(enum.Enum):
+class JobEvent(FastEnum):
     SUBMIT = "submit"  # a client queues a job
     REATTACH = "reattach"  # after a server restart: a client or worker reports it running (or ran)
     ASSIGN = "assign"  # the broker gives it to a ready worker

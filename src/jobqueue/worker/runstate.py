@@ -20,14 +20,13 @@ Room left for later issues (not implemented):
 
 from __future__ import annotations
 
-import enum
-
 from .. import launch
 from .. import protocol as p
+from ..jobstate import FastEnum
 from .streams import OutStream, StdinBuffer
 
 
-class RunState(enum.Enum):
+class RunState(FastEnum):
     STAGING = "staging"  # jq --stage: its tree's missing blobs are coming; nothing runs yet
     STARTING = "starting"  # accepted; the shell is spawning its process
     RUNNING = "running"  # its process runs
@@ -38,7 +37,7 @@ class RunState(enum.Enum):
     FINISHED = "finished"  # its end was reported; kept until the server releases it
 
 
-class RunEvent(enum.Enum):
+class RunEvent(FastEnum):
     STAGED = "staged"  # its private directory holds the tree: spawn it there
     STAGE_FAILED = "stage-failed"  # the tree could not be staged (or the client cancelled meanwhile)
     COLLECT = "collect"  # a staged run ended: send its results before its end
