@@ -113,6 +113,8 @@ def resolve(endpoint: str) -> tuple[int, str | tuple[str, int]]:
     if not endpoint.startswith("tcp://"):
         raise ZmtpError(f"unsupported endpoint {endpoint!r}: use tcp://HOST:PORT or ipc:///PATH")
     host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ZmtpError(f"bad server address {endpoint}: expected tcp://HOST:PORT, PORT from 1 to 65535")
     if host.startswith("["):
         return socket.AF_INET6, (host.strip("[]"), int(port))
     if _is_ipv4(host):  # no resolver (nor its idna codec) for a literal address
@@ -120,7 +122,8 @@ def resolve(endpoint: str) -> tuple[int, str | tuple[str, int]]:
     try:
         info = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
     except (OSError, ValueError) as e:
-        raise ZmtpError(f"cannot resolve the server address {endpoint}: {e}") from None
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ZmtpError(f"cannot resolve the server address {endpoint}: {why}") from None
     address = info[0][4]
     return socket.AF_INET, (str(address[0]), int(address[1]))
 

@@ -191,3 +191,9 @@ def test_a_connection_reset_while_it_is_made_is_reported_by_the_next_call_not_th
     with pytest.raises(ConnectionError):
         dealer.receive(0.0)
     dealer.close()
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://bad::::", "tcp://host:99999", "tcp://:5", "tcp://[::1]:x", "tcp://h:0"])
+def test_a_malformed_server_address_is_refused_in_words(endpoint):
+    with pytest.raises(zmtp.ZmtpError, match="bad server address .*PORT from 1 to 65535"):
+        zmtp.resolve(endpoint)
