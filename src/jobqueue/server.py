@@ -25,7 +25,7 @@ from zmq.utils import z85
 from . import __version__
 from . import protocol as p
 from .autoscale import ENV_SERVER, ENV_SPAWN_ID, ENV_SPAWN_RESOURCES, ENV_SPAWN_TAGS, Autoscaler, SpawnPolicy
-from .broker import Broker, Send
+from .broker import Broker, Job, Send
 from .config import UsageError
 from .connection import COPY_THRESHOLD
 from .events import WorkerJoined
@@ -90,6 +90,8 @@ class Server:
         self.socket = self._bind()
         self.metrics = _start_metrics(self.broker, options.metrics) if options.metrics else None
         self.spawner = Spawner(options.spawn, self._spawn_address(), self.log) if options.spawn else None
+        if self.spawner is not None:
+            self.observer.why_more = self.spawner.why_job_waits
         self._stop = False
         self.dashboard: subprocess.Popen[bytes] | None = None
         self._dashboard_key: str | None = None  # our public key in a file, for the dashboard to pin
@@ -368,6 +370,10 @@ class Spawner:
         for job in reply.jobs:
             if job.why:
                 job.why = f"{job.why}; {self.autoscaler.why_waiting(job.tags, now, normalise(job.resources))}"
+
+    def why_job_waits(self, job: Job, now: float) -> str:
+        """Why autoscaling has not served this waiting job (for the dashboard)."""
+        return self.autoscaler.why_waiting(job.tags, now, job.request)
 
     def _run(self, spawn_id: str, now: float) -> None:
         env = dict(os.environ)

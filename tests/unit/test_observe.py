@@ -307,3 +307,22 @@ def test_random_watching_never_breaks_the_broker_and_tails_stay_bounded(ops: lis
     assert observer._rings_size == sum(ring.size for ring in observer._rings.values())
     relayed = sum(len(m.data) for m in w.to(b"c1", p.Output))
     assert relayed == sum(offsets.values())  # the job's client got every byte, watched or not
+
+
+def test_a_waiting_jobs_reason_carries_what_the_shell_adds(w: Watched) -> None:
+    """The server's autoscaler explains its part too (as ``jobqueue status`` shows)."""
+    seen: list[str] = []
+
+    def autoscaler(job: Any, now: float) -> str:
+        seen.append(job.job_id)
+        return f"2 spawned worker(s) starting, the oldest for {now - 100:.0f}s"
+
+    w.observer.why_more = autoscaler
+    w.client(b"c1")
+    w.submit(b"c1", "wait1", ["make"])
+    w.advance(3)
+    w.watcher()
+    (state,) = w.to(b"dash", p.WatchState)
+    (job,) = state.jobs
+    assert job.why == "no worker is connected; 2 spawned worker(s) starting, the oldest for 3s"
+    assert seen == ["wait1"]

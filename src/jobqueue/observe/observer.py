@@ -24,7 +24,7 @@ is connected.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from .. import events as ev
@@ -85,6 +85,8 @@ class Observer:
         self._ended_tails: OrderedDict[str, Ring] = OrderedDict()
         self._ended_tails_size = 0
         self._tails: dict[str, dict[Client, TailSub]] = {}
+        #: What else explains a waiting job (the server's autoscaler: ``jobqueue status`` says it too).
+        self.why_more: Callable[[Job, float], str] | None = None
         broker.watch(self, {p.Watch: self._on_watch, p.Tail: self._on_tail, p.TailAck: self._on_tail_ack})
 
     def wall(self, t: float) -> float:
@@ -333,11 +335,16 @@ class Observer:
         reason = ""
         if job.state in WAITING:
             key = job.tag_key
-            reason = why.get(key) or why.setdefault(key, self.broker._why_waiting(job))
+            reason = why.get(key) or why.setdefault(key, self._why_waiting(job))
         state = job.state.value if job.state else "new"
         return p.WatchedJob(job.job_id, argv_of(job.raw_spec), state, job.worker.name if job.worker else "",
                             job.tags, job.priority, job.attempt, self._queued_at(job), self.wall(job.since),
                             reason)
+
+    def _why_waiting(self, job: Job) -> str:
+        reason = self.broker._why_waiting(job)
+        more = self.why_more(job, self._now) if reason and self.why_more is not None else ""
+        return f"{reason}; {more}" if more else reason
 
     # --- tails -------------------------------------------------------------------------
 
