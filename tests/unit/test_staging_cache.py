@@ -64,6 +64,73 @@ def test_eviction_is_lru_bounded_and_spares_pinned_blobs(capacity: int, steps: l
         assert policy.total <= capacity or all(d in pinned for d in model)
 
 
+park_ops = st.lists(st.one_of(
+    st.tuples(st.just("add"), blobs, st.integers(0, 40)),
+    st.tuples(st.just("pin"), st.sampled_from(["j1", "dir:a", "dir:b"]), st.lists(blobs, max_size=3)),
+    st.tuples(st.just("unpin"), st.sampled_from(["j1", "dir:a", "dir:b"]), st.just(0)),
+    st.tuples(st.just("release"), st.sampled_from(["j1", "dir:a"]), st.lists(blobs, max_size=2)),
+    st.tuples(st.just("park"), st.sampled_from(["dir:a", "dir:b"]), st.integers(0, 60)),
+    st.tuples(st.just("unpark"), st.sampled_from(["dir:a", "dir:b"]), st.just(0)),
+), max_size=60)
+
+
+@given(st.integers(0, 150), st.integers(0, 2), park_ops)
+@settings(max_examples=400)
+def test_parked_directories_are_items_that_keep_their_blobs_until_evicted(capacity: int, max_parked: int,
+                                                                          steps: list[tuple]) -> None:
+    policy = CachePolicy(capacity, max_parked)
+    sizes: dict[bytes | str, int] = {}
+    pins: dict[str, set[bytes]] = {}
+    for op, a, b in steps:
+        evicted: list[bytes | str] = []
+        if op == "add":
+            sizes.setdefault(a, b)
+            evicted = policy.add(a, b)
+        elif op == "pin":
+            pins.setdefault(a, set()).update(b)
+            policy.pin(a, b)
+        elif op == "unpin":
+            pins.pop(a, None)
+            evicted = policy.unpin(a)
+        elif op == "release":
+            pins.get(a, set()).difference_update(b)
+            evicted = policy.release(a, b)
+        elif op == "park":
+            sizes.setdefault(a, b)
+            evicted = policy.park(a, sizes[a])
+        else:
+            sizes.pop(a, None)
+            policy.unpark(a)
+        pinned_before = set().union(*pins.values()) if pins else set()
+        for key in evicted:
+            if isinstance(key, str):  # a parked directory goes with its pins
+                pins.pop(key, None)
+        pinned = set().union(*pins.values()) if pins else set()
+        for key in evicted:
+            assert key not in pinned  # never a blob someone still needs
+            if isinstance(key, bytes) and key in pinned_before:
+                assert any(isinstance(k, str) for k in evicted)  # only once the directory pinning it went
+            del sizes[key]
+        assert policy.total == sum(sizes.values())
+        assert policy.parked == sum(isinstance(k, str) for k in sizes) <= max_parked
+        assert policy.pinned_bytes == sum(n for k, n in sizes.items() if isinstance(k, bytes) and k in pinned)
+        assert policy.total <= capacity or all(isinstance(k, bytes) and k in pinned for k in sizes)
+        assert len(policy) == sum(isinstance(k, bytes) for k in sizes)
+
+
+def test_a_directory_that_cannot_fit_goes_at_once_and_takes_no_blob_with_it() -> None:
+    old, mine = bytes([1]) * 32, bytes([2]) * 32
+    policy = CachePolicy(100, max_parked=2)
+    policy.add(old, 40)
+    policy.add(mine, 40)
+    policy.pin("dir:x", [mine])
+    assert policy.park("dir:x", 70) == ["dir:x"]  # 40 pinned + 70 > 100: the older blob stays
+    assert old in policy and mine in policy and policy.unpin("dir:x") == []
+    policy.pin("dir:y", [mine])
+    assert policy.park("dir:y", 50) == [old]  # fits once the older blob goes: LRU
+    assert policy.park("dir:z", 0) == [] and policy.park("dir:w", 0) == ["dir:y"]  # at most two parked
+
+
 def _put(store: BlobStore, data: bytes) -> bytes:
     digest = digest_of(data)
     writer = store.writer(digest, len(data))

@@ -50,6 +50,9 @@ def _worker_parser(prog: str = "jobqueue-worker") -> argparse.ArgumentParser:
     group.add_argument("--keep-workdir", action="store_true",
                        help="keep a staged job's private directory after it ended (for debugging; the log "
                             "says where: workdir-kept)")
+    group.add_argument("--parked-dirs", metavar="N", type=int, default=None,
+                       help="finished jobs' directories kept (within --cache-size) for the next job of the same "
+                            "or a similar tree (default: 2, or -j if more; 0: a fresh directory for every job)")
     parser.add_argument("--key", default=None, help="this worker's secret key file (CURVE); $JOBQUEUE_KEY")
     parser.add_argument("--server-key", default=None, help="the server's public key file; $JOBQUEUE_SERVER_KEY")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -83,6 +86,8 @@ def _run_worker(args: argparse.Namespace) -> int:
     from ..worker import Worker, WorkerOptions
 
     pools, slots = _worker_resources(args)
+    if args.parked_dirs is not None and args.parked_dirs < 0:
+        raise config.UsageError("--parked-dirs must be 0 or more")
     options = WorkerOptions(
         endpoint=config.endpoint(config.server_address(args.address)),
         name=args.name or f"{socket.gethostname()}:{os.getpid()}",
@@ -91,6 +96,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         security=client_security(args.key, args.server_key), log_format=args.log_format,
         pools=pools, bind_cpus=args.bind_cpus, enforce_mem=args.enforce_mem,
         cache_dir=args.cache_dir, cache_size=args.cache_size, keep_workdir=args.keep_workdir,
+        parked_dirs=args.parked_dirs,
     )
     try:
         worker = Worker(options)

@@ -5,7 +5,8 @@ by its hex SHA-256; the 256 subdirectories made once), blobs being received
 are ``blobs/ab/.abcdef...-N`` (written, checked against their digest, then
 renamed into place, so a blob file is always whole),
 ``jobs/`` (the jobs' private directories, on the same file system so that a
-copy can be a reflink).  One worker process owns a cache directory (a lock
+copy can be a reflink), ``parked/`` (finished jobs' directories kept for the
+next job of their tree, :mod:`.parking`).  One worker process owns a cache directory (a lock
 file says so); its jobs share it.  Blob files are read-only and are never
 handed to a job: a job gets a copy (:mod:`.materialise`), so writing into a
 staged file in place cannot corrupt the cache.
@@ -16,9 +17,9 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from .cachepolicy import CachePolicy
+from .cachepolicy import CachePolicy, Key
 from .manifest import DIGEST_SIZE, new_hasher
 
 
@@ -31,7 +32,7 @@ class BadBlob(Exception):
 
 
 class BlobStore:
-    def __init__(self, directory: str, capacity: int) -> None:
+    def __init__(self, directory: str, capacity: int, max_parked: int = 0) -> None:
         self.directory = os.path.abspath(directory)
         self.blobs = os.path.join(self.directory, "blobs")
         self.jobs = os.path.join(self.directory, "jobs")
@@ -45,7 +46,9 @@ class BlobStore:
         except OSError:
             os.close(self._lock)
             raise CacheBusy(f"cache directory {self.directory} is in use by another worker") from None
-        self.policy = CachePolicy(capacity)
+        self.policy = CachePolicy(capacity, max_parked)
+        #: Called with the owner name of a parked job directory the cache lets go (see .parking).
+        self.on_evict: Callable[[str], None] = lambda _name: None
         found: list[tuple[int, bytes, int]] = []
         for sub in os.scandir(self.blobs):
             for blob in os.scandir(sub.path):
@@ -84,13 +87,26 @@ class BlobStore:
     def unpin(self, owner: str) -> None:
         self._drop(self.policy.unpin(owner))
 
+    def release(self, owner: str, digests: Iterable[bytes]) -> None:
+        self._drop(self.policy.release(owner, digests))
+
+    def park(self, owner: str, size: int) -> None:
+        """A job directory is parked (see :mod:`.parking`); it may be evicted at once."""
+        self._drop(self.policy.park(owner, size))
+
+    def unpark(self, owner: str) -> None:
+        self.policy.unpark(owner)
+
     def writer(self, digest: bytes, size: int) -> BlobWriter:
         return BlobWriter(self, digest, size)
 
-    def _drop(self, digests: list[bytes]) -> None:
-        for digest in digests:
+    def _drop(self, keys: list[Key]) -> None:
+        for key in keys:
+            if isinstance(key, str):
+                self.on_evict(key)
+                continue
             try:
-                os.unlink(self.path(digest))
+                os.unlink(self.path(key))
             except FileNotFoundError:
                 pass
 

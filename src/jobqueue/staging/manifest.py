@@ -141,15 +141,21 @@ def check_tree(root: bytes, directories: Mapping[bytes, bytes | Directory]) -> d
 
 
 def missing(
-    root: bytes, have: Callable[[bytes], bool], load: Callable[[bytes], bytes]
+    root: bytes, have: Callable[[bytes], bool], load: Callable[[bytes], bytes],
+    complete: Callable[[bytes], bool] | None = None,
 ) -> tuple[list[bytes], set[bytes]]:
     """What a worker lacks of the tree ``root``: the missing blobs it can name
     now (files, and directories whose contents it will see once they arrive),
     and every digest it found it needs (to pin).  Called again after the
     missing ones arrived, until nothing is missing.  ``load`` reads a present
-    directory blob (validated here)."""
+    directory blob (validated here).  ``complete(digest)``: a directory whose
+    whole subtree the worker holds and keeps (pinned for a job directory that
+    holds it): not looked into, nor listed among the needs."""
     need: list[bytes] = []
-    seen: set[bytes] = {root}
+    seen: set[bytes] = set()
+    if complete is not None and complete(root):
+        return need, seen
+    seen.add(root)
     stack = [root]
     while stack:
         digest = stack.pop()
@@ -159,9 +165,13 @@ def missing(
         for entry in decode_directory(load(digest), digest).entries:
             if entry.kind == SYMLINK or entry.digest in seen:
                 continue
-            seen.add(entry.digest)
             if entry.kind == DIRECTORY:
+                if complete is not None and complete(entry.digest):
+                    continue
+                seen.add(entry.digest)
                 stack.append(entry.digest)
-            elif not have(entry.digest):
-                need.append(entry.digest)
+            else:
+                seen.add(entry.digest)
+                if not have(entry.digest):
+                    need.append(entry.digest)
     return need, seen

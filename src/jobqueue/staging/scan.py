@@ -4,9 +4,12 @@ Never follows a symlink (it is sent as a link); skips sockets, FIFOs and
 devices (listed in ``Snapshot.skipped`` for ``-v``); leaves out what git
 ignores when DIR is in a git work tree, every ``.git`` unless ``stage_git``,
 and what ``--exclude`` patterns (gitignore syntax) match.  A file is hashed
-only when its (inode, size, mtime, ctime) changed since the last scan
-(:class:`StatCache`, persisted under ``~/.cache/jobqueue``).  Anything that
-cannot be read is a :class:`StageError` naming it, raised before a job is queued.
+only when its (inode, size, mtime, ctime) changed since the last scan, and a
+directory none of whose entries changed (the same names, modes, inodes, sizes,
+mtimes and ctimes, the same subdirectories' digests) is not encoded again
+(:class:`StatCache`, persisted under ``~/.cache/jobqueue``): an unchanged tree
+costs one ``lstat`` per entry.  Anything that cannot be read is a
+:class:`StageError` naming it, raised before a job is queued.
 
 jq loads this module for ``--stage`` on every such job: it imports only what
 the interpreter has loaded already or costs little (no msgspec, typing,
@@ -37,6 +40,15 @@ class StageError(Exception):
 StatKey = tuple[int, int, int, int]
 
 
+#: What the last scan learnt of one directory (see :class:`StatCache`):
+#: (signature, subdirectories' digests, digest, encoding, files, links, size).
+#: The signature lists (name, st_mode, inode, size, mtime_ns, ctime_ns) of every
+#: entry staged, in listing order (None: an entry changed too recently to be
+#: trusted next time); files: name -> (inode, size, mtime_ns, ctime_ns, digest);
+#: links: name -> (inode, size, mtime_ns, ctime_ns, target).
+DirMemo = tuple
+
+
 class Snapshot:
     """DIR as it was sent: the tree's directories (by digest), where each file
     blob can be read, and each staged path's stat (to tell later local changes)."""
@@ -46,13 +58,39 @@ class Snapshot:
         self.taken_ns = taken_ns  # wall clock when the scan started: later ctimes are changes made "here"
         self.root_digest = b""
         self.directories: dict[bytes, bytes] = {}  # digest -> canonical encoding
-        self.blobs: dict[bytes, tuple[bytes, int]] = {}  # file digest -> (a relative path holding it, size)
-        self.local: dict[bytes, StatKey] = {}  # relative path -> stat when snapshotted (files and symlinks)
         self.links: dict[bytes, bytes] = {}  # relative path -> target, of every symlink
         self.files = 0
         self.size = 0  # bytes of file content
         self.hashed = 0  # files hashed (not found in the stat cache)
         self.skipped: list[tuple[bytes, str]] = []  # (path, why) for -v
+        #: (relative directory, its files, its links) as in DirMemo: the maps below are made from them when needed
+        self.listed: list[tuple[bytes, dict[bytes, tuple], dict[bytes, tuple]]] = []
+        self._blobs: dict[bytes, tuple[bytes, int]] | None = None
+        self._local: dict[bytes, StatKey] | None = None
+
+    @property
+    def blobs(self) -> dict[bytes, tuple[bytes, int]]:
+        """File digest -> (a relative path holding it, size)."""
+        if self._blobs is None:
+            self._blobs = {}
+            for rel, files, _links in self.listed:
+                prefix = rel + b"/" if rel else b""
+                for name, (_ino, size, _mtime, _ctime, digest) in files.items():
+                    self._blobs.setdefault(digest, (prefix + name, size))
+        return self._blobs
+
+    @property
+    def local(self) -> dict[bytes, StatKey]:
+        """Relative path -> its stat when snapshotted (files and symlinks)."""
+        if self._local is None:
+            self._local = {}
+            for rel, files, links in self.listed:
+                prefix = rel + b"/" if rel else b""
+                for name, key in files.items():
+                    self._local[prefix + name] = key[:4]
+                for name, key in links.items():
+                    self._local[prefix + name] = key[:4]
+        return self._local
 
 
 def stat_key(st: os.stat_result) -> StatKey:
@@ -64,14 +102,14 @@ def stat_key(st: os.stat_result) -> StatKey:
 #: A file changed within this long before a scan is hashed again next time:
 #: its mtime/ctime may not yet tell a later change apart ("racy git").
 RACY_NS = 2_000_000_000
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
 class StatCache:
-    """Digests of files by relative path, trusted while (inode, size, mtime_ns,
-    ctime_ns) are unchanged.  One file per staged root under the cache home,
-    in :mod:`marshal`'s format (fast to load; a file of another Python or
-    format version is ignored)."""
+    """What the last scan learnt of each directory (:data:`DirMemo`), by relative
+    path, trusted while the stat of its entries is unchanged.  One file per staged
+    root under the cache home, in :mod:`marshal`'s format (fast to load; a file of
+    another Python or format version is ignored)."""
 
     def __init__(self, root: bytes, directory: str | None = None) -> None:
         self.root = root
@@ -79,31 +117,22 @@ class StatCache:
             os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jobqueue", "stat"
         )
         self.path = os.path.join(home, sha256(root).hexdigest()[:32] + ".marshal")
-        self.old: dict[bytes, tuple[int, int, int, int, bytes]] = {}
-        self.new: dict[bytes, tuple[int, int, int, int, bytes]] = {}
+        self.old: dict[bytes, DirMemo] = {}
+        self.new: dict[bytes, DirMemo] = {}
+        self.changed = False
         import marshal
 
         try:
             with open(self.path, "rb") as f:
-                loaded = marshal.load(f)
+                loaded = marshal.loads(f.read())  # (marshal.load reads a file in small pieces: slower)
             if type(loaded) is tuple and loaded[:2] == (_CACHE_FORMAT, root) and type(loaded[2]) is dict:
                 self.old = loaded[2]
         except (OSError, EOFError, ValueError, TypeError):
             pass  # no cache, or an unreadable one: hash everything
 
-    def lookup(self, rel: bytes, key: StatKey) -> bytes | None:
-        hit = self.old.get(rel)
-        if hit is not None and hit[:4] == key:
-            return hit[4]
-        return None
-
-    def remember(self, rel: bytes, key: StatKey, digest: bytes, now_ns: int) -> None:
-        if key[2] < now_ns - RACY_NS and key[3] < now_ns - RACY_NS:
-            self.new[rel] = (*key, digest)
-
     def save(self) -> None:
-        """Write the entries of this scan (replacing the old ones) atomically; best effort."""
-        if self.new == self.old:
+        """Write what this scan learnt (replacing the old) atomically; best effort."""
+        if not self.changed and len(self.new) == len(self.old):
             return
         import marshal
 
@@ -111,7 +140,7 @@ class StatCache:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
             temp = f"{self.path}.{os.getpid()}.tmp"
             with open(temp, "wb") as f:
-                marshal.dump((_CACHE_FORMAT, self.root, self.new), f)
+                f.write(marshal.dumps((_CACHE_FORMAT, self.root, self.new)))
             os.replace(temp, self.path)
         except OSError:
             pass
@@ -216,6 +245,11 @@ def scan(
     git = _git_view(root_b) if use_git else None
     cache = StatCache(root_b, cache_dir) if use_cache else None
     snap = Snapshot(root_b, taken_ns)
+    old = cache.old if cache is not None else {}
+    new: dict[bytes, DirMemo] = cache.new if cache is not None else {}
+    filtering = git is not None or exclude_spec is not None
+    racy_after = taken_ns - RACY_NS
+    S_ISDIR, S_ISREG, S_ISLNK, S_IMODE = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK, stat.S_IMODE
 
     def included(rel: bytes, is_dir: bool, wholesale: bool) -> bool:
         if exclude_spec is not None and exclude_spec.match_file(os.fsdecode(rel) + ("/" if is_dir else "")):
@@ -227,14 +261,16 @@ def scan(
         return is_dir and (rel in git.parents or _under(rel, git.untracked_dirs))
 
     def walk(path: bytes, rel: bytes, wholesale: bool) -> bytes:
-        entries: list[EntryTuple] = []
+        """The digest of directory ``path`` (``rel`` under DIR), its encoding in ``snap``."""
+        signature: list[tuple[bytes, int, int, int, int, int]] = []
+        kids: list[bytes] = []
+        prefix = rel + b"/" if rel else b""
         try:
             listing = list(os.scandir(path))
         except OSError as e:
             raise StageError(f"cannot read directory {os.fsdecode(path)}: {e.strerror}") from None
         for item in listing:
             name = item.name
-            child_rel = rel + b"/" + name if rel else name
             if name == b".git" and not stage_git:
                 continue
             try:
@@ -242,44 +278,78 @@ def scan(
             except OSError as e:
                 raise StageError(f"cannot stat {os.fsdecode(item.path)}: {e.strerror}") from None
             mode = st.st_mode
-            if stat.S_ISDIR(mode):
+            if S_ISDIR(mode):
+                child_rel = prefix + name
                 # .git (with --stage-git) and submodules go as they are: git says nothing inside them.
                 whole = wholesale or name == b".git" or (git is not None and child_rel in git.files)
-                if not included(child_rel, True, whole):
+                if filtering and not included(child_rel, True, whole):
                     continue
-                digest = walk(item.path, child_rel, whole)
-                entries.append((name, DIRECTORY, stat.S_IMODE(mode), 0, 0, digest, b""))
-            elif stat.S_ISREG(mode):
-                if not included(child_rel, False, wholesale):
+                kids.append(walk(item.path, child_rel, whole))
+                signature.append((name, mode, st.st_ino, 0, 0, 0))
+            elif S_ISREG(mode) or S_ISLNK(mode):
+                if filtering and not included(prefix + name, False, wholesale):
                     continue
-                key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                cached = cache.lookup(child_rel, key) if cache is not None else None
-                if cached is None:
-                    cached = _hash_file(item.path)
-                    snap.hashed += 1
-                if cache is not None:
-                    cache.remember(child_rel, key, cached, taken_ns)
-                entries.append((name, FILE, stat.S_IMODE(mode) & MODE_MASK, st.st_mtime_ns, st.st_size, cached, b""))
-                snap.blobs.setdefault(cached, (child_rel, st.st_size))
-                snap.local[child_rel] = key
-                snap.files += 1
-                snap.size += st.st_size
-            elif stat.S_ISLNK(mode):
-                if not included(child_rel, False, wholesale):
-                    continue
-                try:
-                    target = os.readlink(item.path)
-                except OSError as e:
-                    raise StageError(f"cannot read symlink {os.fsdecode(item.path)}: {e.strerror}") from None
-                entries.append((name, SYMLINK, 0o777, st.st_mtime_ns, len(target), b"", target))
-                snap.local[child_rel] = stat_key(st)
-                snap.links[child_rel] = target
+                signature.append((name, mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
             else:
                 kind = "socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode) else "device"
-                snap.skipped.append((child_rel, kind))
-        digest, data = make_directory(entries)
+                snap.skipped.append((prefix + name, kind))
+        memo = old.get(rel)
+        if memo is None or memo[0] != signature or memo[1] != kids:
+            memo = remake(path, prefix, signature, kids, memo)
+            if cache is not None:
+                cache.changed = True
+        new[rel] = memo
+        _sig, _kids, digest, data, files, links, size = memo
         snap.directories[digest] = data
+        snap.listed.append((rel, files, links))
+        snap.files += len(files)
+        snap.size += size
+        for name, key in links.items():
+            snap.links[prefix + name] = key[4]
         return digest
+
+    def remake(path: bytes, prefix: bytes, signature: list[tuple[bytes, int, int, int, int, int]],
+               kids: list[bytes], memo: DirMemo | None) -> DirMemo:
+        """A directory that changed (or was never seen): its entries, hashing only changed files."""
+        old_files: dict[bytes, tuple] = memo[4] if memo is not None else {}
+        old_links: dict[bytes, tuple] = memo[5] if memo is not None else {}
+        entries: list[EntryTuple] = []
+        files: dict[bytes, tuple] = {}
+        links: dict[bytes, tuple] = {}
+        size = 0
+        trusted = True
+        subdirs = iter(kids)
+        for name, mode, ino, length, mtime, ctime in signature:
+            if S_ISDIR(mode):
+                entries.append((name, DIRECTORY, S_IMODE(mode), 0, 0, next(subdirs), b""))
+                continue
+            key = (ino, length, mtime, ctime)
+            if mtime >= racy_after or ctime >= racy_after:
+                trusted = False  # a change within the timestamps' grain may follow unseen
+            if S_ISREG(mode):
+                hit = old_files.get(name)
+                if hit is not None and hit[:4] == key:
+                    digest = hit[4]
+                else:
+                    digest = _hash_file(path + b"/" + name)
+                    snap.hashed += 1
+                files[name] = (*key, digest)
+                size += length
+                entries.append((name, FILE, S_IMODE(mode) & MODE_MASK, mtime, length, digest, b""))
+            else:
+                hit = old_links.get(name)
+                if hit is not None and hit[:4] == key:
+                    target = hit[4]
+                else:
+                    try:
+                        target = os.readlink(path + b"/" + name)
+                    except OSError as e:
+                        raise StageError(f"cannot read symlink {os.fsdecode(path + b'/' + name)}: {e.strerror}") \
+                            from None
+                links[name] = (*key, target)
+                entries.append((name, SYMLINK, 0o777, mtime, len(target), b"", target))
+        digest, data = make_directory(entries)
+        return (signature if trusted else None, kids, digest, data, files, links, size)
 
     snap.root_digest = walk(root_b, b"", False)
     _check_symlinks(snap)

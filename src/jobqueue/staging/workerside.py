@@ -1,13 +1,17 @@
 """The worker's half of a staged job (a shell around the pure parts).
 
 Before the job starts (:meth:`WorkerStager.begin`): find what of the tree the
-cache lacks (:func:`.manifest.missing`), pin all of it, ask the client for the
-missing blobs (Need), store what streams in (Blob, acknowledged by offset),
-ask again as directories reveal more, then validate the whole tree and build
-the job's private directory (:func:`.materialise.materialise`).  After the job
-ended (:meth:`WorkerStager.collect`): compare its directory with the snapshot
-(:func:`.fetchplan.diff`), list the changes to the client (Results), stream the
-files it wants (ResultData, within the window), and say when all are acknowledged.
+cache lacks (:func:`.manifest.missing`; subtrees a job directory of the worker
+holds are not even looked into), pin it, ask the client for the missing blobs
+(Need), store what streams in (Blob, acknowledged by offset), ask again as
+directories reveal more.  Then take a parked job directory holding the tree
+or a similar one (:mod:`.parking`), or a fresh one, and turn it into the
+job's tree (:func:`.dirplan.transform`: only what differs).  After the job
+ended (:meth:`WorkerStager.collect`): list the directory and compare it with
+the tree (:func:`.dirplan.results`), list the changes to the client (Results),
+stream the files it wants (ResultData, within the window), and say when all
+are acknowledged.  Once the run is forgotten its directory is parked for the
+next job (brought back to its tree), or discarded.
 
 The worker's core learns only the outcomes, through the callbacks: staged (with
 the directory to run in), failed (with why), results delivered.
@@ -21,7 +25,6 @@ outcome comes back on the loop, where every callback and message is issued.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,9 +32,11 @@ from typing import Any
 
 from .. import protocol as p
 from .blobstore import BadBlob, BlobStore, BlobWriter
-from .fetchplan import Change, diff
-from .manifest import BadManifest, Entry, check_tree, missing
-from .materialise import final_tree, materialise, open_result
+from .dirplan import results
+from .fetchplan import Change
+from .manifest import BadManifest, missing
+from .materialise import open_result, scan
+from .parking import Background, Workdir, Workdirs
 from .paths import UnsafePath, split_path
 
 #: Digests per Need message, and result entries' bytes per Results message (far below MAX_MESSAGE_SIZE).
@@ -53,8 +58,12 @@ class _Run:
     requested: set[bytes] = field(default_factory=set)
     writer: BlobWriter | None = None
     received: int = 0
-    workdir: str = ""
-    snapshot: dict[bytes, Entry] = field(default_factory=dict)
+    workdir: str = ""  # once set, its directory is being made (blobs that come are ignored)
+    dir: Workdir | None = None  # its job directory (claimed, being made, or its own)
+    chosen: bool = False  # a parked directory was looked for (dir: the one taken, if any)
+    prepared: bool = False  # its directory holds its tree (and the job may change it)
+    fresh_only: bool = False  # a parked one failed to be turned into its tree: a fresh one now
+    complete: bool = True  # the scan after the job could read all of its directory
     # results
     changes: list[Change] = field(default_factory=list)
     queue: deque[int] = field(default_factory=deque)
@@ -65,23 +74,6 @@ class _Run:
     delivered: bool = False
     busy: bool = False  # its directory is being built or scanned off the loop
     epoch: int = 0  # restarts of the staging stream (see resume)
-
-
-class _StoreDirectories(dict[bytes, bytes]):
-    """Directory blobs read from the store's files on demand (a Mapping for
-    manifest.walk); safe off the loop: the blobs are pinned, nothing else is touched."""
-
-    def __init__(self, store: BlobStore) -> None:
-        super().__init__()
-        self.store = store
-
-    def __missing__(self, digest: bytes) -> bytes:
-        with open(self.store.path(digest), "rb") as f:
-            return f.read()
-
-
-#: Runs ``work`` (off the loop) and then ``done(result or exception)`` on the loop.
-Background = Callable[[Callable[[], Any], Callable[[Any], None]], None]
 
 
 def run_inline(work: Callable[[], Any], done: Callable[[Any], None]) -> None:
@@ -103,6 +95,8 @@ class WorkerStager:
         on_delivered: Callable[[str], None],
         keep_workdir: bool = False,
         background: Background = run_inline,
+        log: Callable[..., None] = lambda event, **fields: None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self.send = send
@@ -111,6 +105,8 @@ class WorkerStager:
         self.on_delivered = on_delivered  # (job_id): results all acknowledged
         self.keep_workdir = keep_workdir
         self.background = background
+        self.stopping = stopping  # the worker is stopping: directories are not parked
+        self.dirs = Workdirs(store, background, log, keep=keep_workdir)
         self.runs: dict[str, _Run] = {}
 
     # --- staging -----------------------------------------------------------------------
@@ -128,11 +124,44 @@ class WorkerStager:
             self._fail(run, e)
 
     def _ask(self, run: _Run) -> None:
-        need, seen = missing(run.root, self.store.has, self.store.read)
-        self.store.pin(run.owner, seen)
-        if not need:
-            self._materialise(run)
+        """Ask for what is missing, then take a directory and make it hold the tree.  First
+        without looking into subtrees any directory of ours holds (so that a parked one can
+        be chosen by comparing trees), then as the chosen one holds it (what it lacks is
+        this run's to pin)."""
+        store = self.store
+        if not run.chosen:
+            need, seen = missing(run.root, store.has, store.read, None if run.fresh_only else self.dirs.known)
+            store.pin(run.owner, seen)
+            if need:
+                self._need(run, need)
+                return
+            run.chosen = True
+            if not run.fresh_only:
+                run.dir = self.dirs.claim(run.root)
+        held = run.dir.state.digests.__contains__ if run.dir is not None else None
+        need, seen = missing(run.root, store.has, store.read, held)
+        store.pin(run.owner, seen)
+        if need:
+            self._need(run, need)
             return
+        if run.dir is not None and run.dir.status == "parking":  # being brought back: it will not be long
+            self.dirs.wait(run.dir, lambda workdir: self._parked(run, workdir))
+            return
+        self._prepare(run)
+
+    def _parked(self, run: _Run, workdir: Workdir | None) -> None:
+        """The directory ``run`` waited for is parked (None: it was discarded instead)."""
+        if self.runs.get(run.job_id) is not run:
+            if workdir is not None:
+                self.dirs.release(workdir, True)
+            return
+        run.dir = workdir
+        try:
+            self._ask(run)
+        except (StageFailed, BadManifest, UnsafePath, BadBlob, OSError) as e:
+            self._fail(run, e)
+
+    def _need(self, run: _Run, need: list[bytes]) -> None:
         run.requested.update(need)
         for i in range(0, len(need), NEED_BATCH):
             self.send(p.Need(run.job_id, run.attempt, need[i:i + NEED_BATCH], run.epoch))
@@ -161,34 +190,35 @@ class WorkerStager:
         except (StageFailed, BadManifest, UnsafePath, BadBlob, OSError) as e:
             self._fail(run, e)
 
-    def _materialise(self, run: _Run) -> None:
-        store, root, rel = self.store, run.root, run.cwd
-        workdir = tempfile.mkdtemp(prefix=f"job-{run.job_id}-", dir=store.jobs)
-        run.workdir = workdir  # from now on, blobs that come are ignored and forget() removes it
+    def _prepare(self, run: _Run) -> None:
+        run.workdir = "-"  # from now on, blobs that come are ignored; forget() leaves the directory to done()
+        reused = run.dir is not None
 
-        def work() -> tuple[dict[bytes, Entry], bytes]:
-            snapshot = check_tree(root, _StoreDirectories(store))
-            materialise(store, root, workdir)
-            cwd = os.fsencode(workdir)
-            if rel:  # jq's directory inside DIR: made if git or --exclude left it out
-                cwd = os.path.join(cwd, rel)
-                if rel not in snapshot:
-                    os.makedirs(cwd, exist_ok=True)
-            return snapshot, cwd
-
-        def done(result: Any) -> None:
+        def done(workdir: Workdir, result: bytes | Exception) -> None:
             run.busy = False
-            if self.runs.get(run.job_id) is not run:
-                self._remove(run)  # forgotten meanwhile: its directory goes now
-                return
+            run.dir = workdir
             if isinstance(result, Exception):
+                self.dirs.discard(workdir, f"could not be made: {result}")
+                run.dir = None
+                if self.runs.get(run.job_id) is not run:
+                    return
+                if reused and not isinstance(result, BadManifest):  # a parked one let us down: a fresh one
+                    run.workdir, run.chosen, run.fresh_only = "", False, True
+                    try:
+                        self._ask(run)
+                    except (StageFailed, BadManifest, UnsafePath, BadBlob, OSError) as e:
+                        self._fail(run, e)
+                    return
                 self._fail(run, result)
                 return
-            run.snapshot, cwd = result
-            self.on_staged(run.job_id, cwd)
+            run.workdir, run.prepared = workdir.path, True
+            if self.runs.get(run.job_id) is not run:
+                self._release(run)  # forgotten meanwhile
+                return
+            self.on_staged(run.job_id, result)
 
         run.busy = True
-        self.background(work, done)
+        self.dirs.prepare(run.dir, run.root, run.job_id, run.cwd, done)
 
     def _fail(self, run: _Run, error: Exception) -> None:
         why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
@@ -224,20 +254,25 @@ class WorkerStager:
     def collect(self, job_id: str) -> None:
         """The job ended: list its results to the client (the scan runs off the loop)."""
         run = self.runs[job_id]
-        workdir, snapshot = run.workdir, run.snapshot
+        assert run.dir is not None
+        workdir, state = run.workdir, run.dir.state
+
+        def work() -> tuple[list[Change], bool]:
+            listing, complete = scan(workdir)
+            return results(state, listing), complete
 
         def done(result: Any) -> None:
             run.busy = False
             if self.runs.get(job_id) is not run:
-                self._remove(run)
+                self._release(run)
                 return
-            if isinstance(result, Exception):  # e.g. the job left a directory unreadable: nothing comes back
-                result = []
-            run.changes = result
+            if isinstance(result, Exception):  # e.g. the job removed its directory: nothing comes back
+                result = [], False
+            run.changes, run.complete = result
             self._send_results(run)
 
         run.busy = True
-        self.background(lambda: diff(snapshot, final_tree(workdir)), done)
+        self.background(work, done)
 
     def _send_results(self, run: _Run) -> None:
         job_id = run.job_id
@@ -298,7 +333,7 @@ class WorkerStager:
 
     def forget(self, job_id: str) -> None:
         """The run is over (released, killed, or the worker stops): unpin its
-        blobs and remove its directory (unless --keep-workdir)."""
+        blobs and park its directory for the next job (or discard it)."""
         run = self.runs.pop(job_id, None)
         if run is None:
             return
@@ -308,10 +343,14 @@ class WorkerStager:
             os.close(run.sending[1])
         self.store.unpin(run.owner)
         if not run.busy:  # else once the work off the loop is done with it
-            self._remove(run)
+            self._release(run)
 
-    def _remove(self, run: _Run) -> None:
-        """Remove its directory, off the loop (a big tree takes a while)."""
-        if run.workdir and not self.keep_workdir:
-            workdir, store = run.workdir, self.store
-            self.background(lambda: store.remove_workdir(workdir), lambda _: None)
+    def _release(self, run: _Run) -> None:
+        workdir, run.dir = run.dir, None
+        if workdir is None:
+            return
+        if self.stopping():
+            self.dirs.discard(workdir, "the worker is stopping")
+        else:
+            self.dirs.release(workdir, run.prepared and run.complete,
+                              "a part of it could not be read" if not run.complete else "")

@@ -54,6 +54,7 @@ class WorkerOptions:
     cache_dir: str | None = None  # default: $TMPDIR/jobqueue-UID/cache
     cache_size: int = 10 << 30
     keep_workdir: bool = False
+    parked_dirs: int | None = None  # job directories kept for the next job of their tree (None: max(2, slots))
 
 
 class Worker:
@@ -213,15 +214,17 @@ class Worker:
         from ..staging.blobstore import BlobStore, CacheBusy
         from ..staging.workerside import WorkerStager
 
-        directory = self.options.cache_dir
+        directory, size = self.options.cache_dir, self.options.cache_size
+        parked = self.options.parked_dirs
+        parked = max(2, self.options.slots) if parked is None else parked
         if directory is None:
             base = os.path.join(tempfile.gettempdir(), f"jobqueue-{os.getuid()}")
             try:
-                store = BlobStore(os.path.join(base, "cache"), self.options.cache_size)
+                store = BlobStore(os.path.join(base, "cache"), size, parked)
             except CacheBusy:  # another worker of this user has the shared one: a private one then
-                store = BlobStore(os.path.join(base, f"cache-{os.getpid()}"), self.options.cache_size)
+                store = BlobStore(os.path.join(base, f"cache-{os.getpid()}"), size, parked)
         else:
-            store = BlobStore(directory, self.options.cache_size)
+            store = BlobStore(directory, size, parked)
         self.log.event("cache", directory=store.directory, size=self.options.cache_size, blobs=len(store.policy))
 
         def staged(job_id: str, cwd: bytes) -> None:
@@ -236,7 +239,8 @@ class Worker:
             self._do(self.core.on_results_delivered(job_id, time.monotonic()))
 
         return WorkerStager(store, lambda message: self._send(message), staged, failed, delivered,
-                            keep_workdir=self.options.keep_workdir, background=self._background)
+                            keep_workdir=self.options.keep_workdir, background=self._background,
+                            log=self.log.event, stopping=lambda: self.core.stopping)
 
     def _background(self, work: Any, done: Any) -> None:
         """Run ``work`` in a thread; ``done`` gets its outcome on the loop (the waker wakes it)."""

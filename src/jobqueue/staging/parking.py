@@ -1,0 +1,258 @@
+"""The worker's job directories, kept from one staged job to the next (a shell around :mod:`.dirplan`).
+
+A job's directory is a :class:`Workdir`: the directory on disk and its
+:class:`.dirplan.TreeState`.  Its life:
+
+- *building*/*active*: a job holds it; before the job starts it is turned into
+  the job's tree (:meth:`Workdirs.prepare`: a fresh directory, or a parked one
+  renamed to the job's name and changed by a Merkle diff);
+- *parking*: the job is over and its results are with the client: it is
+  renamed under ``parked/`` (no path the job knew leads to it any more), left
+  alone if any process still holds it (:mod:`.holders`), else listed afresh and
+  brought back to its tree (:func:`.dirplan.restore`), off the worker's loop;
+- *parked*: ready for the next job of its tree (or of a similar one,
+  :func:`.dirplan.choose`), an item of the cache's LRU order
+  (:mod:`.cachepolicy`) that keeps its blobs pinned;
+- discarded (removed) when it cannot be trusted: an error on the way, a
+  process still in it, a part it cannot read, ``--keep-workdir`` (kept, not
+  parked), the worker stopping; evicted like a blob.  A worker that starts
+  removes what an earlier run left parked: nothing remembers its state.
+
+Everything here runs on the worker's loop except the work handed to
+``background``, which touches only the directory it was given.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .blobstore import BlobStore
+from .dirplan import Plan, Seen, TreeState, choose, restore, transform
+from .holders import holders
+from .manifest import SYMLINK, BadManifest
+from .materialise import StoreDirectories, apply, scan
+from .paths import UnsafePath, check_symlink_target
+
+#: Runs ``work`` (off the loop) and then ``done(result or exception)`` on the loop.
+Background = Callable[[Callable[[], Any], Callable[[Any], None]], None]
+#: (event, fields) for the worker's log.
+Log = Callable[..., None]
+
+
+class Unusable(Exception):
+    """A parked directory that cannot be trusted: it is discarded."""
+
+
+class Workdir:
+    """One job directory on disk and what the worker knows of it."""
+
+    def __init__(self, name: str, path: str) -> None:
+        self.name = name  # its owner name: its pins and its place in the cache's LRU order
+        self.path = path  # where it is now
+        self.state = TreeState()
+        #: building (being made or changed for a job), active (a job's), parking, parked,
+        #: claimed (a job took it, not yet changed), discarded
+        self.status = "building"
+        self.waiter: Callable[[Workdir | None], None] | None = None  # the job waiting for it to be parked
+        self.evicted = False  # the cache let it go while it was being parked
+
+
+class Workdirs:
+    def __init__(self, store: BlobStore, background: Background, log: Log, keep: bool = False) -> None:
+        self.store = store
+        self.background = background
+        self.log = log
+        self.keep = keep  # --keep-workdir: nothing is parked, every job's directory stays
+        self.parked_dir = os.path.join(store.directory, "parked")
+        self.all: dict[str, Workdir] = {}
+        store.on_evict = self._evicted
+        self._clear_leftovers()
+
+    # --- which directory ---------------------------------------------------------------------------------
+
+    def known(self, digest: bytes) -> bool:
+        """Whether a directory of ours holds the subtree ``digest`` (its blobs pinned)."""
+        return any(digest in workdir.state.digests for workdir in self.all.values())
+
+    def claim(self, root: bytes) -> Workdir | None:
+        """A parked (or parking) directory to turn into the tree ``root``, now the caller's
+        (status claimed, or parking: :meth:`wait` for it); None: build a fresh one."""
+        ready = [(w, w.state) for w in self.all.values() if w.status == "parked"]
+        coming = [(w, w.state) for w in self.all.values() if w.status == "parking" and not w.evicted
+                  and w.waiter is None]
+        chosen = choose(root, ready + coming, StoreDirectories(self.store).get)
+        if chosen is not None:
+            self.store.unpark(chosen.name)
+            if chosen.status == "parked":
+                chosen.status = "claimed"
+        return chosen
+
+    def wait(self, workdir: Workdir, then: Callable[[Workdir | None], None]) -> None:
+        """``then(workdir)`` once it is parked (and claimed), or ``then(None)`` if it was discarded."""
+        assert workdir.status == "parking"
+        workdir.waiter = then
+
+    # --- before the job ---------------------------------------------------------------------------------------
+
+    def prepare(self, workdir: Workdir | None, root: bytes, job_id: str, rel: bytes,
+                done: Callable[[Workdir, bytes | Exception], None]) -> Workdir:
+        """Turn ``workdir`` (claimed; None: a fresh one) into a directory holding ``root``
+        under the jobs' directory; ``done(workdir, the directory to run in, or an
+        exception: the directory is then in no known state)``."""
+        store = self.store
+        if workdir is None:
+            path = tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=store.jobs)
+            workdir = Workdir("dir:" + os.path.basename(path), path)
+            self.all[workdir.name] = workdir
+        workdir.status = "building"
+        load = StoreDirectories(store)
+        target = os.path.join(store.jobs, f"job-{job_id}-{os.urandom(4).hex()}")
+        parked_dir, state = self.parked_dir, workdir.state
+
+        def work() -> tuple[list[bytes], list[bytes], bytes]:
+            if os.path.dirname(workdir.path) == parked_dir:
+                os.rename(workdir.path, target)  # the job's own name: no other job's path leads here
+                workdir.path = target
+            plan = transform(state, root, load)
+            if plan.links_changed:
+                check_links(state.links, plan)
+            stats = apply(store, workdir.path, plan)
+            gained, lost = state.apply(plan, stats, time.time_ns())
+            cwd = os.fsencode(workdir.path)
+            if rel:  # jq's directory inside DIR: made if git or --exclude left it out
+                cwd = os.path.join(cwd, rel)
+                if rel not in state.entries:
+                    os.makedirs(cwd, exist_ok=True)
+            return gained, lost, cwd
+
+        def finished(result: Any) -> None:
+            if isinstance(result, Exception):
+                done(workdir, result)
+                return
+            gained, lost, cwd = result
+            store.pin(workdir.name, gained)
+            store.release(workdir.name, lost)
+            workdir.status = "active"
+            done(workdir, cwd)
+
+        self.background(work, finished)
+        return workdir
+
+    # --- after the job ------------------------------------------------------------------------------------------
+
+    def release(self, workdir: Workdir, reusable: bool, why: str = "") -> None:
+        """The job is over (its results are with the client): park its directory, or (not
+        ``reusable``) discard it; ``--keep-workdir`` leaves it where it is.  A directory the
+        job claimed but never changed goes back as it was."""
+        if workdir.status in ("claimed", "parking"):
+            workdir.waiter = None
+            if workdir.status == "claimed":
+                workdir.status = "parked"
+            self.store.park(workdir.name, workdir.state.size)
+            return
+        if self.keep:
+            self.log("workdir-kept", dir=workdir.path)
+            self.all.pop(workdir.name, None)
+            self.store.unpin(workdir.name)
+            return
+        if not reusable:
+            self.discard(workdir, why or "not reusable")
+            return
+        workdir.status = "parking"
+        self.store.park(workdir.name, workdir.state.size)  # may evict it at once
+        if workdir.evicted:
+            self.discard(workdir, "evicted")
+            return
+        store, state = self.store, workdir.state
+        target = os.path.join(self.parked_dir, workdir.name.removeprefix("dir:"))
+
+        def work() -> tuple[Plan, dict[bytes, Seen]]:
+            os.rename(workdir.path, target)  # from now on no path the job knew leads here
+            workdir.path = target
+            held = holders(target)
+            if held:
+                raise Unusable(f"process {held[0]} still uses it")
+            os.chmod(target, 0o700)
+            listing, complete = scan(target)
+            if not complete:
+                raise Unusable("a part of it cannot be read")
+            plan = restore(state, listing)
+            return plan, apply(store, target, plan)
+
+        def finished(result: Any) -> None:
+            waiter, workdir.waiter = workdir.waiter, None
+            if isinstance(result, Exception):
+                why = result.strerror if isinstance(result, OSError) and result.strerror else str(result)
+                self.discard(workdir, why)
+            elif workdir.evicted:
+                self.discard(workdir, "evicted")
+            else:
+                plan, stats = result
+                state.apply(plan, stats)
+                if plan.ops:
+                    self.log("workdir-restored", dir=workdir.name, operations=len(plan.ops))
+                workdir.status = "claimed" if waiter is not None else "parked"
+            if waiter is not None:
+                waiter(workdir if workdir.status == "claimed" else None)
+
+        self.background(work, finished)
+
+    def discard(self, workdir: Workdir, why: str) -> None:
+        """Forget the directory and remove it (off the loop)."""
+        self.all.pop(workdir.name, None)
+        self.store.unpark(workdir.name)
+        self.store.unpin(workdir.name)
+        waiter, workdir.waiter = workdir.waiter, None
+        workdir.status = "discarded"
+        self.log("workdir-discarded", dir=workdir.name, why=why)
+        path, store = workdir.path, self.store
+        self.background(lambda: store.remove_workdir(path), lambda _: None)
+        if waiter is not None:
+            waiter(None)
+
+    def _evicted(self, name: str) -> None:
+        """The cache let a parked directory go (its pins are released already)."""
+        workdir = self.all.get(name)
+        if workdir is None:
+            return
+        if workdir.status == "parked":
+            self.discard(workdir, "evicted")
+        else:
+            workdir.evicted = True  # being parked: discarded once that is done
+
+    def _clear_leftovers(self) -> None:
+        """What an earlier run left parked: its state is gone with it."""
+        os.makedirs(self.parked_dir, mode=0o700, exist_ok=True)
+        names = os.listdir(self.parked_dir)
+        if names:
+            store, parked = self.store, self.parked_dir
+
+            def remove() -> None:
+                for name in names:
+                    store.remove_workdir(os.path.join(parked, name))
+
+            self.background(remove, lambda _: None)
+
+
+def check_links(links: dict[bytes, bytes], plan: Plan) -> None:
+    """:class:`BadManifest` if, once ``plan`` is applied, a symlink of the tree leads out of it."""
+    after = dict(links)
+    for path in plan.removed:
+        after.pop(path, None)
+    for path, entry in plan.added.items():
+        if entry.kind == SYMLINK:
+            after[path] = entry.target
+        else:
+            after.pop(path, None)
+    for path, target in after.items():
+        try:
+            check_symlink_target(path, target, after)
+        except UnsafePath as e:
+            raise BadManifest(str(e)) from None
+
+
+__all__ = ["Unusable", "Workdir", "Workdirs", "check_links"]
