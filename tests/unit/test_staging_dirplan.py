@@ -227,6 +227,8 @@ def test_a_transform_turns_any_tree_into_any_other(sequence: list[dict[bytes, An
         assert set(state.digests) == expected_digests(store, root)
         assert state.size == sum(e.size for e in flat.values() if e.kind == FILE)
         assert state.links == {p: e.target for p, e in flat.items() if e.kind == SYMLINK}
+        below = {d: sum(p.startswith(d + b"/") if d else True for p in flat) for d in [b""] + list(flat)}
+        assert state.below == {d: n for d, n in below.items() if n}
         # what the shell recorded describes the directory: nothing looks touched
         assert {p: s for p, s in fs.listing().items() if p in state.stats} == state.stats
         assert set(state.stats) == {p for p, e in flat.items() if e.kind != DIRECTORY}
@@ -278,6 +280,7 @@ class Job:
 
     def __init__(self, fs: FS, draw: st.DrawFn) -> None:
         self.fs, self.draw = fs, draw
+        self.unseen: set[bytes] = set()  # written without a change of stat (inotify sees them)
 
     def pick(self, kinds: tuple[int, ...]) -> bytes | None:
         paths = sorted(p for p, n in self.fs.nodes.items() if p and n.kind in kinds)
@@ -304,6 +307,7 @@ class Job:
             elif what == "write-racy":  # within the tick of the last write: the ctime does not move
                 if node.ctime >= fs.clock - dp.RACY_NS:
                     node.data = b"racy"
+                    self.unseen.update(p for p, n in fs.nodes.items() if n is node)
             elif what == "touch":
                 node.mtime, node.ctime = node.mtime + 1, fs.tick()
             elif what == "chmod":
@@ -350,7 +354,45 @@ def job_runs(draw: st.DrawFn) -> tuple[Store, FS, dp.TreeState, dict[bytes, dp.S
     job = Job(fs, draw)
     for _ in range(draw(st.integers(0, 8))):
         job.step()
+    fs.unseen = job.unseen  # type: ignore[attr-defined]
     return store, fs, state, recorded, before
+
+
+def watched(store: Store, fs: FS, state: dp.TreeState, before: dict[bytes, dp.Seen],
+            extra: set[bytes]) -> tuple[dict[bytes, dp.Seen], set[bytes]]:
+    """What the worker learns with inotify: the paths touched, the directories that went
+    (their part of the tree is then in scope) and those that came (walked whole), as a
+    listing of the scope.  ``extra``: paths the watches also reported (a superset is fine)."""
+    after = fs.listing()
+    touched = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)} | fs.unseen | extra
+    is_dir = {p for p, s in after.items() if dp.kind_of(s[0]) == DIRECTORY}
+    gone = {p for p, s in before.items() if dp.kind_of(s[0]) == DIRECTORY and
+            (after.get(p) is None or after[p][:2] != s[:2])}
+    came = {p for p in is_dir if before.get(p) is None or before[p][:2] != after[p][:2]}
+    touched |= {p for p in after for d in came if p.startswith(d + b"/")}
+    scope = dp.scope_of(state, touched, gone, store.load)
+    return {p: after[p] for p in scope if p in after}, scope
+
+
+@given(job_runs(), st.data())
+@settings(max_examples=400, deadline=None)
+def test_looking_only_at_what_the_watches_saw_gives_the_same_results_and_restores_the_tree(
+        run: Any, data: st.DataObject) -> None:
+    store, fs, state, recorded, before = run
+    full = fs.listing()
+    extra = set(data.draw(st.lists(st.sampled_from(sorted(full) or [b"a"]), max_size=3)))
+    listing, scope = watched(store, fs, state, before, extra)
+    assert dp.results(state, listing, scope) == dp.results(state, full)
+    plan = dp.restore(state, listing, scope)
+    rewritten = {op.path for op in plan.ops if isinstance(op, dp.WriteFile)}
+    for path in fs.unseen:  # written in place within a tick: its stat says nothing, the watches do
+        entry, now = state.entries.get(path), full.get(path)
+        if entry is not None and now is not None and dp.kind_of(now[0]) == entry.kind != DIRECTORY:
+            assert path in rewritten
+    assert all(op.path in scope or not op.path for op in plan.ops if not isinstance(op, (dp.Unlock, dp.SetMode)))
+    stats = fs.run(plan)
+    state.apply(plan, stats)
+    assert fs.tree() == manifest_view(state.entries)
 
 
 @given(job_runs())
@@ -427,6 +469,12 @@ def test_choose_prefers_the_same_tree_then_the_nearest_else_none() -> None:
     assert dp.choose(root, [("other", other)], store.dirs.get) is None
     assert dp.choose(root, [], store.dirs.get) is None
     assert dp.choose(store.build({}), [("near", near)], store.dirs.get) is None  # nothing shared: a fresh one
+    # one directory of many files all changed, nine of many files alike: the parked one is the nearer
+    many = {f"d{i}".encode(): (DIRECTORY, 0o755, {f"f{j}".encode(): (FILE, 0o644, 0, j) for j in range(30)}, 0)
+            for i in range(10)}
+    parked = _state(store, many)
+    many[b"d0"] = (DIRECTORY, 0o755, {f"f{j}".encode(): (FILE, 0o644, 1, j) for j in range(30)}, 0)
+    assert dp.choose(store.build(many), [("parked", parked)], store.dirs.get) == "parked"
 
 
 @pytest.mark.parametrize("target", [b"../../x", b"/etc", b"a/../../../x"])

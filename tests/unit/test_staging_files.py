@@ -158,7 +158,8 @@ def test_an_unreadable_file_is_an_error_naming_it(tmp_path) -> None:
         os.chmod(os.path.join(root, "locked"), 0)
         # root reads everything: the scan runs as nobody then (after its imports)
         drop = "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n" if os.geteuid() == 0 else ""
-        code = ("import os, sys\nfrom jobqueue.staging.scan import scan, StageError\n" + drop +
+        code = ("import os, sys\nfrom jobqueue.staging.scan import scan, StageError\n"
+                "from jobqueue.staging.entry import sha256\nsha256()\n" + drop +  # (loaded on first use)
                 "try: scan(sys.argv[1], use_cache=False)\nexcept StageError as e: print(e); sys.exit(3)\n")
         run = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, timeout=30)
         assert run.returncode == 3, run.stderr

@@ -138,7 +138,7 @@ class ClientStager:
             self._reset_upload()
             self._epoch = msg.epoch
         for digest in msg.digests:
-            if digest not in self.snap.directories and digest not in self.snap.blobs:
+            if self.snap.directory(digest) is None and self.snap.blob(digest) is None:
                 raise StageError(f"the worker asked for a blob that is not in the snapshot ({digest.hex()[:12]})")
             self._queue.append(digest)
         self._pump()
@@ -181,9 +181,9 @@ class ClientStager:
             st = lstat_at(root, rel)
             return None if st is None else stat_key(st)
 
-        before = {**self.snap.local, **self._ours} if self._ours else self.snap.local
-        selection = select(self._changes, self.rules, self._matches, before, now, self.snap.taken_ns)
-        self._apply_local(selection)
+        if self._changes:  # (the snapshot's stat of every path is made only when something came back)
+            before = {**self.snap.local, **self._ours} if self._ours else self.snap.local
+            self._apply_local(select(self._changes, self.rules, self._matches, before, now, self.snap.taken_ns))
         for index, change in enumerate(self._changes):
             if change.kind == FILE and not change.deleted and change in self._fetch_set:
                 self._wanted[index] = change
@@ -338,12 +338,14 @@ class _Source:
         self.digest = digest
         self.done = False
         self._fd = -1
-        self._data: bytes | None = snap.directories.get(digest)
+        self._data: bytes | None = snap.directory(digest)
         self._offset = 0
         if self._data is not None:
             self.size = len(self._data)
             return
-        rel, self.size = snap.blobs[digest]
+        blob = snap.blob(digest)
+        assert blob is not None  # (asked for only when the snapshot has it)
+        rel, self.size = blob
         self.path = os.path.join(snap.root, rel)
         try:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import stat
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from .fetchplan import Change, _same
@@ -193,6 +193,7 @@ class TreeState:
         self.stats: dict[bytes, Seen] = {}  # files and symlinks: their stat identity as written
         self.digests: Counter[bytes] = Counter()  # root, directories and file contents held (pinned)
         self.links: dict[bytes, bytes] = {}  # symlinks: path -> target
+        self.below: Counter[bytes] = Counter()  # directory (b"": the root) -> entries below it, at any depth
         self.size = 0  # bytes of its files
         self.racy_ns = 0  # a stat identity whose ctime is at or after this may hide a change
 
@@ -210,6 +211,8 @@ class TreeState:
             old = self.entries.get(path)
             if old is not None:
                 self._forget(path, old, lost)
+            else:
+                self._count_below(path, 1)
             self.entries[path] = entry
             if entry.kind == SYMLINK:
                 self.links[path] = entry.target
@@ -222,6 +225,7 @@ class TreeState:
                 old = self.entries.pop(path, None)
                 if old is not None:
                     self._forget(path, old, lost)
+                    self._count_below(path, -1)
         if plan.root != self.root:
             self._count(self.root, -1, lost)
             self.root = plan.root
@@ -240,6 +244,14 @@ class TreeState:
         self.digests[digest] = before + n
         if (before == 0) != (before + n == 0):
             changed.append(digest)
+
+    def _count_below(self, path: bytes, n: int) -> None:
+        below = self.below
+        while path:
+            path = path.rpartition(b"/")[0]
+            below[path] += n
+            if not below[path]:
+                del below[path]
 
     def _forget(self, path: bytes, old: Entry, lost: list[bytes]) -> None:
         self.stats.pop(path, None)
@@ -358,35 +370,48 @@ def _changed(state: TreeState, path: bytes, seen: Seen, entry: Entry | None) -> 
     return change
 
 
-def results(state: TreeState, listing: Mapping[bytes, Seen]) -> list[Change]:
+def results(state: TreeState, listing: Mapping[bytes, Seen], scope: Collection[bytes] | None = None) -> list[Change]:
     """What the job created or changed (parents first), then what it deleted
     (children first): as :func:`.fetchplan.diff` of the tree and the listing, but a
-    path whose stat identity is the one written is not looked at."""
+    path whose stat identity is the one written is not looked at.  With ``scope``
+    (the paths the job may have touched, :func:`scope_of`), ``listing`` holds only
+    those of them that exist, and every other path is as written."""
     entries, stats = state.entries, state.stats
     changes: list[Change] = []
+    gone: list[bytes] = []
     present = 0
-    for path, seen in listing.items():
+    for path in listing if scope is None else scope:
+        seen = listing.get(path)
         entry = entries.get(path)
+        if seen is None:  # (scope only)
+            if entry is not None:
+                gone.append(path)
+            continue
         if entry is not None:
             if stats.get(path) == seen:
                 present += 1
                 continue
             if kind_of(seen[0]) != OTHER:
                 present += 1
+            elif scope is not None:
+                gone.append(path)
         change = _changed(state, path, seen, entry)
         if change is not None:
             changes.append(change)
     changes.sort(key=lambda c: c.path)
-    if present < len(entries):
+    if scope is None and present < len(entries):
         gone = [path for path in entries
                 if (now := listing.get(path)) is None or kind_of(now[0]) == OTHER]
-        gone.sort(reverse=True)
-        changes += [Change(path, entries[path].kind, deleted=True) for path in gone]
+    gone.sort(reverse=True)
+    changes += [Change(path, entries[path].kind, deleted=True) for path in gone]
     return changes
 
 
-def restore(state: TreeState, listing: Mapping[bytes, Seen]) -> Plan:
-    """The plan that brings the directory, as ``listing`` shows it, back to ``state``'s tree."""
+def restore(state: TreeState, listing: Mapping[bytes, Seen], scope: Collection[bytes] | None = None) -> Plan:
+    """The plan that brings the directory, as ``listing`` shows it, back to ``state``'s
+    tree.  With ``scope`` (see :func:`results`), every file and symlink in it is
+    written anew (the job touched it, whatever its stat says), and nothing else is
+    looked at."""
     plan = Plan(state.root)
     entries, stats = state.entries, state.stats
     modes: dict[bytes, int] = {}  # directories' modes to set at the end (deepest first)
@@ -395,19 +420,31 @@ def restore(state: TreeState, listing: Mapping[bytes, Seen]) -> Plan:
     removals: list[bytes] = []
     writes: list[Op] = []
 
+    def now(path: bytes) -> int | None:
+        """The st_mode of ``path`` as it is (None: absent)."""
+        seen = listing.get(path)
+        if seen is not None:
+            return seen[0]
+        if scope is None or path in scope or (entry := entries.get(path)) is None:
+            return None
+        return _IFMT[entry.kind] | entry.mode  # untouched: as written
+
     def need(directory: bytes, bits: int) -> None:
         """Something changes inside ``directory`` (bits 0o300) or below it (0o100): it and
         the directories above it must allow that, else they are unlocked first."""
         while directory and usable.get(directory, 0) & bits != bits:
             usable[directory] = usable.get(directory, 0) | bits
-            seen, entry = listing.get(directory), entries.get(directory)
-            if seen is not None and entry is not None and kind_of(seen[0]) == entry.kind == DIRECTORY and \
-                    stat.S_IMODE(seen[0]) & bits != bits:  # a directory that stays, as it is now
+            mode, entry = now(directory), entries.get(directory)
+            if mode is not None and entry is not None and kind_of(mode) == entry.kind == DIRECTORY and \
+                    stat.S_IMODE(mode) & bits != bits:  # a directory that stays, as it is now
                 unlock.add(directory)
                 modes[directory] = entry.mode
             directory, bits = parent_of(directory), 0o100
 
-    for path, seen in listing.items():
+    for path in listing if scope is None else scope:
+        seen = listing.get(path)
+        if seen is None:
+            continue
         kind = kind_of(seen[0])
         entry = entries.get(path)
         if entry is not None and entry.kind == kind:
@@ -415,7 +452,7 @@ def restore(state: TreeState, listing: Mapping[bytes, Seen]) -> Plan:
                 if stat.S_IMODE(seen[0]) != entry.mode:
                     modes[path] = entry.mode
                     need(parent_of(path), 0o100)
-            elif stats.get(path) != seen or state.racy(seen):
+            elif scope is not None or stats.get(path) != seen or state.racy(seen):
                 need(parent_of(path), 0o300)
                 writes.append((MakeLink if kind == SYMLINK else WriteFile)(path, entry, True))
             continue
@@ -424,9 +461,10 @@ def restore(state: TreeState, listing: Mapping[bytes, Seen]) -> Plan:
             continue  # inside something that goes as a whole
         need(parent, 0o300)
         removals.append(path)
-    for path, entry in entries.items():
-        now = listing.get(path)
-        if now is not None and kind_of(now[0]) == entry.kind:
+    for path in entries if scope is None else [p for p in scope if p in entries]:
+        entry = entries[path]
+        mode = now(path)
+        if mode is not None and kind_of(mode) == entry.kind:
             continue
         need(parent_of(path), 0o300)
         if entry.kind == DIRECTORY:
@@ -440,6 +478,25 @@ def restore(state: TreeState, listing: Mapping[bytes, Seen]) -> Plan:
     plan.ops += writes
     plan.ops += [SetMode(path, mode) for path, mode in sorted(modes.items(), reverse=True)]
     return plan
+
+
+_IFMT = {FILE: stat.S_IFREG, DIRECTORY: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
+
+
+def scope_of(state: TreeState, touched: Iterable[bytes], gone: Iterable[bytes], load: Callable[[bytes], Directory],
+             ) -> set[bytes]:
+    """The paths a job may have changed, from what the watches saw: the paths
+    ``touched``, and every path of the tree under a directory that went (``gone``:
+    deleted, moved away or replaced).  (Directories that came are the shell's to
+    walk: everything in them is new.)"""
+    scope = set(touched)
+    for path in gone:
+        scope.add(path)
+        entry = state.entries.get(path)
+        if entry is not None and entry.kind == DIRECTORY:
+            for child in flat(entry.digest, load):
+                scope.add(path + b"/" + child)
+    return scope
 
 
 # --- which parked directory -------------------------------------------------------------------------------------
@@ -465,7 +522,7 @@ def choose(root: bytes, candidates: Sequence[tuple[K, TreeState]], load: Callabl
 
 def _similarity(state: TreeState, root: bytes, load: Callable[[bytes], Directory | None], budget: int) -> tuple[
         int, int]:
-    """(entries shared, entries that differ), an identical subtree counting as one."""
+    """(entries shared, entries that differ), an identical subtree counting with everything in it."""
     shared = differ = 0
     stack = [(b"", root)]
     while stack and budget > 0:
@@ -481,7 +538,7 @@ def _similarity(state: TreeState, root: bytes, load: Callable[[bytes], Directory
             if held is None or held.kind != entry.kind:
                 differ += 1
             elif held.digest == entry.digest and held.target == entry.target:
-                shared += 1
+                shared += 1 + state.below.get(child, 0)
             elif entry.kind == DIRECTORY:
                 stack.append((child, entry.digest))
             else:

@@ -6,10 +6,20 @@ encoding: ``tests/unit/test_staging_manifest.py`` checks it) and SHA-256.
 
 from __future__ import annotations
 
-try:  # OpenSSL's SHA-256 (SHA-NI where the CPU has it) without hashlib's import cost
-    from _hashlib import openssl_sha256 as sha256
-except ImportError:  # pragma: no cover - a Python without OpenSSL
-    from hashlib import sha256
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def sha256(data: bytes = b"") -> Any:  # noqa: F811 (replaced by the real one on first use)
+    """A SHA-256 hasher: OpenSSL's (SHA-NI where the CPU has it), without hashlib's
+    import cost, and loaded only when something is hashed (a warm stage hashes nothing)."""
+    global sha256
+    try:
+        from _hashlib import openssl_sha256 as sha256
+    except ImportError:  # pragma: no cover - a Python without OpenSSL
+        from hashlib import sha256
+    return sha256(data)
 
 FILE = 0
 SYMLINK = 1

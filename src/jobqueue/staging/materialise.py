@@ -17,7 +17,7 @@ import fcntl
 import os
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from .blobstore import BlobStore
 from .dirplan import (
@@ -281,9 +281,15 @@ def scan(workdir: str) -> tuple[dict[bytes, Seen], bool]:
     be read (a directory the job left unreadable is left out, and says False).
     Never follows a symlink."""
     listing: dict[bytes, Seen] = {}
-    complete = True
     root_fd = os.open(workdir, _DIR_FLAGS)
-    stack: list[tuple[int, bytes]] = [(root_fd, b"")]
+    return listing, _walk(root_fd, b"", listing)
+
+
+def _walk(fd: int, rel: bytes, listing: dict[bytes, Seen]) -> bool:
+    """Add everything below the open directory ``fd`` (at ``rel``) to ``listing``;
+    closes ``fd``; False if a part could not be read."""
+    complete = True
+    stack: list[tuple[int, bytes]] = [(fd, rel)]
     try:
         while stack:
             fd, rel = stack.pop()
@@ -313,7 +319,53 @@ def scan(workdir: str) -> tuple[dict[bytes, Seen], bool]:
     finally:
         for fd, _rel in stack:
             os.close(fd)
-    return listing, complete
+    return complete
+
+
+def look(workdir: str, paths: Iterable[bytes], came: Iterable[bytes]) -> tuple[dict[bytes, Seen], set[bytes], bool]:
+    """Only some paths of the job's directory, as :func:`scan` would see them: those of
+    ``paths`` that exist, and everything in the directories that ``came`` (new: all of
+    their contents is).  Returns (listing, every path looked at, whether all could be read)."""
+    listing: dict[bytes, Seen] = {}
+    scope = set(paths)
+    complete = True
+    root_fd = os.open(workdir, _DIR_FLAGS)
+    dirs = _Dirs(root_fd)
+    try:
+        for path in sorted(came):
+            if path in listing or not path:
+                continue
+            parent, _, name = path.rpartition(b"/")
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=dirs.fd(parent))
+            except OSError:
+                continue  # gone again, or not a directory now: looked at as a path below
+            found: dict[bytes, Seen] = {}
+            complete &= _walk(fd, path, found)
+            listing.update(found)
+            scope.update(found)
+        for path in sorted(scope):
+            if path in listing or not path:
+                continue
+            parent, _, name = path.rpartition(b"/")
+            try:
+                st = os.stat(name, dir_fd=dirs.fd(parent), follow_symlinks=False)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    complete = False
+                continue  # absent (or behind something that is not a directory, a symlink: absent too)
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                listing[path] = (mode, st.st_ino, 0, 0, 0, b"")
+            elif stat.S_ISLNK(mode):
+                listing[path] = (mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                 os.readlink(name, dir_fd=dirs.fd(parent)))
+            else:
+                listing[path] = (mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, b"")
+    finally:
+        dirs.close()
+        os.close(root_fd)
+    return listing, scope, complete
 
 
 def final_tree(workdir: str) -> dict[bytes, Entry]:

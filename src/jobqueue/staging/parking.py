@@ -31,11 +31,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .blobstore import BlobStore
-from .dirplan import Plan, Seen, TreeState, choose, restore, transform
+from .dirplan import DIRECTORY, MakeDir, Plan, Seen, TreeState, choose, restore, results, scope_of, transform
+from .fetchplan import Change
 from .holders import holders
 from .manifest import SYMLINK, BadManifest
-from .materialise import StoreDirectories, apply, scan
+from .materialise import StoreDirectories, apply, look, scan
 from .paths import UnsafePath, check_symlink_target
+from .watch import Tracker, Watcher, watcher
 
 #: Runs ``work`` (off the loop) and then ``done(result or exception)`` on the loop.
 Background = Callable[[Callable[[], Any], Callable[[Any], None]], None]
@@ -59,6 +61,7 @@ class Workdir:
         self.status = "building"
         self.waiter: Callable[[Workdir | None], None] | None = None  # the job waiting for it to be parked
         self.evicted = False  # the cache let it go while it was being parked
+        self.tracker = Tracker()  # what changed in it (lost: list it whole)
 
 
 class Workdirs:
@@ -69,6 +72,7 @@ class Workdirs:
         self.keep = keep  # --keep-workdir: nothing is parked, every job's directory stays
         self.parked_dir = os.path.join(store.directory, "parked")
         self.all: dict[str, Workdir] = {}
+        self.watcher: Watcher | None = watcher()
         store.on_evict = self._evicted
         self._clear_leftovers()
 
@@ -103,7 +107,7 @@ class Workdirs:
         """Turn ``workdir`` (claimed; None: a fresh one) into a directory holding ``root``
         under the jobs' directory; ``done(workdir, the directory to run in, or an
         exception: the directory is then in no known state)``."""
-        store = self.store
+        store, watching = self.store, self.watcher
         if workdir is None:
             path = tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=store.jobs)
             workdir = Workdir("dir:" + os.path.basename(path), path)
@@ -111,9 +115,16 @@ class Workdirs:
         workdir.status = "building"
         load = StoreDirectories(store)
         target = os.path.join(store.jobs, f"job-{job_id}-{os.urandom(4).hex()}")
-        parked_dir, state = self.parked_dir, workdir.state
+        parked_dir, state, tracker = self.parked_dir, workdir.state, workdir.tracker
+        fresh = not state.entries
 
         def work() -> tuple[list[bytes], list[bytes], bytes]:
+            if watching is not None:
+                if not fresh and not tracker.lost:
+                    touched, gone, came, _lost = watching.seen(tracker)
+                    if touched or gone or came:
+                        raise Unusable("it changed while it was parked")
+                watching.quiet(tracker)
             if os.path.dirname(workdir.path) == parked_dir:
                 os.rename(workdir.path, target)  # the job's own name: no other job's path leads here
                 workdir.path = target
@@ -122,8 +133,15 @@ class Workdirs:
                 check_links(state.links, plan)
             stats = apply(store, workdir.path, plan)
             gained, lost = state.apply(plan, stats, time.time_ns())
+            if watching is not None:
+                if fresh:
+                    every = [b""] + [p for p, e in state.entries.items() if e.kind == DIRECTORY]
+                    watching.watch(tracker, workdir.path, every, every=True)
+                else:
+                    watching.watch(tracker, workdir.path, [op.path for op in plan.ops if isinstance(op, MakeDir)])
+                watching.settle(tracker)
             cwd = os.fsencode(workdir.path)
-            if rel:  # jq's directory inside DIR: made if git or --exclude left it out
+            if rel:  # jq's directory inside DIR: made if git or --exclude left it out (the job's, as it were)
                 cwd = os.path.join(cwd, rel)
                 if rel not in state.entries:
                     os.makedirs(cwd, exist_ok=True)
@@ -142,6 +160,20 @@ class Workdirs:
         self.background(work, finished)
         return workdir
 
+    def results(self, workdir: Workdir) -> tuple[list[Change], bool]:
+        """(What the job created, changed or deleted; whether all of it could be read):
+        from what the watches saw, or (events lost) a listing of the whole directory.
+        Runs off the loop."""
+        state, path = workdir.state, workdir.path
+        if self.watcher is not None:
+            touched, gone, came, lost = self.watcher.seen(workdir.tracker)
+            if not lost:
+                scope = scope_of(state, touched, gone, StoreDirectories(self.store))
+                listing, scope, complete = look(path, scope, came)
+                return results(state, listing, scope), complete
+        listing, complete = scan(path)
+        return results(state, listing), complete
+
     # --- after the job ------------------------------------------------------------------------------------------
 
     def release(self, workdir: Workdir, reusable: bool, why: str = "") -> None:
@@ -158,6 +190,8 @@ class Workdirs:
             self.log("workdir-kept", dir=workdir.path)
             self.all.pop(workdir.name, None)
             self.store.unpin(workdir.name)
+            if self.watcher is not None:
+                self.watcher.unwatch(workdir.tracker)
             return
         if not reusable:
             self.discard(workdir, why or "not reusable")
@@ -167,21 +201,36 @@ class Workdirs:
         if workdir.evicted:
             self.discard(workdir, "evicted")
             return
-        store, state = self.store, workdir.state
+        store, state, tracker, watching = self.store, workdir.state, workdir.tracker, self.watcher
         target = os.path.join(self.parked_dir, workdir.name.removeprefix("dir:"))
 
         def work() -> tuple[Plan, dict[bytes, Seen]]:
+            if watching is not None:
+                watching.quiet(tracker)  # what the job did is filed; the rename is ours
             os.rename(workdir.path, target)  # from now on no path the job knew leads here
             workdir.path = target
             held = holders(target)
             if held:
                 raise Unusable(f"process {held[0]} still uses it")
             os.chmod(target, 0o700)
-            listing, complete = scan(target)
+            if tracker.lost:
+                listing, complete = scan(target)
+                plan = restore(state, listing)
+            else:
+                scope = scope_of(state, tracker.touched, tracker.gone, StoreDirectories(store))
+                listing, scope, complete = look(target, scope, tracker.came)
+                plan = restore(state, listing, scope)
             if not complete:
                 raise Unusable("a part of it cannot be read")
-            plan = restore(state, listing)
-            return plan, apply(store, target, plan)
+            stats = apply(store, target, plan)
+            if watching is not None:
+                if tracker.lost:
+                    every = [b""] + [p for p, e in state.entries.items() if e.kind == DIRECTORY]
+                    watching.watch(tracker, target, every, every=True)
+                else:
+                    watching.watch(tracker, target, [op.path for op in plan.ops if isinstance(op, MakeDir)])
+                watching.settle(tracker)  # from now on, any change is someone tampering with it
+            return plan, stats
 
         def finished(result: Any) -> None:
             waiter, workdir.waiter = workdir.waiter, None
@@ -209,8 +258,14 @@ class Workdirs:
         waiter, workdir.waiter = workdir.waiter, None
         workdir.status = "discarded"
         self.log("workdir-discarded", dir=workdir.name, why=why)
-        path, store = workdir.path, self.store
-        self.background(lambda: store.remove_workdir(path), lambda _: None)
+        path, store, watching = workdir.path, self.store, self.watcher
+
+        def remove() -> None:
+            if watching is not None:
+                watching.unwatch(workdir.tracker)
+            store.remove_workdir(path)
+
+        self.background(remove, lambda _: None)
         if waiter is not None:
             waiter(None)
 

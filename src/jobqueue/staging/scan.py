@@ -40,12 +40,13 @@ class StageError(Exception):
 StatKey = tuple[int, int, int, int]
 
 
-#: What the last scan learnt of one directory (see :class:`StatCache`):
-#: (signature, subdirectories' digests, digest, encoding, files, links, size).
-#: The signature lists (name, st_mode, inode, size, mtime_ns, ctime_ns) of every
-#: entry staged, in listing order (None: an entry changed too recently to be
-#: trusted next time); files: name -> (inode, size, mtime_ns, ctime_ns, digest);
-#: links: name -> (inode, size, mtime_ns, ctime_ns, target).
+#: What the last scan learnt of one directory (see :class:`StatCache`): (check,
+#: subdirectories' digests, digest, values, bytes of its files, number of files,
+#: signature).  The signature lists (name, st_mode, inode, size, mtime_ns,
+#: ctime_ns) of every entry staged, in listing order; check is the signature, or
+#: None when an entry changed too recently to be trusted next time (the directory
+#: is then encoded again); values, in the same order: a file's digest, a
+#: symlink's target, b"" for a directory.
 DirMemo = tuple
 
 
@@ -57,26 +58,45 @@ class Snapshot:
         self.root = root  # DIR, absolute
         self.taken_ns = taken_ns  # wall clock when the scan started: later ctimes are changes made "here"
         self.root_digest = b""
-        self.directories: dict[bytes, bytes] = {}  # digest -> canonical encoding
+        self.directories: dict[bytes, bytes] = {}  # digest -> canonical encoding, of those encoded by this scan
         self.links: dict[bytes, bytes] = {}  # relative path -> target, of every symlink
         self.files = 0
         self.size = 0  # bytes of file content
         self.hashed = 0  # files hashed (not found in the stat cache)
         self.skipped: list[tuple[bytes, str]] = []  # (path, why) for -v
-        #: (relative directory, its files, its links) as in DirMemo: the maps below are made from them when needed
-        self.listed: list[tuple[bytes, dict[bytes, tuple], dict[bytes, tuple]]] = []
+        #: every directory: (relative path, DirMemo); the maps below are made from them when needed
+        self.listed: list[tuple[bytes, DirMemo]] = []
+        self.hashed_blobs: dict[bytes, tuple[bytes, int]] = {}  # of the files this scan hashed (the likely asked)
+        self._memos: dict[bytes, DirMemo] | None = None
         self._blobs: dict[bytes, tuple[bytes, int]] | None = None
         self._local: dict[bytes, StatKey] | None = None
+
+    def directory(self, digest: bytes) -> bytes | None:
+        """A directory's canonical encoding (made again from what the stat cache kept if need be)."""
+        data = self.directories.get(digest)
+        if data is None:
+            if self._memos is None:
+                self._memos = {memo[2]: memo for _rel, memo in self.listed}
+            memo = self._memos.get(digest)
+            if memo is not None:
+                data = self.directories[digest] = make_directory(_entries(memo))[1]
+        return data
+
+    def blob(self, digest: bytes) -> tuple[bytes, int] | None:
+        """(A relative path holding the file blob ``digest``, its size), or None."""
+        found = self.hashed_blobs.get(digest)
+        return found if found is not None else self.blobs.get(digest)
 
     @property
     def blobs(self) -> dict[bytes, tuple[bytes, int]]:
         """File digest -> (a relative path holding it, size)."""
         if self._blobs is None:
             self._blobs = {}
-            for rel, files, _links in self.listed:
+            for rel, memo in self.listed:
                 prefix = rel + b"/" if rel else b""
-                for name, (_ino, size, _mtime, _ctime, digest) in files.items():
-                    self._blobs.setdefault(digest, (prefix + name, size))
+                for (name, mode, _ino, size, _mtime, _ctime), value in zip(memo[6], memo[3]):
+                    if stat.S_ISREG(mode):
+                        self._blobs.setdefault(value, (prefix + name, size))
         return self._blobs
 
     @property
@@ -84,13 +104,26 @@ class Snapshot:
         """Relative path -> its stat when snapshotted (files and symlinks)."""
         if self._local is None:
             self._local = {}
-            for rel, files, links in self.listed:
+            for rel, memo in self.listed:
                 prefix = rel + b"/" if rel else b""
-                for name, key in files.items():
-                    self._local[prefix + name] = key[:4]
-                for name, key in links.items():
-                    self._local[prefix + name] = key[:4]
+                for name, mode, ino, size, mtime, ctime in memo[6]:
+                    if not stat.S_ISDIR(mode):
+                        self._local[prefix + name] = (ino, size, mtime, ctime)
         return self._local
+
+
+def _entries(memo: DirMemo) -> list[EntryTuple]:
+    """A directory's entries from what the scan learnt of it."""
+    entries: list[EntryTuple] = []
+    kids = iter(memo[1])
+    for (name, mode, _ino, size, mtime, _ctime), value in zip(memo[6], memo[3]):
+        if stat.S_ISDIR(mode):
+            entries.append((name, DIRECTORY, stat.S_IMODE(mode), 0, 0, next(kids), b""))
+        elif stat.S_ISREG(mode):
+            entries.append((name, FILE, stat.S_IMODE(mode) & MODE_MASK, mtime, size, value, b""))
+        else:
+            entries.append((name, SYMLINK, 0o777, mtime, len(value), b"", value))
+    return entries
 
 
 def stat_key(st: os.stat_result) -> StatKey:
@@ -116,7 +149,10 @@ class StatCache:
         home = directory or os.path.join(
             os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jobqueue", "stat"
         )
-        self.path = os.path.join(home, sha256(root).hexdigest()[:32] + ".marshal")
+        import binascii  # (no hashing library loaded for a tree that needs none)
+
+        name = os.path.basename(root.rstrip(b"/")).decode("utf-8", "replace")[:40]
+        self.path = os.path.join(home, f"{name}-{binascii.crc32(root):08x}-{len(root)}.marshal")
         self.old: dict[bytes, DirMemo] = {}
         self.new: dict[bytes, DirMemo] = {}
         self.changed = False
@@ -249,7 +285,7 @@ def scan(
     new: dict[bytes, DirMemo] = cache.new if cache is not None else {}
     filtering = git is not None or exclude_spec is not None
     racy_after = taken_ns - RACY_NS
-    S_ISDIR, S_ISREG, S_ISLNK, S_IMODE = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK, stat.S_IMODE
+    S_ISDIR, S_ISREG, S_ISLNK = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK
 
     def included(rel: bytes, is_dir: bool, wholesale: bool) -> bool:
         if exclude_spec is not None and exclude_spec.match_file(os.fsdecode(rel) + ("/" if is_dir else "")):
@@ -296,60 +332,56 @@ def scan(
         memo = old.get(rel)
         if memo is None or memo[0] != signature or memo[1] != kids:
             memo = remake(path, prefix, signature, kids, memo)
+            snap.directories[memo[2]] = make_directory(_entries(memo))[1]
             if cache is not None:
                 cache.changed = True
         new[rel] = memo
-        _sig, _kids, digest, data, files, links, size = memo
-        snap.directories[digest] = data
-        snap.listed.append((rel, files, links))
-        snap.files += len(files)
-        snap.size += size
-        for name, key in links.items():
-            snap.links[prefix + name] = key[4]
-        return digest
+        snap.listed.append((rel, memo))
+        snap.files += memo[5]
+        snap.size += memo[4]
+        if memo[5] + len(kids) < len(signature):  # it holds symlinks
+            for (name, mode, *_), value in zip(signature, memo[3]):
+                if S_ISLNK(mode):
+                    snap.links[prefix + name] = value
+        return memo[2]
 
     def remake(path: bytes, prefix: bytes, signature: list[tuple[bytes, int, int, int, int, int]],
                kids: list[bytes], memo: DirMemo | None) -> DirMemo:
         """A directory that changed (or was never seen): its entries, hashing only changed files."""
-        old_files: dict[bytes, tuple] = memo[4] if memo is not None else {}
-        old_links: dict[bytes, tuple] = memo[5] if memo is not None else {}
-        entries: list[EntryTuple] = []
-        files: dict[bytes, tuple] = {}
-        links: dict[bytes, tuple] = {}
-        size = 0
+        known: dict[bytes, tuple] = {}  # name -> (st_mode, inode, size, mtime, ctime, value) as last seen
+        if memo is not None:
+            known = {item[0]: (*item[1:], value) for item, value in zip(memo[6], memo[3])}
+        values: list[bytes] = []
+        size = files = 0
         trusted = True
-        subdirs = iter(kids)
         for name, mode, ino, length, mtime, ctime in signature:
             if S_ISDIR(mode):
-                entries.append((name, DIRECTORY, S_IMODE(mode), 0, 0, next(subdirs), b""))
+                values.append(b"")
                 continue
-            key = (ino, length, mtime, ctime)
             if mtime >= racy_after or ctime >= racy_after:
                 trusted = False  # a change within the timestamps' grain may follow unseen
+            hit = known.get(name)
+            same = hit is not None and hit[:5] == (mode, ino, length, mtime, ctime)
             if S_ISREG(mode):
-                hit = old_files.get(name)
-                if hit is not None and hit[:4] == key:
-                    digest = hit[4]
+                if same:
+                    digest = hit[5]  # type: ignore[index]
                 else:
                     digest = _hash_file(path + b"/" + name)
                     snap.hashed += 1
-                files[name] = (*key, digest)
+                    snap.hashed_blobs.setdefault(digest, (prefix + name, length))
+                values.append(digest)
                 size += length
-                entries.append((name, FILE, S_IMODE(mode) & MODE_MASK, mtime, length, digest, b""))
+                files += 1
+            elif same:
+                values.append(hit[5])  # type: ignore[index]
             else:
-                hit = old_links.get(name)
-                if hit is not None and hit[:4] == key:
-                    target = hit[4]
-                else:
-                    try:
-                        target = os.readlink(path + b"/" + name)
-                    except OSError as e:
-                        raise StageError(f"cannot read symlink {os.fsdecode(path + b'/' + name)}: {e.strerror}") \
-                            from None
-                links[name] = (*key, target)
-                entries.append((name, SYMLINK, 0o777, mtime, len(target), b"", target))
-        digest, data = make_directory(entries)
-        return (signature if trusted else None, kids, digest, data, files, links, size)
+                try:
+                    values.append(os.readlink(path + b"/" + name))
+                except OSError as e:
+                    raise StageError(f"cannot read symlink {os.fsdecode(path + b'/' + name)}: {e.strerror}") \
+                        from None
+        digest, _data = make_directory(_entries((None, kids, b"", values, size, files, signature)))
+        return (signature if trusted else None, kids, digest, values, size, files, signature)
 
     snap.root_digest = walk(root_b, b"", False)
     _check_symlinks(snap)

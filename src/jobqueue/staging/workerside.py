@@ -32,10 +32,9 @@ from typing import Any
 
 from .. import protocol as p
 from .blobstore import BadBlob, BlobStore, BlobWriter
-from .dirplan import results
 from .fetchplan import Change
 from .manifest import BadManifest, missing
-from .materialise import open_result, scan
+from .materialise import open_result
 from .parking import Background, Workdir, Workdirs
 from .paths import UnsafePath, split_path
 
@@ -254,12 +253,11 @@ class WorkerStager:
     def collect(self, job_id: str) -> None:
         """The job ended: list its results to the client (the scan runs off the loop)."""
         run = self.runs[job_id]
-        assert run.dir is not None
-        workdir, state = run.workdir, run.dir.state
+        workdir, dirs = run.dir, self.dirs
+        assert workdir is not None
 
         def work() -> tuple[list[Change], bool]:
-            listing, complete = scan(workdir)
-            return results(state, listing), complete
+            return dirs.results(workdir)
 
         def done(result: Any) -> None:
             run.busy = False
