@@ -319,6 +319,7 @@ class ClientStager:
             if writer is not None:
                 writer.abort()
         self._writing.clear()
+        self.snap.saved()  # the stat cache is written before the process may end
 
     def summary_sent(self) -> str:
         s = self.snap

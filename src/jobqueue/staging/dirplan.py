@@ -18,8 +18,8 @@ proportion to what changed, not to the size of the tree.
   listing of the directory.  A file whose stat identity (inode, size, mtime,
   ctime, mode) is the one written is untouched: a job cannot set a ctime back.
 - :func:`restore`: the operations that bring the directory back to its tree:
-  what the job touched is written again from the cache (a new file, never in
-  place), what it created is removed, what it deleted is made again.
+  what the job touched is written again from the cache, what it created is
+  removed, what it deleted is made again.
 - :func:`choose`: which parked directory a job takes: the one holding its
   tree, else the one sharing most of it, else none (a fresh one).
 
@@ -114,8 +114,9 @@ class MakeDir(Op):
 
 
 class WriteFile(Op):
-    """Write a file from its blob, with its mode and mtime; ``replace``: over what is
-    there (a new file renamed into place), else where nothing is."""
+    """Write a file from its blob, with its mode and mtime; ``replace``: over the file
+    that is there (the shell writes into it when that is safe, else renames a new
+    one into place), else where nothing is."""
 
     __slots__ = ("entry", "replace")
 

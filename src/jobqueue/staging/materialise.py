@@ -6,8 +6,10 @@ names come from validated manifests or from the directory's own listing, and a
 file is never written through a symlink, so nothing can land outside the job's
 directory.  Files are copies of the cache's blobs (a reflink where the file
 system can, else a kernel copy): a job writing into one in place changes its
-copy only.  A file put back (:func:`.dirplan.restore`) is a new file renamed
-into place, never the old one written again.
+copy only.  A file whose content changes (:func:`.dirplan.transform`,
+:func:`.dirplan.restore`) is written again in place when it is a plain file
+with no other link (no process holds the directory then: :mod:`.holders`),
+else replaced by a new file renamed into place.
 """
 
 from __future__ import annotations
@@ -147,7 +149,8 @@ def _apply(store: BlobStore, dirs: _Dirs, op: Op, written: dict[bytes, Seen]) ->
             if isinstance(op, MakeLink):
                 written[path] = _make_link(fd, temp, entry, name)
             else:
-                written[path] = _write_file(store, fd, temp, entry, name)
+                seen = _rewrite_file(store, fd, name, entry)
+                written[path] = seen if seen is not None else _write_file(store, fd, temp, entry, name)
         elif isinstance(op, MakeLink):
             written[path] = _make_link(fd, name, entry, None)
         else:
@@ -187,6 +190,34 @@ def _write_file(store: BlobStore, dir_fd: int, name: bytes, entry: Entry, rename
                 os.unlink(name, dir_fd=dir_fd)
                 raise
         return _seen(os.fstat(out), b"")  # after the rename: it moves the ctime
+    finally:
+        os.close(out)
+
+
+def _rewrite_file(store: BlobStore, dir_fd: int, name: bytes, entry: Entry) -> Seen | None:
+    """Write the blob into the existing file ``name`` (far cheaper than a new file on
+    most file systems); None when that is not safe: it is not a plain file with one
+    link (a hard link elsewhere would change too), or cannot be opened for writing.
+    No process holds the directory meanwhile (:mod:`.holders`)."""
+    try:
+        out = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(out)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return None
+        if entry.size:
+            src = os.open(store.path(entry.digest), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                copy_fd(src, out, entry.size)
+            finally:
+                os.close(src)
+        if st.st_size != entry.size:
+            os.ftruncate(out, entry.size)
+        os.fchmod(out, entry.mode & MODE_MASK)
+        os.utime(out, ns=(entry.mtime_ns, entry.mtime_ns))
+        return _seen(os.fstat(out), b"")
     finally:
         os.close(out)
 

@@ -27,7 +27,8 @@ from .paths import UnsafePath, check_symlink_target
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
+    from typing import Any
 
     from .entry import EntryTuple
 
@@ -70,6 +71,13 @@ class Snapshot:
         self._memos: dict[bytes, DirMemo] | None = None
         self._blobs: dict[bytes, tuple[bytes, int]] | None = None
         self._local: dict[bytes, StatKey] | None = None
+        self.saving: Any = None  # a lock held while the stat cache is being written
+
+    def saved(self) -> None:
+        """Wait until the stat cache is written (before the process ends)."""
+        if self.saving is not None:
+            self.saving.acquire()
+            self.saving.release()
 
     def directory(self, digest: bytes) -> bytes | None:
         """A directory's canonical encoding (made again from what the stat cache kept if need be)."""
@@ -136,6 +144,8 @@ def stat_key(st: os.stat_result) -> StatKey:
 #: its mtime/ctime may not yet tell a later change apart ("racy git").
 RACY_NS = 2_000_000_000
 _CACHE_FORMAT = 2
+#: Stat cache file -> a lock held while a scan of this process writes it.
+_saving: dict[str, Any] = {}
 
 
 class StatCache:
@@ -156,6 +166,10 @@ class StatCache:
         self.old: dict[bytes, DirMemo] = {}
         self.new: dict[bytes, DirMemo] = {}
         self.changed = False
+        saving = _saving.pop(self.path, None)
+        if saving is not None:  # an earlier scan of this process is writing it
+            saving.acquire()
+            saving.release()
         import marshal
 
         try:
@@ -168,8 +182,6 @@ class StatCache:
 
     def save(self) -> None:
         """Write what this scan learnt (replacing the old) atomically; best effort."""
-        if not self.changed and len(self.new) == len(self.old):
-            return
         import marshal
 
         try:
@@ -385,9 +397,27 @@ def scan(
 
     snap.root_digest = walk(root_b, b"", False)
     _check_symlinks(snap)
-    if cache is not None:
-        cache.save()
+    if cache is not None and (cache.changed or len(cache.new) != len(cache.old)):
+        snap.saving = _saving[cache.path] = _in_background(cache.save)  # while the job is queued and staged
     return snap
+
+
+def _in_background(work: Callable[[], None]) -> Any:
+    """Run ``work`` in a thread (``_thread``: jq does not load threading); returns a lock
+    held until it is done."""
+    import _thread
+
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            done.release()
+
+    _thread.start_new_thread(run, ())
+    return done
 
 
 def _hash_file(path: bytes) -> bytes:
