@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -249,11 +252,17 @@ def test_cache_eviction_under_cache_size(cluster: Cluster, tmp_path: Path) -> No
 def test_two_concurrent_staged_jobs_of_the_same_tree(cluster: Cluster, project: Path) -> None:
     cluster.server()
     isolated_worker(cluster, "-j", "2", name="w1")
+    assert cluster.jq("--stage", str(project), "true").returncode == 0  # a directory of that tree is parked
     procs = [cluster.popen_jq("--stage", str(project), "sh", "-c",
-                              f"echo {i} > out{i}.txt; cat a.txt", cwd=str(project)) for i in range(2)]
-    for proc in procs:
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0 and out == b"from the client\n", err
+                              f"echo {i} > out{i}.txt; cat a.txt; read line; pwd", stdin=subprocess.PIPE,
+                              cwd=str(project)) for i in range(2)]
+    assert all(proc.stdout is not None and proc.stdout.readline() == b"from the client\n" for proc in procs)
+    workdirs = []
+    for proc in procs:  # both run at once: each in its own directory (one the parked one, one fresh)
+        out, err = proc.communicate(b"go\n", timeout=30)
+        assert proc.returncode == 0, err
+        workdirs.append(out)
+    assert workdirs[0] != workdirs[1]
     assert [(project / f"out{i}.txt").read_text() for i in range(2)] == ["0\n", "1\n"]
     wait_for(lambda: not cluster.jobs(), 5, "the jobs to be gone")
 
@@ -284,3 +293,96 @@ def test_staging_errors_are_clear_and_nothing_is_queued(cluster: Cluster, projec
     usage = cluster.jq("--fetch", "*.o", "true")
     assert usage.returncode == 255 and b"need --stage DIR" in usage.stderr
     assert not cluster.jobs()
+
+
+VANDALISE = """
+printf XXXX | dd of=src/a.c conv=notrunc status=none   # in place: the same inode
+echo new > new.txt && mkdir -p made/deep && echo x > made/deep/x
+rm -rf docs && rm run.sh && ln -s src/a.c run.sh && mkfifo pipe
+chmod 600 tools/build.sh && touch -d @0 src/b.c && chmod 700 ro && rm ro/r && chmod 500 ro
+ln src/a.c hard && mv keep.txt moved.txt && pwd
+"""
+
+
+def test_a_parked_directory_is_reused_and_the_next_job_sees_the_pristine_snapshot(
+        cluster: Cluster, tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    for path, text in [("src/a.c", "int a;\n"), ("src/b.c", "int b;\n"), ("docs/guide.md", "read me\n"),
+                       ("tools/build.sh", "#!/bin/sh\n"), ("run.sh", "#!/bin/sh\necho run\n"), ("ro/r", "r"),
+                       ("keep.txt", "keep\n")]:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    os.chmod(root / "tools" / "build.sh", 0o755)
+    os.chmod(root / "ro", 0o555)
+    os.symlink("src/b.c", root / "link")
+    (root / "empty").mkdir()
+    (root / "listing.py").write_text(LISTING)
+    cluster.server()
+    isolated_worker(cluster, name="w1")
+    here = subprocess.run([sys.executable, str(root / "listing.py"), str(root)], capture_output=True, check=True)
+    first = cluster.jq("--stage", str(root), "--no-fetch", "sh", "-ec", VANDALISE, cwd=str(root))
+    assert first.returncode == 0, first.stderr
+    second = cluster.jq("--stage", str(root), "sh", "-c", f"{sys.executable} listing.py . && pwd", cwd=str(root))
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.startswith(here.stdout), second.stdout  # every file, mode, mtime and link as snapshotted
+    assert second.stdout[len(here.stdout):] != first.stdout  # its own directory's name
+    log = cluster.log_text()
+    assert "workdir-parked" in log and "workdir-reused" in log and "workdir-discarded" not in log, log
+    os.chmod(root / "ro", 0o755)
+
+
+@pytest.fixture
+def outside() -> Iterator[Path]:
+    """A directory the isolated worker's jobs and the test both see (not under the test's tmpfs)."""
+    path = Path(tempfile.mkdtemp(prefix="jq-staging-"))
+    yield path
+    pid = path / "pid"
+    if pid.exists():  # the job's leftover process, if it is still there
+        try:
+            os.kill(int(pid.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    shutil.rmtree(path)
+
+
+def test_a_directory_a_leftover_process_still_uses_is_discarded_not_reused(
+        cluster: Cluster, project: Path, outside: Path) -> None:
+    cluster.server()
+    isolated_worker(cluster, name="w1")
+    # the job leaves a process behind (its own session: not killed with the job) working in its directory
+    escape = (f"setsid sh -c 'echo $$ > {outside}/pid; until [ -e {outside}/go ]; do sleep 0.02; done; "
+              f"echo tampered > a.txt; touch {outside}/done' </dev/null >/dev/null 2>&1 & "
+              f"until [ -s {outside}/pid ]; do sleep 0.02; done")
+    assert cluster.jq("--stage", str(project), "--no-fetch", "sh", "-c", escape).returncode == 0
+    wait_for(lambda: "still uses it" in cluster.log_text(), 10, "the directory to be discarded")
+    (outside / "go").touch()
+    wait_for(lambda: (outside / "done").exists(), 10, "the leftover process to write")
+    again = cluster.jq("--stage", str(project), "cat", "a.txt")
+    assert again.stdout == b"from the client\n", cluster.log_text()
+
+
+def test_a_parked_directory_changed_while_parked_is_discarded(
+        cluster: Cluster, project: Path, outside: Path) -> None:
+    cluster.server()
+    isolated_worker(cluster, name="w1")
+    parked = cluster.tmp / "worker-cache" / "parked"
+    # this process holds nothing of the job's directory (the worker parks it), then writes into it there
+    escape = (f"setsid sh -c 'cd /; echo $$ > {outside}/pid; until [ -e {outside}/go ]; do sleep 0.02; done; "
+              f"echo tampered > {parked}/$0/a.txt; touch {outside}/done' \"$(basename \"$PWD\")\" "
+              f"</dev/null >/dev/null 2>&1 & until [ -s {outside}/pid ]; do sleep 0.02; done")
+    assert cluster.jq("--stage", str(project), "--no-fetch", "sh", "-c", escape).returncode == 0
+    wait_for(lambda: "workdir-parked" in cluster.log_text(), 10, "the directory to be parked")
+    (outside / "go").touch()
+    wait_for(lambda: (outside / "done").exists(), 10, "the leftover process to write")
+    again = cluster.jq("--stage", str(project), "cat", "a.txt")
+    assert again.stdout == b"from the client\n", cluster.log_text()
+    assert "changed while it was parked" in cluster.log_text()
+
+
+def test_keep_workdir_keeps_each_jobs_directory_and_parks_none(cluster: Cluster, project: Path) -> None:
+    cluster.server()
+    isolated_worker(cluster, "--keep-workdir", name="w1")
+    first = cluster.jq("--stage", str(project), "--no-fetch", "sh", "-c", "echo changed > a.txt; pwd")
+    second = cluster.jq("--stage", str(project), "sh", "-c", f"cat a.txt; cat {first.stdout.decode().strip()}/a.txt")
+    assert second.stdout == b"from the client\nchanged\n", second.stderr  # the first is kept as the job left it
+    assert "workdir-parked" not in cluster.log_text()

@@ -118,11 +118,11 @@ class Workdirs:
         parked_dir, state, tracker = self.parked_dir, workdir.state, workdir.tracker
         fresh = not state.entries
 
-        def work() -> tuple[list[bytes], list[bytes], bytes]:
+        def work() -> tuple[list[bytes], list[bytes], bytes, int]:
             if watching is not None:
-                if not fresh and not tracker.lost:
-                    touched, gone, came, _lost = watching.seen(tracker)
-                    if touched or gone or came:
+                if not fresh:
+                    touched, gone, came, missed = watching.take(tracker)
+                    if touched or gone or came or (missed and not tracker.unwatched):
                         raise Unusable("it changed while it was parked")
                 watching.quiet(tracker)
             if os.path.dirname(workdir.path) == parked_dir:
@@ -139,19 +139,22 @@ class Workdirs:
                     watching.watch(tracker, workdir.path, every, every=True)
                 else:
                     watching.watch(tracker, workdir.path, [op.path for op in plan.ops if isinstance(op, MakeDir)])
-                watching.settle(tracker)
+                watching.loud(tracker)
+                watching.take(tracker)  # what the job does is what counts now
             cwd = os.fsencode(workdir.path)
             if rel:  # jq's directory inside DIR: made if git or --exclude left it out (the job's, as it were)
                 cwd = os.path.join(cwd, rel)
                 if rel not in state.entries:
                     os.makedirs(cwd, exist_ok=True)
-            return gained, lost, cwd
+            return gained, lost, cwd, len(plan.ops)
 
         def finished(result: Any) -> None:
             if isinstance(result, Exception):
                 done(workdir, result)
                 return
-            gained, lost, cwd = result
+            gained, lost, cwd, operations = result
+            if not fresh:
+                self.log("workdir-reused", dir=workdir.name, job=job_id, operations=operations)
             store.pin(workdir.name, gained)
             store.release(workdir.name, lost)
             workdir.status = "active"
@@ -206,30 +209,38 @@ class Workdirs:
 
         def work() -> tuple[Plan, dict[bytes, Seen]]:
             if watching is not None:
-                watching.quiet(tracker)  # what the job did is filed; the rename is ours
+                watching.quiet(tracker)
             os.rename(workdir.path, target)  # from now on no path the job knew leads here
             workdir.path = target
+            if watching is not None:
+                watching.loud(tracker)  # (the rename was ours)
             held = holders(target)
             if held:
                 raise Unusable(f"process {held[0]} still uses it")
             os.chmod(target, 0o700)
-            if tracker.lost:
+            if watching is not None:  # what the job changed (and anything since): the tracker starts afresh
+                touched, gone, came, lost = watching.take(tracker)
+            else:
+                touched, gone, came, lost = set(), set(), set(), True
+            if lost:
                 listing, complete = scan(target)
                 plan = restore(state, listing)
             else:
-                scope = scope_of(state, tracker.touched, tracker.gone, StoreDirectories(store))
-                listing, scope, complete = look(target, scope, tracker.came)
+                scope = scope_of(state, touched, gone, StoreDirectories(store))
+                listing, scope, complete = look(target, scope, came)
                 plan = restore(state, listing, scope)
             if not complete:
                 raise Unusable("a part of it cannot be read")
+            if watching is not None:
+                watching.quiet(tracker)
             stats = apply(store, target, plan)
             if watching is not None:
-                if tracker.lost:
+                if lost:
                     every = [b""] + [p for p, e in state.entries.items() if e.kind == DIRECTORY]
                     watching.watch(tracker, target, every, every=True)
                 else:
                     watching.watch(tracker, target, [op.path for op in plan.ops if isinstance(op, MakeDir)])
-                watching.settle(tracker)  # from now on, any change is someone tampering with it
+                watching.loud(tracker)  # from now on, any change is someone tampering with it
             return plan, stats
 
         def finished(result: Any) -> None:
@@ -242,8 +253,7 @@ class Workdirs:
             else:
                 plan, stats = result
                 state.apply(plan, stats)
-                if plan.ops:
-                    self.log("workdir-restored", dir=workdir.name, operations=len(plan.ops))
+                self.log("workdir-parked", dir=workdir.name, restored=len(plan.ops))
                 workdir.status = "claimed" if waiter is not None else "parked"
             if waiter is not None:
                 waiter(workdir if workdir.status == "claimed" else None)

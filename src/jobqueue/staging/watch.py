@@ -8,13 +8,14 @@ writes, closes after writing (mapped writes included), changes the metadata
 of, deletes or moves is queued as events, synchronously with the system call
 that did it.  :meth:`Watcher.drain` files them by job directory
 (:class:`Tracker`): the paths touched, the directories that went and those
-that came.  Only those are looked at after the job (:func:`.dirplan.scope_of`).
+that came.  Only those are looked at after the job (:func:`.dirplan.scope_of`),
+and a parked directory in which anything happened is not reused.
 
 Whenever events may have been lost the tracker says so (``lost``) and the
 worker lists the whole directory as before: the kernel's queue overflowed, a
 watch could not be added (``fs.inotify.max_user_watches``), or inotify is not
 there at all.  The worker's own changes while it prepares or restores a
-directory are ignored (``quiet``).
+directory are ignored (``quiet``, a few milliseconds at a time).
 """
 
 from __future__ import annotations
@@ -104,23 +105,30 @@ class Watcher:
                 self.by_wd[wd] = (tracker, rel)
 
     def quiet(self, tracker: Tracker) -> None:
-        """The worker starts changing the directory: what is queued is the job's, what follows is not."""
+        """The worker starts changing the directory: what is queued counts, what follows not."""
         with self.lock:
             self._drain()
             tracker.quiet = True
 
-    def settle(self, tracker: Tracker) -> None:
-        """The worker is done changing the directory: forget its own events; what follows counts."""
+    def loud(self, tracker: Tracker) -> None:
+        """The worker is done changing the directory: its own events are dropped, what follows counts."""
         with self.lock:
             self._drain()
             tracker.quiet = False
-            tracker.reset()
 
     def seen(self, tracker: Tracker) -> tuple[set[bytes], set[bytes], set[bytes], bool]:
         """(touched, gone, came, lost) as of now."""
         with self.lock:
             self._drain()
             return set(tracker.touched), set(tracker.gone), set(tracker.came), tracker.lost
+
+    def take(self, tracker: Tracker) -> tuple[set[bytes], set[bytes], set[bytes], bool]:
+        """(touched, gone, came, lost) as of now, and from now on the tracker starts afresh."""
+        with self.lock:
+            self._drain()
+            seen = tracker.touched, tracker.gone, tracker.came, tracker.lost
+            tracker.reset()
+            return seen
 
     def unwatch(self, tracker: Tracker) -> None:
         with self.lock:
