@@ -301,12 +301,13 @@ class Job:
             if path is None:
                 return
             node = fs.nodes[path]
-            if what == "write":  # in place: same inode, new bytes (maybe the old size and mtime put back)
+            if what == "write":  # in place: same inode, new bytes (the mtime maybe put back)
                 node.data = self.draw(st.sampled_from(CONTENTS + [b"job"]))
+                node.size = 10 * CONTENTS.index(node.data) if node.data in CONTENTS else len(node.data)
                 node.ctime = fs.tick()
-            elif what == "write-racy":  # within the tick of the last write: the ctime does not move
+            elif what == "write-racy":  # within the tick of the last write, the same size: the stat does not move
                 if node.ctime >= fs.clock - dp.RACY_NS:
-                    node.data = b"racy"
+                    node.data = b"racy" + bytes(node.size)[4:]
                     self.unseen.update(p for p, n in fs.nodes.items() if n is node)
             elif what == "touch":
                 node.mtime, node.ctime = node.mtime + 1, fs.tick()
@@ -447,6 +448,43 @@ def test_a_restored_directory_turns_into_the_next_tree(run: Any, next_tree: dict
     prepare(fs, state, store, root)
     assert fs.tree() == manifest_view(dp.flat(root, store.load))
     assert set(state.digests) == expected_digests(store, root)
+
+
+@given(job_runs(), st.data(), trees)
+@settings(max_examples=150, deadline=None)
+def test_keeping_what_came_back_then_restoring_gives_that_tree(run: Any, data: st.DataObject,
+                                                               next_tree: dict[bytes, Any]) -> None:
+    store, fs, state, _recorded, before = run
+    listing, scope = watched(store, fs, state, before, set())
+    candidates = sorted(path for path in scope if (seen := listing.get(path)) is not None
+                        and dp.kind_of(seen[0]) == FILE)
+    chosen = data.draw(st.lists(st.sampled_from(candidates), unique=True) if candidates else st.just([]))
+    files = {path: Entry(path.rpartition(b"/")[2], FILE, stat.S_IMODE(listing[path][0]), listing[path][3],
+                         listing[path][2], fs.nodes[path].data) for path in chosen}
+    new_dirs = {}
+    for path in chosen:
+        parent = dp.parent_of(path)
+        while parent and not ((e := state.entries.get(parent)) is not None and e.kind == DIRECTORY):
+            new_dirs[parent] = stat.S_IMODE(listing[parent][0])
+            parent = dp.parent_of(parent)
+
+    def encode(entries: list[Entry]) -> tuple[bytes, bytes]:
+        digest, blob = make_directory(entries)
+        store.dirs[digest] = Directory(tuple(sorted(entries, key=lambda e: e.name)))
+        return digest, blob
+
+    kept_nodes = {path: fs.nodes[path] for path in chosen}
+    plan, blobs = dp.adopt(state, files, new_dirs, store.load, encode)
+    assert not plan.ops and set(blobs) <= set(store.dirs)
+    state.apply(plan, {path: listing[path] for path in chosen})
+    restoring = dp.restore(state, listing, scope - set(chosen))
+    state.apply(restoring, fs.run(restoring))
+    assert fs.tree() == manifest_view(state.entries) == manifest_view(dp.flat(state.root, store.load))
+    assert all(fs.nodes[path] is node for path, node in kept_nodes.items())  # kept, not written again
+    assert set(state.digests) == expected_digests(store, state.root)
+    root = store.build(next_tree)
+    prepare(fs, state, store, root)
+    assert fs.tree() == manifest_view(dp.flat(root, store.load))
 
 
 # --- which directory -----------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ class Worker:
         to_worker: list[bytes] = []
         client = ClientStager(snap, rules or FetchRules(none=True), w, job, lambda m: to_worker.append(w.encode(m)),
                               lambda line: None)
+        self.client = client
 
         def pump() -> None:
             while to_worker or self.to_client:
@@ -152,23 +153,74 @@ def test_a_parked_directory_is_brought_back_and_reused_by_the_next_job(project: 
 
 
 @pytest.mark.skipif(watcher() is None, reason="no inotify here")
+def test_what_came_back_is_kept_so_that_the_next_tree_sends_nothing(project: str, tmp_path) -> None:
+    store = BlobStore(str(tmp_path / "cache"), 1 << 30, max_parked=2)
+    worker = Worker(store)
+    worker.run(project, "j0")
+
+    def build(workdir: str) -> None:  # rewrites a source, makes objects in a new directory, deletes a file
+        with open(os.path.join(workdir, "src", "a.c"), "a") as f:
+            f.write("/* edited */\n")
+        os.makedirs(os.path.join(workdir, "out", "obj"))
+        for name in ("a.o", "b.o"):
+            with open(os.path.join(workdir, "out", "obj", name), "wb") as f:
+                f.write(os.urandom(5000))
+        with open(os.path.join(workdir, "scratch.tmp"), "w") as f:
+            f.write("not fetched")
+        os.unlink(os.path.join(workdir, "docs", "guide.md"))
+
+    worker.run(project, "j1", build, FetchRules(patterns=("src/", "out/")))
+    assert worker.events("workdir-parked")[-1]["kept"] == 3
+    assert os.path.exists(os.path.join(project, "out", "obj", "a.o"))
+    worker.run(project, "j2", lambda workdir: None)
+    assert worker.client.blobs_sent == 0  # the client's tree now is the one the worker kept
+    assert worker.events("workdir-reused")[-1]["operations"] == 0
+    parked = os.path.join(store.directory, "parked")
+    kept = os.path.join(parked, os.listdir(parked)[0])
+    assert not os.path.exists(os.path.join(kept, "scratch.tmp"))  # not taken back: not kept
+    assert os.path.exists(os.path.join(kept, "docs", "guide.md"))  # deleted there, not here: put back
+    for rel in ("src/a.c", "out/obj/b.o"):
+        with open(os.path.join(kept, rel), "rb") as f, open(os.path.join(project, rel), "rb") as g:
+            assert f.read() == g.read()
+    # a later job that changes a kept file: it is put back from the cache, which has a copy
+    worker.run(project, "j3", lambda workdir: open(os.path.join(workdir, "out", "obj", "a.o"), "r+b").write(b"X"))
+    with open(os.path.join(kept, "out/obj/a.o"), "rb") as f, open(os.path.join(project, "out/obj/a.o"), "rb") as g:
+        assert f.read() == g.read()
+
+
+def _swap(workdir: str) -> None:
+    j = lambda *names: os.path.join(workdir, *names)  # noqa: E731
+    os.rename(j("src"), j("tmp"))
+    os.rename(j("docs"), j("src"))
+    os.rename(j("tmp"), j("docs"))
+
+
+def _touch_inside(workdir: str) -> None:
+    with open(os.path.join(workdir, "src", "a.c"), "a") as f:
+        f.write("more\n")
+    with open(os.path.join(workdir, "docs", "guide.md"), "a") as f:
+        f.write("more\n")
+
+
+@pytest.mark.skipif(watcher() is None, reason="no inotify here")
 def test_what_the_watches_saw_is_what_a_full_listing_finds(project: str, tmp_path) -> None:
     store = BlobStore(str(tmp_path / "cache"), 1 << 30, max_parked=2)
     worker = Worker(store)
     worker.run(project, "j0")
-    seen: list[tuple[Any, Any]] = []
+    for number, change in enumerate([_vandalise, _swap, _touch_inside, _swap, _touch_inside], 1):
+        seen: list[tuple[Any, Any]] = []
 
-    def job(workdir: str) -> None:
-        _vandalise(workdir)
-        workdir_record = worker.stager.runs["j1"].dir
-        assert workdir_record is not None and not workdir_record.tracker.lost
-        watched = worker.stager.dirs.results(workdir_record)
-        listing, complete = scan(workdir)
-        seen.append((watched, (results(workdir_record.state, listing), complete)))
+        def job(workdir: str, change: Any = change, job_id: str = f"j{number}", seen: list[Any] = seen) -> None:
+            change(workdir)
+            record = worker.stager.runs[job_id].dir
+            assert record is not None and not record.tracker.lost
+            listing, complete = scan(workdir)
+            seen.append((worker.stager.dirs.results(record)[:2], (results(record.state, listing), complete)))
 
-    worker.run(project, "j1", job)
-    watched, full = seen[0]
-    assert watched == full and watched[0]
+        worker.run(project, f"j{number}", job)
+        watched, full = seen[0]
+        assert watched == full and watched[0], change.__name__
+        assert worker.events("workdir-reused")[-1]["job"] == f"j{number}"  # (the same directory every time)
 
 
 def test_a_directory_a_process_still_holds_is_discarded(project: str, tmp_path) -> None:

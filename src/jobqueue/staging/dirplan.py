@@ -500,6 +500,50 @@ def scope_of(state: TreeState, touched: Iterable[bytes], gone: Iterable[bytes], 
     return scope
 
 
+def adopt(state: TreeState, files: Mapping[bytes, Entry], new_dirs: Mapping[bytes, int],
+          load: Callable[[bytes], Directory], encode: Callable[[list[Entry]], tuple[bytes, bytes]],
+          ) -> tuple[Plan, dict[bytes, bytes]]:
+    """The tree the directory holds if it keeps the job's version of ``files`` (path ->
+    entry, as the client took them back: its next tree will hold them), with the
+    directories that lead to them: those of the tree re-encoded, ``new_dirs`` (path ->
+    mode) made.  Returns the plan (no operations: the files are there already) and the
+    directory blobs it names (digest -> encoding; ``encode``: :func:`.manifest.make_directory`)."""
+    plan = Plan(state.root)
+    children: dict[bytes, dict[bytes, Entry]] = {}  # directory -> its entries that change
+    for path, entry in files.items():
+        parent, _, name = path.rpartition(b"/")
+        children.setdefault(parent, {})[name] = entry
+        plan.added[path] = entry
+        held = state.entries.get(path)
+        if held is not None and held.kind == DIRECTORY:  # a file where the tree had a directory
+            plan.removed += [path + b"/" + child for child in flat(held.digest, load)]
+        while parent:
+            parent, _, name = parent.rpartition(b"/")
+            children.setdefault(parent, {})
+    blobs: dict[bytes, bytes] = {}
+    for directory in sorted(children, key=lambda d: d.count(b"/") + bool(d), reverse=True):  # deepest first
+        held = state.entries.get(directory)
+        if not directory:
+            old = _load(state.root, load).entries
+        elif held is not None and held.kind == DIRECTORY and directory not in new_dirs:
+            old = load(held.digest).entries
+        else:
+            old = ()
+        entries = {e.name: e for e in old}
+        entries.update(children[directory])
+        digest, data = encode(list(entries.values()))
+        blobs[digest] = data
+        if not directory:
+            plan.root = digest
+            continue
+        parent, _, name = directory.rpartition(b"/")
+        mode = new_dirs[directory] if directory in new_dirs or held is None else held.mode
+        entry = Entry(name, DIRECTORY, mode, 0, 0, digest)
+        children[parent][name] = entry
+        plan.added[directory] = entry
+    return plan, blobs
+
+
 # --- which parked directory -------------------------------------------------------------------------------------
 
 

@@ -25,17 +25,30 @@ Everything here runs on the worker's loop except the work handed to
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .blobstore import BlobStore
-from .dirplan import DIRECTORY, MakeDir, Plan, Seen, TreeState, choose, restore, results, scope_of, transform
+from .dirplan import (
+    DIRECTORY,
+    MakeDir,
+    Plan,
+    Seen,
+    TreeState,
+    adopt,
+    choose,
+    restore,
+    results,
+    scope_of,
+    transform,
+)
 from .fetchplan import Change
 from .holders import holders
-from .manifest import SYMLINK, BadManifest
-from .materialise import StoreDirectories, apply, look, scan
+from .manifest import FILE, MODE_MASK, SYMLINK, BadManifest, Entry, make_directory
+from .materialise import StoreDirectories, apply, look, open_result, scan
 from .paths import UnsafePath, check_symlink_target
 from .watch import Tracker, Watcher, watcher
 
@@ -163,26 +176,32 @@ class Workdirs:
         self.background(work, finished)
         return workdir
 
-    def results(self, workdir: Workdir) -> tuple[list[Change], bool]:
-        """(What the job created, changed or deleted; whether all of it could be read):
-        from what the watches saw, or (events lost) a listing of the whole directory.
-        Runs off the loop."""
+    def results(self, workdir: Workdir) -> tuple[list[Change], bool, dict[bytes, Seen]]:
+        """(What the job created, changed or deleted; whether all of it could be read; the
+        stat of the files among them, when the watches told what changed): from what the
+        watches saw, or (events lost) a listing of the whole directory.  Runs off the loop."""
         state, path = workdir.state, workdir.path
         if self.watcher is not None:
             touched, gone, came, lost = self.watcher.seen(workdir.tracker)
             if not lost:
                 scope = scope_of(state, touched, gone, StoreDirectories(self.store))
                 listing, scope, complete = look(path, scope, came)
-                return results(state, listing, scope), complete
+                changes = results(state, listing, scope)
+                files = {c.path: listing[c.path] for c in changes if c.kind == FILE and not c.deleted}
+                return changes, complete, files
         listing, complete = scan(path)
-        return results(state, listing), complete
+        return results(state, listing), complete, {}
 
     # --- after the job ------------------------------------------------------------------------------------------
 
-    def release(self, workdir: Workdir, reusable: bool, why: str = "") -> None:
+    def release(self, workdir: Workdir, reusable: bool, why: str = "",
+                kept: Mapping[bytes, tuple[bytes, Seen]] | None = None) -> None:
         """The job is over (its results are with the client): park its directory, or (not
         ``reusable``) discard it; ``--keep-workdir`` leaves it where it is.  A directory the
-        job claimed but never changed goes back as it was."""
+        job claimed but never changed goes back as it was.  ``kept``: files the client took
+        back (path -> (digest of what it got, stat when listed)): the directory keeps them
+        (:func:`.dirplan.adopt`) where it can, so that the client's next tree, which holds
+        them, is the one it holds."""
         if workdir.status in ("claimed", "parking"):
             workdir.waiter = None
             if workdir.status == "claimed":
@@ -207,7 +226,7 @@ class Workdirs:
         store, state, tracker, watching = self.store, workdir.state, workdir.tracker, self.watcher
         target = os.path.join(self.parked_dir, workdir.name.removeprefix("dir:"))
 
-        def work() -> tuple[Plan, dict[bytes, Seen]]:
+        def work() -> tuple[int, int, list[bytes], list[bytes], list[tuple[bytes, int]]]:
             if watching is not None:
                 watching.quiet(tracker)
             os.rename(workdir.path, target)  # from now on no path the job knew leads here
@@ -222,43 +241,106 @@ class Workdirs:
                 touched, gone, came, lost = watching.take(tracker)
             else:
                 touched, gone, came, lost = set(), set(), set(), True
+            gained: list[bytes] = []
+            dropped: list[bytes] = []
+            blobs: list[tuple[bytes, int]] = []
+            kept_files = 0
+            new_dirs: list[bytes] = []
             if lost:
                 listing, complete = scan(target)
                 plan = restore(state, listing)
             else:
-                scope = scope_of(state, touched, gone, StoreDirectories(store))
+                load = StoreDirectories(store)
+                scope = scope_of(state, touched, gone, load)
                 listing, scope, complete = look(target, scope, came)
+                if kept and complete:
+                    adopted = self._adopt(target, state, listing, kept, load, blobs)
+                    if adopted is not None:
+                        plan_kept, stats_kept, new_dirs = adopted
+                        gained, dropped = state.apply(plan_kept, stats_kept)
+                        scope -= stats_kept.keys()
+                        kept_files = len(stats_kept)
                 plan = restore(state, listing, scope)
             if not complete:
                 raise Unusable("a part of it cannot be read")
             if watching is not None:
                 watching.quiet(tracker)
             stats = apply(store, target, plan)
+            more, fewer = state.apply(plan, stats)
             if watching is not None:
-                if lost:
+                if lost or gone or came:  # directories moved: every watch is looked at again (and named anew)
                     every = [b""] + [p for p, e in state.entries.items() if e.kind == DIRECTORY]
                     watching.watch(tracker, target, every, every=True)
                 else:
-                    watching.watch(tracker, target, [op.path for op in plan.ops if isinstance(op, MakeDir)])
+                    watching.watch(tracker, target, new_dirs + [op.path for op in plan.ops if isinstance(op, MakeDir)])
                 watching.loud(tracker)  # from now on, any change is someone tampering with it
-            return plan, stats
+            return len(plan.ops), kept_files, gained + more, dropped + fewer, blobs
 
         def finished(result: Any) -> None:
             waiter, workdir.waiter = workdir.waiter, None
             if isinstance(result, Exception):
                 why = result.strerror if isinstance(result, OSError) and result.strerror else str(result)
                 self.discard(workdir, why)
-            elif workdir.evicted:
-                self.discard(workdir, "evicted")
             else:
-                plan, stats = result
-                state.apply(plan, stats)
-                self.log("workdir-parked", dir=workdir.name, restored=len(plan.ops))
-                workdir.status = "claimed" if waiter is not None else "parked"
+                restored, kept_files, gained, dropped, blobs = result
+                store.pin(workdir.name, gained)
+                for digest, size in blobs:
+                    store.added(digest, size)
+                store.release(workdir.name, dropped)
+                if workdir.evicted:
+                    self.discard(workdir, "evicted")
+                else:
+                    store.park(workdir.name, state.size)  # (its size may have changed)
+                    self.log("workdir-parked", dir=workdir.name, restored=restored, kept=kept_files)
+                    workdir.status = "claimed" if waiter is not None else "parked"
+                    if waiter is not None:
+                        store.unpark(workdir.name)
             if waiter is not None:
                 waiter(workdir if workdir.status == "claimed" else None)
 
         self.background(work, finished)
+
+    def _adopt(self, target: str, state: TreeState, listing: Mapping[bytes, Seen],
+               kept: Mapping[bytes, tuple[bytes, Seen]], load: StoreDirectories,
+               blobs: list[tuple[bytes, int]]) -> tuple[Plan, dict[bytes, Seen], list[bytes]] | None:
+        """Keep the files the client took back (those unchanged since, now copied into the
+        cache too, so that they can be put back after a later job): the plan that records
+        them in ``state``, their stat, and the directories the job made that the tree now
+        holds.  Off the loop; ``blobs`` gets what the cache gained."""
+        files: dict[bytes, Entry] = {}
+        stats: dict[bytes, Seen] = {}
+        for path, (digest, seen) in kept.items():
+            if listing.get(path) != seen or not stat.S_ISREG(seen[0]):
+                continue  # changed since it was sent: put back instead
+            try:
+                fd = open_result(target, path)
+            except OSError:
+                continue
+            try:
+                if not self.store.import_file(fd, digest, seen[2]):
+                    continue
+            finally:
+                os.close(fd)
+            blobs.append((digest, seen[2]))
+            files[path] = Entry(path.rpartition(b"/")[2], FILE, stat.S_IMODE(seen[0]) & MODE_MASK, seen[3], seen[2],
+                                digest)
+            stats[path] = seen
+        if not files:
+            return None
+        new_dirs: dict[bytes, int] = {}
+        for path in files:
+            parent = path.rpartition(b"/")[0]
+            while parent and parent not in new_dirs:
+                entry = state.entries.get(parent)
+                if entry is not None and entry.kind == DIRECTORY:
+                    break
+                new_dirs[parent] = stat.S_IMODE(listing[parent][0])
+                parent = parent.rpartition(b"/")[0]
+        plan, directories = adopt(state, files, new_dirs, load, make_directory)
+        for digest, data in directories.items():
+            self.store.import_bytes(digest, data)
+            blobs.append((digest, len(data)))
+        return plan, stats, list(new_dirs)
 
     def discard(self, workdir: Workdir, why: str) -> None:
         """Forget the directory and remove it (off the loop)."""

@@ -101,6 +101,8 @@ class Watcher:
                 known = self.by_wd.get(wd)
                 if known is not None and known[0] is not tracker:  # cannot be: one directory, one tracker
                     tracker.lost = known[0].lost = True
+                elif known is not None and known[1] != rel and tracker.wds.get(known[1]) == wd:
+                    del tracker.wds[known[1]]  # a directory the job moved: named anew
                 tracker.wds[rel] = wd
                 self.by_wd[wd] = (tracker, rel)
 

@@ -32,8 +32,9 @@ from typing import Any
 
 from .. import protocol as p
 from .blobstore import BadBlob, BlobStore, BlobWriter
+from .dirplan import Seen
 from .fetchplan import Change
-from .manifest import BadManifest, missing
+from .manifest import BadManifest, missing, new_hasher
 from .materialise import open_result
 from .parking import Background, Workdir, Workdirs
 from .paths import UnsafePath, split_path
@@ -63,11 +64,13 @@ class _Run:
     prepared: bool = False  # its directory holds its tree (and the job may change it)
     fresh_only: bool = False  # a parked one failed to be turned into its tree: a fresh one now
     complete: bool = True  # the scan after the job could read all of its directory
+    seen_after: dict[bytes, Seen] = field(default_factory=dict)  # the changed files' stat when listed
+    hashed: dict[int, bytes] = field(default_factory=dict)  # result index -> digest of the bytes sent
     # results
     changes: list[Change] = field(default_factory=list)
     queue: deque[int] = field(default_factory=deque)
     want_done: bool = False
-    sending: tuple[int, int, int] | None = None  # (index, fd, offset in the file)
+    sending: tuple[int, int, int, Any] | None = None  # (index, fd, offset in the file, hasher)
     sent: int = 0
     acked: int = 0
     delivered: bool = False
@@ -256,7 +259,7 @@ class WorkerStager:
         workdir, dirs = run.dir, self.dirs
         assert workdir is not None
 
-        def work() -> tuple[list[Change], bool]:
+        def work() -> tuple[list[Change], bool, dict[bytes, Seen]]:
             return dirs.results(workdir)
 
         def done(result: Any) -> None:
@@ -265,8 +268,8 @@ class WorkerStager:
                 self._release(run)
                 return
             if isinstance(result, Exception):  # e.g. the job removed its directory: nothing comes back
-                result = [], False
-            run.changes, run.complete = result
+                result = [], False, {}
+            run.changes, run.complete, run.seen_after = result
             self._send_results(run)
 
         run.busy = True
@@ -311,18 +314,21 @@ class WorkerStager:
                     fd = open_result(run.workdir, run.changes[index].path)
                 except OSError:
                     fd = -1  # gone or replaced since it was listed: it ends empty (the client keeps the old one)
-                run.sending = (index, fd, 0)
-            index, fd, offset = run.sending
+                run.sending = (index, fd, 0, new_hasher())
+            index, fd, offset, hasher = run.sending
             data = os.pread(fd, p.CHUNK_SIZE, offset) if fd >= 0 else b""
+            hasher.update(data)  # what the client now holds, so that the directory may keep it (see parking)
             end = len(data) < p.CHUNK_SIZE
             self.send(p.ResultData(run.job_id, run.attempt, run.sent, index, data, end))
             run.sent += len(data)
             if end:
                 if fd >= 0:
                     os.close(fd)
+                    if offset + len(data) == run.changes[index].size:
+                        run.hashed[index] = hasher.digest()
                 run.sending = None
             else:
-                run.sending = (index, fd, offset + len(data))
+                run.sending = (index, fd, offset + len(data), hasher)
         if run.want_done and run.sending is None and not run.queue and run.acked >= run.sent and not run.delivered:
             run.delivered = True
             self.on_delivered(run.job_id)
@@ -349,6 +355,12 @@ class WorkerStager:
             return
         if self.stopping():
             self.dirs.discard(workdir, "the worker is stopping")
-        else:
-            self.dirs.release(workdir, run.prepared and run.complete,
-                              "a part of it could not be read" if not run.complete else "")
+            return
+        kept: dict[bytes, tuple[bytes, Seen]] = {}  # files the client took back: the directory may keep them
+        if run.delivered:
+            for index, digest in run.hashed.items():
+                seen = run.seen_after.get(run.changes[index].path)
+                if seen is not None:
+                    kept[run.changes[index].path] = (digest, seen)
+        self.dirs.release(workdir, run.prepared and run.complete,
+                          "a part of it could not be read" if not run.complete else "", kept)
