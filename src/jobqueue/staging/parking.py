@@ -86,6 +86,7 @@ class Workdirs:
         self.parked_dir = os.path.join(store.directory, "parked")
         self.all: dict[str, Workdir] = {}
         self.watcher: Watcher | None = watcher()
+        self._after_parking: list[Callable[[], None]] = []
         store.on_evict = self._evicted
         self._clear_leftovers()
 
@@ -107,6 +108,14 @@ class Workdirs:
             if chosen.status == "parked":
                 chosen.status = "claimed"
         return chosen
+
+    def parking(self) -> bool:
+        """Whether a directory is being parked (it may then hold a tree it did not hold before)."""
+        return any(workdir.status == "parking" for workdir in self.all.values())
+
+    def after_parking(self, then: Callable[[], None]) -> None:
+        """``then()`` once the directory being parked now is (or the next one to finish)."""
+        self._after_parking.append(then)
 
     def wait(self, workdir: Workdir, then: Callable[[Workdir | None], None]) -> None:
         """``then(workdir)`` once it is parked (and claimed), or ``then(None)`` if it was discarded."""
@@ -297,6 +306,9 @@ class Workdirs:
                         store.unpark(workdir.name)
             if waiter is not None:
                 waiter(workdir if workdir.status == "claimed" else None)
+            waiting, self._after_parking = self._after_parking, []
+            for then in waiting:
+                then()
 
         self.background(work, finished)
 

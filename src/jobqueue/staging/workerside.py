@@ -132,6 +132,10 @@ class WorkerStager:
         this run's to pin)."""
         store = self.store
         if not run.chosen:
+            if not run.fresh_only and self.dirs.parking() and not self.dirs.known(run.root):
+                # a directory being parked may keep what its job brought back: the client's tree now, maybe
+                self.dirs.after_parking(lambda: self._again(run))
+                return
             need, seen = missing(run.root, store.has, store.read, None if run.fresh_only else self.dirs.known)
             store.pin(run.owner, seen)
             if need:
@@ -150,6 +154,15 @@ class WorkerStager:
             self.dirs.wait(run.dir, lambda workdir: self._parked(run, workdir))
             return
         self._prepare(run)
+
+    def _again(self, run: _Run) -> None:
+        """Ask again, after a wait (unless the run is gone, or staged meanwhile)."""
+        if self.runs.get(run.job_id) is not run or run.workdir or run.busy:
+            return
+        try:
+            self._ask(run)
+        except (StageFailed, BadManifest, UnsafePath, BadBlob, OSError) as e:
+            self._fail(run, e)
 
     def _parked(self, run: _Run, workdir: Workdir | None) -> None:
         """The directory ``run`` waited for is parked (None: it was discarded instead)."""
