@@ -90,6 +90,7 @@ def test_a_c_build_compiles_once_objects_come_back_with_their_mtimes_second_make
     again = cluster.jq("-v", "--stage", str(src), "make", cwd=str(src))
     assert again.returncode == 0 and b"is up to date" in again.stdout, again.stdout
     assert b"brought back 0 files" in again.stderr
+    assert sent(again.stderr) == (0, 0)  # the objects it made were kept on the worker: not sent back to it
     (src / "util.c").write_text('#include "util.h"\nint twice(int x) { return x + x; }\n')
     third = cluster.jq("--stage", str(src), "make", cwd=str(src))
     assert b"cc -c util.c" in third.stdout and b"main.c" not in third.stdout
