@@ -141,16 +141,17 @@ def check_tree(root: bytes, directories: Mapping[bytes, bytes | Directory]) -> d
 
 
 def missing(
-    root: bytes, have: Callable[[bytes], bool], load: Callable[[bytes], bytes],
+    root: bytes, have: Callable[[bytes], bool], load: Callable[[bytes], bytes | Directory],
     complete: Callable[[bytes], bool] | None = None,
 ) -> tuple[list[bytes], set[bytes]]:
     """What a worker lacks of the tree ``root``: the missing blobs it can name
     now (files, and directories whose contents it will see once they arrive),
     and every digest it found it needs (to pin).  Called again after the
     missing ones arrived, until nothing is missing.  ``load`` reads a present
-    directory blob (validated here).  ``complete(digest)``: a directory whose
-    whole subtree the worker holds and keeps (pinned for a job directory that
-    holds it): not looked into, nor listed among the needs."""
+    directory blob (validated here, unless it gives it decoded: validated
+    already).  ``complete(digest)``: a directory whose whole subtree the worker
+    holds and keeps (pinned for a job directory that holds it): not looked
+    into, nor listed among the needs."""
     need: list[bytes] = []
     seen: set[bytes] = set()
     if complete is not None and complete(root):
@@ -162,7 +163,10 @@ def missing(
         if not have(digest):
             need.append(digest)
             continue
-        for entry in decode_directory(load(digest), digest).entries:
+        directory = load(digest)
+        if not isinstance(directory, Directory):
+            directory = decode_directory(directory, digest)
+        for entry in directory.entries:
             if entry.kind == SYMLINK or entry.digest in seen:
                 continue
             if entry.kind == DIRECTORY:

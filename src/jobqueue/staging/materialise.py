@@ -54,8 +54,12 @@ def loader(store: BlobStore) -> StoreDirectories:
 
 
 class StoreDirectories:
-    """Directory blobs read (and validated) from the store's files, off the worker's
-    loop: the cache's bookkeeping is left alone (the tree's blobs are pinned)."""
+    """Directory blobs read from the store's files and validated once (a bounded cache:
+    a blob is named by its digest, so what was valid stays so).  Safe off the loop: it
+    leaves the cache's bookkeeping alone (the trees being worked on are pinned)."""
+
+    #: Directories kept decoded (a few megabytes at most).
+    LIMIT = 1024
 
     def __init__(self, store: BlobStore) -> None:
         self.store = store
@@ -65,14 +69,17 @@ class StoreDirectories:
         directory = self.cache.get(digest)
         if directory is None:
             with open(self.store.path(digest), "rb") as f:
-                directory = self.cache[digest] = decode_directory(f.read(), digest)
+                directory = decode_directory(f.read(), digest)
+            if len(self.cache) >= self.LIMIT:
+                self.cache.pop(next(iter(self.cache)), None)  # the oldest (approximately: threads may race)
+            self.cache[digest] = directory
         return directory
 
     def get(self, digest: bytes) -> Directory | None:
         """The directory if the cache holds it (for :func:`.dirplan.choose`)."""
         try:
             return self(digest)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RuntimeError):
             return None
 
 

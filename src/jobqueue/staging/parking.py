@@ -7,16 +7,22 @@ A job's directory is a :class:`Workdir`: the directory on disk and its
   the job's tree (:meth:`Workdirs.prepare`: a fresh directory, or a parked one
   renamed to the job's name and changed by a Merkle diff);
 - *parking*: the job is over and its results are with the client: it is
-  renamed under ``parked/`` (no path the job knew leads to it any more), left
-  alone if any process still holds it (:mod:`.holders`), else listed afresh and
-  brought back to its tree (:func:`.dirplan.restore`), off the worker's loop;
+  renamed under ``parked/`` (no path the job knew leads to it any more),
+  discarded if any process still holds it (:mod:`.holders`), else brought back
+  to its tree (:func:`.dirplan.restore`): only what the job touched, as the
+  inotify watches tell (:mod:`.watch`; a full listing where events were lost).
+  The files the client took back are kept as the job left them
+  (:func:`.dirplan.adopt`, copied into the cache too): the client's next tree
+  holds them.  All of it off the worker's loop;
 - *parked*: ready for the next job of its tree (or of a similar one,
   :func:`.dirplan.choose`), an item of the cache's LRU order
-  (:mod:`.cachepolicy`) that keeps its blobs pinned;
+  (:mod:`.cachepolicy`) that keeps its blobs pinned; any change to it now
+  (the watches see it) and it is discarded rather than reused;
 - discarded (removed) when it cannot be trusted: an error on the way, a
-  process still in it, a part it cannot read, ``--keep-workdir`` (kept, not
-  parked), the worker stopping; evicted like a blob.  A worker that starts
-  removes what an earlier run left parked: nothing remembers its state.
+  process still in it, a part it cannot read, a change while parked, the
+  worker stopping; evicted like a blob; ``--keep-workdir`` leaves it as the
+  job left it, unparked.  A worker that starts removes what an earlier run
+  left parked: nothing remembers its state.
 
 Everything here runs on the worker's loop except the work handed to
 ``background``, which touches only the directory it was given.
@@ -47,7 +53,7 @@ from .dirplan import (
 )
 from .fetchplan import Change
 from .holders import holders
-from .manifest import FILE, MODE_MASK, SYMLINK, BadManifest, Entry, make_directory
+from .manifest import FILE, MODE_MASK, SYMLINK, BadManifest, Directory, Entry, make_directory
 from .materialise import StoreDirectories, apply, look, open_result, scan
 from .paths import UnsafePath, check_symlink_target
 from .watch import Tracker, Watcher, watcher
@@ -85,12 +91,18 @@ class Workdirs:
         self.keep = keep  # --keep-workdir: nothing is parked, every job's directory stays
         self.parked_dir = os.path.join(store.directory, "parked")
         self.all: dict[str, Workdir] = {}
+        self.directories = StoreDirectories(store)  # decoded and validated once, for all
         self.watcher: Watcher | None = watcher()
         self._after_parking: list[Callable[[], None]] = []
         store.on_evict = self._evicted
         self._clear_leftovers()
 
     # --- which directory ---------------------------------------------------------------------------------
+
+    def directory(self, digest: bytes) -> Directory:
+        """A directory blob of the store, validated (for :func:`.manifest.missing`)."""
+        self.store.policy.use(digest)
+        return self.directories(digest)
 
     def known(self, digest: bytes) -> bool:
         """Whether a directory of ours holds the subtree ``digest`` (its blobs pinned)."""
@@ -102,7 +114,7 @@ class Workdirs:
         ready = [(w, w.state) for w in self.all.values() if w.status == "parked"]
         coming = [(w, w.state) for w in self.all.values() if w.status == "parking" and not w.evicted
                   and w.waiter is None]
-        chosen = choose(root, ready + coming, StoreDirectories(self.store).get)
+        chosen = choose(root, ready + coming, self.directories.get)
         if chosen is not None:
             self.store.unpark(chosen.name)
             if chosen.status == "parked":
@@ -135,7 +147,7 @@ class Workdirs:
             workdir = Workdir("dir:" + os.path.basename(path), path)
             self.all[workdir.name] = workdir
         workdir.status = "building"
-        load = StoreDirectories(store)
+        load = self.directories
         target = os.path.join(store.jobs, f"job-{job_id}-{os.urandom(4).hex()}")
         parked_dir, state, tracker = self.parked_dir, workdir.state, workdir.tracker
         fresh = not state.entries
@@ -193,7 +205,7 @@ class Workdirs:
         if self.watcher is not None:
             touched, gone, came, lost = self.watcher.seen(workdir.tracker)
             if not lost:
-                scope = scope_of(state, touched, gone, StoreDirectories(self.store))
+                scope = scope_of(state, touched, gone, self.directories)
                 listing, scope, complete = look(path, scope, came)
                 changes = results(state, listing, scope)
                 files = {c.path: listing[c.path] for c in changes if c.kind == FILE and not c.deleted}
@@ -259,7 +271,7 @@ class Workdirs:
                 listing, complete = scan(target)
                 plan = restore(state, listing)
             else:
-                load = StoreDirectories(store)
+                load = self.directories
                 scope = scope_of(state, touched, gone, load)
                 listing, scope, complete = look(target, scope, came)
                 if kept and complete:

@@ -136,7 +136,7 @@ class WorkerStager:
                 # a directory being parked may keep what its job brought back: the client's tree now, maybe
                 self.dirs.after_parking(lambda: self._again(run))
                 return
-            need, seen = missing(run.root, store.has, store.read, None if run.fresh_only else self.dirs.known)
+            need, seen = missing(run.root, store.has, self.dirs.directory, None if run.fresh_only else self.dirs.known)
             store.pin(run.owner, seen)
             if need:
                 self._need(run, need)
@@ -145,7 +145,7 @@ class WorkerStager:
             if not run.fresh_only:
                 run.dir = self.dirs.claim(run.root)
         held = run.dir.state.digests.__contains__ if run.dir is not None else None
-        need, seen = missing(run.root, store.has, store.read, held)
+        need, seen = missing(run.root, store.has, self.dirs.directory, held)
         store.pin(run.owner, seen)
         if need:
             self._need(run, need)
