@@ -344,7 +344,6 @@ def scan(
         memo = old.get(rel)
         if memo is None or memo[0] != signature or memo[1] != kids:
             memo = remake(path, prefix, signature, kids, memo)
-            snap.directories[memo[2]] = make_directory(_entries(memo))[1]
             if cache is not None:
                 cache.changed = True
         new[rel] = memo
@@ -392,7 +391,8 @@ def scan(
                 except OSError as e:
                     raise StageError(f"cannot read symlink {os.fsdecode(path + b'/' + name)}: {e.strerror}") \
                         from None
-        digest, _data = make_directory(_entries((None, kids, b"", values, size, files, signature)))
+        digest, data = make_directory(_entries((None, kids, b"", values, size, files, signature)))
+        snap.directories[digest] = data
         return (signature if trusted else None, kids, digest, values, size, files, signature)
 
     snap.root_digest = walk(root_b, b"", False)
