@@ -435,12 +435,16 @@ class Need(Message, tag="need"):
     """Worker -> client: send these blobs (file contents or directories) of the tree.
 
     ``epoch`` counts the worker's restarts of the staging stream (after a server
-    restart lost blobs in flight): the client starts its stream again at offset 0."""
+    restart lost blobs in flight): the client starts its stream again at offset 0.
+    ``push``: the worker also takes, sent before these, blobs it did not name that
+    the client thinks it lacks (what changed since the client's last snapshot, a
+    little of it): a changed file deep in the tree then costs one round trip."""
 
     job_id: str
     attempt: int
     digests: list[bytes]
     epoch: int = 0
+    push: bool = False
 
 
 class Blob(Message, tag="blob"):

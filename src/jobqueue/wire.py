@@ -437,12 +437,13 @@ class CloseOutput(Message):
 class Need(Message):
     TAG = "need"
     FIELDS = (("job_id", _str, _REQUIRED), ("attempt", _int, _REQUIRED), ("digests", _bytes_list, _REQUIRED),
-              ("epoch", _int, 0))
+              ("epoch", _int, 0), ("push", _bool, False))
     __slots__ = _names(FIELDS)
     job_id: str
     attempt: int
     digests: list[bytes]
     epoch: int
+    push: bool
 
 
 class Blob(Message):

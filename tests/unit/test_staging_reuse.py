@@ -42,10 +42,12 @@ class Worker:
     def events(self, name: str) -> list[dict[str, Any]]:
         return [fields for event, fields in self.log if event == name]
 
-    def run(self, root: str, job: str, change: Any = None, rules: FetchRules | None = None) -> str:
+    def run(self, root: str, job: str, change: Any = None, rules: FetchRules | None = None,
+            stat_cache: str | None = None) -> str:
         """Stage ``root`` as ``job``, let ``change(workdir)`` be the job, bring its results back,
         forget it; returns the directory it ran in."""
-        snap = client_scan(root, use_cache=False)
+        snap = client_scan(root, cache_dir=stat_cache, use_cache=stat_cache is not None)
+        self.needs = 0
         to_worker: list[bytes] = []
         client = ClientStager(snap, rules or FetchRules(none=True), w, job, lambda m: to_worker.append(w.encode(m)),
                               lambda line: None)
@@ -54,7 +56,9 @@ class Worker:
         def pump() -> None:
             while to_worker or self.to_client:
                 while self.to_client:
-                    client.handle(w.decode_to_client(self.to_client.pop(0)))
+                    msg = w.decode_to_client(self.to_client.pop(0))
+                    self.needs += isinstance(msg, w.Need)
+                    client.handle(msg)
                 while to_worker:
                     msg = p.decode_to_worker(to_worker.pop(0))
                     if isinstance(msg, p.Blob):
@@ -89,6 +93,30 @@ def _tree(root: str) -> None:
     os.symlink("src/b.c", os.path.join(root, "link"))
     os.mkdir(os.path.join(root, "empty"))
     os.chmod(os.path.join(root, "ro"), 0o555)
+
+
+def test_a_change_deep_in_the_tree_costs_one_round_trip(tmp_path, monkeypatch) -> None:
+    """The worker's first Need offers the client to push what changed since its last snapshot."""
+    monkeypatch.setattr(scan_module, "RACY_NS", 0)
+    root = str(tmp_path / "deep")
+    os.makedirs(os.path.join(root, "a", "b", "c", "d"))
+    for level in ("", "a", "a/b", "a/b/c", "a/b/c/d"):
+        for i in range(20):
+            with open(os.path.join(root, level, f"f{i}"), "w") as f:
+                f.write(f"{level} {i}\n")
+    worker = Worker(BlobStore(str(tmp_path / "cache"), 1 << 30, max_parked=2))
+    cache = str(tmp_path / "statcache")
+    worker.run(root, "j0", stat_cache=cache)
+    worker.run(root, "j1", stat_cache=cache)
+    assert worker.needs == 0 and worker.client.blobs_sent == 0
+    with open(os.path.join(root, "a", "b", "c", "d", "f3"), "w") as f:
+        f.write("changed\n")
+    worker.run(root, "j2", stat_cache=cache)
+    assert worker.needs == 1 and worker.client.blobs_sent == 6  # the file, its four directories and the root
+    assert worker.events("workdir-reused")[-1]["operations"] == 1
+    fresh = Worker(BlobStore(str(tmp_path / "cache2"), 1 << 30))  # a worker that has nothing: asked level by level
+    fresh.run(root, "j3", stat_cache=cache)
+    assert fresh.needs == 6 and fresh.client.blobs_sent == 5 * 20 + 5
 
 
 def _vandalise(workdir: str) -> None:

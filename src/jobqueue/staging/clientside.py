@@ -29,6 +29,10 @@ if TYPE_CHECKING:  # jq loads this module: no typing at run time
 
 #: Result indexes per Want message (at most 9 bytes each: far below the 1 MiB message limit).
 WANT_BATCH = 50_000
+#: Bytes of files and of directories sent unasked when the worker offers it (Need.push): what this
+#: snapshot hashed or encoded anew, the likely missing (a little, lest it be what the worker has).
+PUSH_FILES = 256 * 1024
+PUSH_DIRECTORIES = 256 * 1024
 
 
 class ClientStager:
@@ -137,6 +141,9 @@ class ClientStager:
             self._close_sources()
             self._reset_upload()
             self._epoch = msg.epoch
+        if getattr(msg, "push", False):  # before what it named: it asks again only once those came
+            named = set(msg.digests)
+            self._queue.extend(d for d in self.snap.changed(PUSH_FILES, PUSH_DIRECTORIES) if d not in named)
         for digest in msg.digests:
             if self.snap.directory(digest) is None and self.snap.blob(digest) is None:
                 raise StageError(f"the worker asked for a blob that is not in the snapshot ({digest.hex()[:12]})")

@@ -72,6 +72,9 @@ class Snapshot:
         self._blobs: dict[bytes, tuple[bytes, int]] | None = None
         self._local: dict[bytes, StatKey] | None = None
         self.saving: Any = None  # a lock held while the stat cache is being written
+        self.incremental = False  # an earlier scan's stat cache was there: what it did not know changed since
+        self.new_directories: list[bytes] = []  # digests unlike the last scan's for the same path
+        self.new_files: list[tuple[bytes, int]] = []  # (digest, size)
 
     def saved(self) -> None:
         """Wait until the stat cache is written (before the process ends)."""
@@ -89,6 +92,24 @@ class Snapshot:
             if memo is not None:
                 data = self.directories[digest] = make_directory(_entries(memo))[1]
         return data
+
+    def changed(self, file_bytes: int, directory_bytes: int) -> list[bytes]:
+        """Digests of what changed since the last scan (what a worker that had the last
+        snapshot lacks), within these byte budgets; none
+        when there was no last scan to compare with (everything would look new)."""
+        chosen: list[bytes] = []
+        if not self.incremental:
+            return chosen
+        for digest in self.new_directories:
+            size = len(self.directories[digest])
+            if size <= directory_bytes:
+                chosen.append(digest)
+                directory_bytes -= size
+        for digest, size in self.new_files:
+            if size <= file_bytes:
+                chosen.append(digest)
+                file_bytes -= size
+        return chosen
 
     def blob(self, digest: bytes) -> tuple[bytes, int] | None:
         """(A relative path holding the file blob ``digest``, its size), or None."""
@@ -294,6 +315,7 @@ def scan(
     cache = StatCache(root_b, cache_dir) if use_cache else None
     snap = Snapshot(root_b, taken_ns)
     old = cache.old if cache is not None else {}
+    snap.incremental = bool(old)
     new: dict[bytes, DirMemo] = cache.new if cache is not None else {}
     filtering = git is not None or exclude_spec is not None
     racy_after = taken_ns - RACY_NS
@@ -380,6 +402,8 @@ def scan(
                     digest = _hash_file(path + b"/" + name)
                     snap.hashed += 1
                     snap.hashed_blobs.setdefault(digest, (prefix + name, length))
+                    if hit is None or hit[5] != digest:
+                        snap.new_files.append((digest, length))
                 values.append(digest)
                 size += length
                 files += 1
@@ -393,6 +417,8 @@ def scan(
                         from None
         digest, data = make_directory(_entries((None, kids, b"", values, size, files, signature)))
         snap.directories[digest] = data
+        if memo is None or memo[2] != digest:
+            snap.new_directories.append(digest)
         return (signature if trusted else None, kids, digest, values, size, files, signature)
 
     snap.root_digest = walk(root_b, b"", False)

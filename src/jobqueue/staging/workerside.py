@@ -56,6 +56,7 @@ class _Run:
     cwd: bytes  # relative to the tree (empty: its root)
     owner: str
     requested: set[bytes] = field(default_factory=set)
+    pushing: bool = False  # a Need offered the client to send more than it names (until those named came)
     writer: BlobWriter | None = None
     received: int = 0
     workdir: str = ""  # once set, its directory is being made (blobs that come are ignored)
@@ -177,9 +178,11 @@ class WorkerStager:
             self._fail(run, e)
 
     def _need(self, run: _Run, need: list[bytes]) -> None:
+        push = not run.requested and need == [run.root]  # the first ask: the client may send what changed with it
+        run.pushing = run.pushing or push
         run.requested.update(need)
         for i in range(0, len(need), NEED_BATCH):
-            self.send(p.Need(run.job_id, run.attempt, need[i:i + NEED_BATCH], run.epoch))
+            self.send(p.Need(run.job_id, run.attempt, need[i:i + NEED_BATCH], run.epoch, push))
 
     def on_blob(self, msg: p.Blob) -> None:
         run = self.runs.get(msg.job_id)
@@ -188,7 +191,7 @@ class WorkerStager:
             return  # another attempt's or stream's, already staged, or a duplicate
         try:
             if run.writer is None:
-                if msg.digest not in run.requested:
+                if msg.digest not in run.requested and not run.pushing:
                     raise StageFailed("the client sent a blob that was not asked for")
                 run.writer = self.store.writer(msg.digest, msg.size)
             elif run.writer.digest != msg.digest:
@@ -201,6 +204,7 @@ class WorkerStager:
                 run.requested.discard(msg.digest)
             self.send(p.Ack(run.job_id, run.attempt, p.STAGE_IN, run.received))
             if msg.end and not run.requested:
+                run.pushing = False  # what the client pushed came before what was named
                 self._ask(run)  # directories that came may name more
         except (StageFailed, BadManifest, UnsafePath, BadBlob, OSError) as e:
             self._fail(run, e)
@@ -254,6 +258,7 @@ class WorkerStager:
             run.epoch += 1
             run.received = 0
             run.requested.clear()
+            run.pushing = False
             self._ask(run)
         elif run.changes or run.want_done:
             if run.sending is not None and run.sending[1] >= 0:
