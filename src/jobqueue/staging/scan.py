@@ -365,9 +365,9 @@ def scan(
                 snap.skipped.append((prefix + name, kind))
         memo = old.get(rel)
         if memo is None or memo[0] != signature or memo[1] != kids:
-            memo = remake(path, prefix, signature, kids, memo)
-            if cache is not None:
-                cache.changed = True
+            before, memo = memo, remake(path, prefix, signature, kids, memo)
+            if cache is not None and (memo[0] is not None or before is None or before[0] is not None):
+                cache.changed = True  # (what changed too recently to be trusted is not worth writing down)
         new[rel] = memo
         snap.listed.append((rel, memo))
         snap.files += memo[5]
