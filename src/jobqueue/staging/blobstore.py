@@ -152,8 +152,10 @@ class BlobStore:
             os.replace(temp, final)
 
     def added(self, digest: bytes, size: int) -> None:
-        """A blob :meth:`import_file`-d or :meth:`import_bytes`-d is there: it counts now."""
-        self._drop(self.policy.add(digest, size))
+        """A blob :meth:`import_file`-d or :meth:`import_bytes`-d is there: it counts now
+        (unless it was evicted meanwhile: a blob that was there already may have been)."""
+        if digest in self.policy or os.path.exists(self.path(digest)):
+            self._drop(self.policy.add(digest, size))
 
     def remove_workdir(self, path: str) -> None:
         """Remove a job's directory, whatever modes the job left in it."""
