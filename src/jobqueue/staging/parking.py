@@ -229,8 +229,7 @@ class Workdirs:
                 workdir.status = "parked"
             self.store.park(workdir.name, workdir.state.size)
             return
-        if self.keep:
-            self.log("workdir-kept", dir=workdir.path)
+        if self.keep:  # (the worker logged where, when the job started)
             self.all.pop(workdir.name, None)
             self.store.unpin(workdir.name)
             if self.watcher is not None:
