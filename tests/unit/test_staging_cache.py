@@ -96,8 +96,8 @@ def test_parked_directories_are_items_that_keep_their_blobs_until_evicted(capaci
             pins.get(a, set()).difference_update(b)
             evicted = policy.release(a, b)
         elif op == "park":
-            sizes.setdefault(a, b)
-            evicted = policy.park(a, sizes[a])
+            sizes[a] = b
+            evicted = policy.park(a, b)
         else:
             sizes.pop(a, None)
             policy.unpark(a)

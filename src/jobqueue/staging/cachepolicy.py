@@ -107,10 +107,12 @@ class CachePolicy:
         bytes, keeping its pins until it is evicted or :meth:`unpark`-ed.  Returns what
         to evict now: the directory itself when it cannot fit next to the pinned blobs
         (its own among them), rather than blobs that would go for nothing."""
-        if owner not in self._sizes:
+        before = self._sizes.get(owner)
+        if before is None:
             self.parked += 1
-            self.total += size
-            self._sizes[owner] = size
+            before = 0
+        self.total += size - before  # (parked again: its size may have changed)
+        self._sizes[owner] = size
         self._sizes.move_to_end(owner)
         if self.pinned_bytes + size > self.capacity:
             evict: list[Key] = []
