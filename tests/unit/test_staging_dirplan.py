@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jobqueue.staging import afterjob as aj
 from jobqueue.staging import dirplan as dp
 from jobqueue.staging.fetchplan import diff
 from jobqueue.staging.manifest import DIRECTORY, FILE, SYMLINK, Directory, Entry, make_directory
@@ -232,7 +233,7 @@ def test_a_transform_turns_any_tree_into_any_other(sequence: list[dict[bytes, An
         # what the shell recorded describes the directory: nothing looks touched
         assert {p: s for p, s in fs.listing().items() if p in state.stats} == state.stats
         assert set(state.stats) == {p for p, e in flat.items() if e.kind != DIRECTORY}
-        assert dp.results(state, fs.listing()) == []
+        assert aj.results(state, fs.listing()) == []
 
 
 def test_an_unchanged_tree_is_no_work_and_one_changed_file_touches_only_its_way() -> None:
@@ -371,7 +372,7 @@ def watched(store: Store, fs: FS, state: dp.TreeState, before: dict[bytes, dp.Se
             (after.get(p) is None or after[p][:2] != s[:2])}
     came = {p for p in is_dir if before.get(p) is None or before[p][:2] != after[p][:2]}
     touched |= {p for p in after for d in came if p.startswith(d + b"/")}
-    scope = dp.scope_of(state, touched, gone, store.load)
+    scope = aj.scope_of(state, touched, gone, store.load)
     return {p: after[p] for p in scope if p in after}, scope
 
 
@@ -383,8 +384,8 @@ def test_looking_only_at_what_the_watches_saw_gives_the_same_results_and_restore
     full = fs.listing()
     extra = set(data.draw(st.lists(st.sampled_from(sorted(full) or [b"a"]), max_size=3)))
     listing, scope = watched(store, fs, state, before, extra)
-    assert dp.results(state, listing, scope) == dp.results(state, full)
-    plan = dp.restore(state, listing, scope)
+    assert aj.results(state, listing, scope) == aj.results(state, full)
+    plan = aj.restore(state, listing, scope)
     rewritten = {op.path for op in plan.ops if isinstance(op, dp.WriteFile)}
     for path in fs.unseen:  # written in place within a tick: its stat says nothing, the watches do
         entry, now = state.entries.get(path), full.get(path)
@@ -410,7 +411,7 @@ def test_results_are_those_of_a_full_comparison(run: Any) -> None:
             final[path] = Entry(b"", SYMLINK, 0o777, seen[3], seen[2], b"", seen[5])
         elif kind == DIRECTORY:
             final[path] = Entry(b"", DIRECTORY, stat.S_IMODE(seen[0]), 0)
-    assert dp.results(state, listing) == diff(state.entries, final)
+    assert aj.results(state, listing) == diff(state.entries, final)
 
 
 @given(job_runs())
@@ -418,7 +419,7 @@ def test_results_are_those_of_a_full_comparison(run: Any) -> None:
 def test_a_restore_brings_the_tree_back_and_rewrites_every_touched_file(run: Any) -> None:
     store, fs, state, recorded, before = run
     listing = fs.listing()
-    plan = dp.restore(state, listing)
+    plan = aj.restore(state, listing)
     assert plan.root == state.root and not plan.added and not plan.removed
     for op in plan.ops:  # never in place: a restored file or link is a new one
         assert not isinstance(op, dp.SetAttrs)
@@ -432,8 +433,8 @@ def test_a_restore_brings_the_tree_back_and_rewrites_every_touched_file(run: Any
     assert fs.tree() == manifest_view(state.entries)
     assert {p: s for p, s in fs.listing().items() if p in state.stats} == state.stats
     assert prepare(fs, state, store, state.root).ops == []  # the next job of the same tree: nothing to do
-    assert dp.restore(state, fs.listing()).ops == []
-    assert dp.results(state, fs.listing()) == []
+    assert aj.restore(state, fs.listing()).ops == []
+    assert aj.results(state, fs.listing()) == []
     untouched = [p for p, s in recorded.items() if p not in rewritten]
     assert all(fs.nodes[p].seen() == before[p] for p in untouched)  # the rest was left alone
 
@@ -442,7 +443,7 @@ def test_a_restore_brings_the_tree_back_and_rewrites_every_touched_file(run: Any
 @settings(max_examples=200, deadline=None)
 def test_a_restored_directory_turns_into_the_next_tree(run: Any, next_tree: dict[bytes, Any]) -> None:
     store, fs, state, _recorded, _before = run
-    plan = dp.restore(state, fs.listing())
+    plan = aj.restore(state, fs.listing())
     state.apply(plan, fs.run(plan))
     root = store.build(next_tree)
     prepare(fs, state, store, root)
@@ -474,10 +475,10 @@ def test_keeping_what_came_back_then_restoring_gives_that_tree(run: Any, data: s
         return digest, blob
 
     kept_nodes = {path: fs.nodes[path] for path in chosen}
-    plan, blobs = dp.adopt(state, files, new_dirs, store.load, encode)
+    plan, blobs = aj.adopt(state, files, new_dirs, store.load, encode)
     assert not plan.ops and set(blobs) <= set(store.dirs)
     state.apply(plan, {path: listing[path] for path in chosen})
-    restoring = dp.restore(state, listing, scope - set(chosen))
+    restoring = aj.restore(state, listing, scope - set(chosen))
     state.apply(restoring, fs.run(restoring))
     assert fs.tree() == manifest_view(state.entries) == manifest_view(dp.flat(state.root, store.load))
     assert all(fs.nodes[path] is node for path, node in kept_nodes.items())  # kept, not written again

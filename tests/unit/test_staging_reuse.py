@@ -13,9 +13,9 @@ import pytest
 from jobqueue import protocol as p
 from jobqueue import wire as w
 from jobqueue.staging import scan as scan_module
+from jobqueue.staging.afterjob import results
 from jobqueue.staging.blobstore import BlobStore
 from jobqueue.staging.clientside import ClientStager
-from jobqueue.staging.dirplan import results
 from jobqueue.staging.fetchplan import FetchRules
 from jobqueue.staging.holders import holders
 from jobqueue.staging.materialise import final_tree, scan

@@ -191,11 +191,7 @@ def _write_file(store: BlobStore, dir_fd: int, name: bytes, entry: Entry, rename
         os.fchmod(out, entry.mode & MODE_MASK)
         os.utime(out, ns=(entry.mtime_ns, entry.mtime_ns))
         if rename_to is not None:
-            try:
-                os.rename(name, rename_to, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except OSError:
-                os.unlink(name, dir_fd=dir_fd)
-                raise
+            _rename_over(dir_fd, name, rename_to)
         return _seen(os.fstat(out), b"")  # after the rename: it moves the ctime
     finally:
         os.close(out)
@@ -229,15 +225,20 @@ def _rewrite_file(store: BlobStore, dir_fd: int, name: bytes, entry: Entry) -> S
         os.close(out)
 
 
+def _rename_over(dir_fd: int, name: bytes, target: bytes) -> None:
+    """Move the new ``name`` over ``target`` (atomically); on failure it is removed."""
+    try:
+        os.rename(name, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
+        os.unlink(name, dir_fd=dir_fd)
+        raise
+
+
 def _make_link(dir_fd: int, name: bytes, entry: Entry, rename_to: bytes | None) -> Seen:
     os.symlink(entry.target, name, dir_fd=dir_fd)
     os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
     if rename_to is not None:
-        try:
-            os.rename(name, rename_to, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except OSError:
-            os.unlink(name, dir_fd=dir_fd)
-            raise
+        _rename_over(dir_fd, name, rename_to)
         name = rename_to
     return _seen(os.stat(name, dir_fd=dir_fd, follow_symlinks=False), entry.target)
 

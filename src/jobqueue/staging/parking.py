@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .afterjob import adopt, restore, results, scope_of
 from .blobstore import BlobStore
 from .dirplan import (
     DIRECTORY,
@@ -44,11 +45,7 @@ from .dirplan import (
     Plan,
     Seen,
     TreeState,
-    adopt,
     choose,
-    restore,
-    results,
-    scope_of,
     transform,
 )
 from .fetchplan import Change
