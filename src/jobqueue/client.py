@@ -18,7 +18,7 @@ from .connection import Connection, Security
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing would slow jq down
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Container
     from types import ModuleType
     from typing import IO, Any, Protocol
 
@@ -135,9 +135,18 @@ def _status_field(status: bytes, name: bytes) -> bytes:
     return status[start:end if end >= 0 else len(status)].strip()
 
 
-def _signals_in(mask: bytes, valid: Iterable[int]) -> list[int]:
+def _signals_in(mask: bytes, valid: Container[int]) -> list[int]:
+    """The signals whose bits are set in a /proc status mask (only the set bits are
+    visited: masks are mostly empty)."""
     bits = int(mask, 16)
-    return [n for n in valid if 0 < n < 65 and bits >> (n - 1) & 1]
+    signals = []
+    while bits:
+        low = bits & -bits
+        signum = low.bit_length()
+        if signum in valid:
+            signals.append(signum)
+        bits ^= low
+    return signals
 
 
 def proc_rlimits() -> list[tuple[str, int, int]]:
@@ -151,17 +160,19 @@ def proc_rlimits() -> list[tuple[str, int, int]]:
     return rlimits
 
 
-def caller_attributes(rlimits: list[tuple[str, int, int]] | None = None) -> dict[str, object]:
+def caller_attributes(rlimits: list[tuple[str, int, int]] | None = None,
+                      status: bytes | None = None) -> dict[str, object]:
     """How this process (this thread) stands, as JobSpec fields: umask, resource
     limits, nice value, signals ignored and blocked.  The umask and signals come
     from /proc/thread-self/status (the only race-free way to read a umask); the
-    limits from /proc/self/limits unless the caller read them its own way (the
-    API, per submission: getrlimit is cheaper than the file, but needs an import
-    jq's start-up does without)."""
+    limits from /proc/self/limits.  The API, per submission, passes both read its
+    own way (getrlimit, and a status file kept open per thread: cheaper, but
+    needing imports and state that jq's start-up does without)."""
     import _signal  # loaded already by jq (the C core of signal)
 
-    valid = sorted(_signal.valid_signals())  # not the C library's own (32 and 33), which show as ignored
-    status = _read_proc("/proc/thread-self/status")
+    valid = _signal.valid_signals()  # not the C library's own (32 and 33), which show as ignored
+    if status is None:
+        status = _read_proc("/proc/thread-self/status")
     attrs: dict[str, object] = {}
     umask = _status_field(status, b"Umask")
     if umask:

@@ -72,3 +72,27 @@ def test_exec_problem_counts_what_linux_counts():
     many = [b"x" * 1000] * 7000  # 7 MB: past ARG_MAX whatever the stack limit
     assert "bytes of arguments and environment" in exec_problem(many, {})
     assert exec_problem([], {}) == ""
+
+
+def test_the_apis_kept_status_file_is_read_afresh_and_per_thread(restore_process_state):
+    import threading
+
+    from jobqueue.api import _thread_status
+
+    os.umask(0o077)
+    assert caller_attributes(_rlimits(), _thread_status.read())["umask"] == 0o077
+    os.umask(0o002)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+    here = caller_attributes(_rlimits(), _thread_status.read())
+    assert here["umask"] == 0o002 and signal.SIGUSR1 in here["blocked_signals"]  # type: ignore[operator]
+    there: list[object] = []
+
+    def other_thread() -> None:  # its own signal mask: SIGUSR1 unblocked there
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR1])
+        there.append(caller_attributes(_rlimits(), _thread_status.read())["blocked_signals"])
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join(10)
+    assert there and signal.SIGUSR1 not in there[0]  # type: ignore[operator]
+    assert caller_attributes(_rlimits(), _thread_status.read()) == caller_attributes()
