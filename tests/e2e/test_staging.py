@@ -26,14 +26,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare")
                                 reason="needs root and unshare for a private mount namespace")
 
 
-@pytest.fixture
-def project(cluster: Cluster) -> Path:
-    root = cluster.tmp / "project"
-    (root / "sub").mkdir(parents=True)
-    (root / "a.txt").write_text("from the client\n")
-    return root
-
-
 def test_no_shared_file_system_without_stage_fails_with_stage_runs_and_results_come_back(
         cluster: Cluster, project: Path) -> None:
     cluster.server()

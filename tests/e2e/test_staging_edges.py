@@ -44,14 +44,6 @@ def files_under(top: Path, *, leaving_out: Path | None = None) -> set[str]:
     return found
 
 
-@pytest.fixture
-def project(cluster: Cluster) -> Path:
-    root = cluster.tmp / "project"
-    (root / "sub").mkdir(parents=True)
-    (root / "a.txt").write_text("from the client\n")
-    return root
-
-
 # --- 1. a hostile or broken worker ------------------------------------------------------------
 
 

@@ -179,15 +179,20 @@ def _apply(store: BlobStore, dirs: _Dirs, op: Op, written: dict[bytes, Seen]) ->
         raise TypeError(op)
 
 
+def _copy_blob(store: BlobStore, entry: Entry, out: int) -> None:
+    """The file's content, from the cache, into ``out``."""
+    if entry.size:
+        src = os.open(store.path(entry.digest), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            copy_fd(src, out, entry.size)
+        finally:
+            os.close(src)
+
+
 def _write_file(store: BlobStore, dir_fd: int, name: bytes, entry: Entry, rename_to: bytes | None) -> Seen:
     out = os.open(name, _NEW_FILE, 0o600, dir_fd=dir_fd)
     try:
-        if entry.size:
-            src = os.open(store.path(entry.digest), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                copy_fd(src, out, entry.size)
-            finally:
-                os.close(src)
+        _copy_blob(store, entry, out)
         os.fchmod(out, entry.mode & MODE_MASK)
         os.utime(out, ns=(entry.mtime_ns, entry.mtime_ns))
         if rename_to is not None:
@@ -210,12 +215,7 @@ def _rewrite_file(store: BlobStore, dir_fd: int, name: bytes, entry: Entry) -> S
         st = os.fstat(out)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             return None
-        if entry.size:
-            src = os.open(store.path(entry.digest), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                copy_fd(src, out, entry.size)
-            finally:
-                os.close(src)
+        _copy_blob(store, entry, out)
         if st.st_size != entry.size:
             os.ftruncate(out, entry.size)
         os.fchmod(out, entry.mode & MODE_MASK)
