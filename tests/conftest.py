@@ -25,6 +25,9 @@ import psutil
 import pytest
 
 BIN = Path(sys.executable).parent
+# No stage watcher is started behind a test's back (jq starts one for large trees): the
+# tests of the watcher turn it on and stop it themselves.
+os.environ["JOBQUEUE_STAGE_WATCH"] = "0"
 #: Fast liveness for tests: a heartbeat every 0.2 s, lost after 1 s.
 HEARTBEAT = 0.2
 

@@ -21,10 +21,11 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from jobqueue.staging import watchclient
 from tests.conftest import BIN, Cluster, free_port, wait_for
 from tests.e2e.test_security import SecureCluster, keygen
 from tests.support.relay import Relay
-from tests.support.staging import isolated_worker, sent
+from tests.support.staging import isolated_worker, sent, stop_watcher
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -376,3 +377,28 @@ def test_an_executor_runs_several_staged_jobs_at_once(cluster: Cluster, project:
                             range(3)))
     assert [r.returncode for r in ran] == [0, 0, 0]
     assert [(project / f"run{i}.txt").read_text() for i in range(3)] == ["0\n", "1\n", "2\n"]
+
+
+def test_with_the_stage_watcher_each_edit_between_jobs_is_seen_and_the_rest_is_not_listed(
+        cluster: Cluster, project: Path) -> None:
+    env = {**cluster.env(), "JOBQUEUE_STAGE_WATCH": "always", "JOBQUEUE_STAGE_WATCH_IDLE": "60"}
+    root = os.fsencode(project)
+    cluster.server()
+    isolated_worker(cluster, name="w1")
+    try:
+        assert cluster.jq("--stage", str(project), "true", env=env).returncode == 0  # starts the watcher
+        wait_for(lambda: watchclient.ask(root, None) is not None, 20, "jq's stage watcher to answer")
+        assert cluster.jq("--stage", str(project), "true", env=env).returncode == 0  # lists all, gets a token
+        unchanged = cluster.jq("-v", "--stage", str(project), "cat", "a.txt", env=env)
+        assert unchanged.stdout == b"from the client\n" and b"listed 0 of 2 directories" in unchanged.stderr
+        (project / "a.txt").write_text("edited a moment")  # the same size, written just after a scan
+        (project / "a.txt").write_text("edited a second\n")
+        edited = cluster.jq("-v", "--stage", str(project), "cat", "a.txt", env=env)
+        assert edited.stdout == b"edited a second\n" and b"listed 1 of 2 directories" in edited.stderr
+        (project / "sub" / "deeper").mkdir()
+        (project / "sub" / "deeper" / "new.txt").write_text("new\n")
+        made = cluster.jq("-v", "--stage", str(project), "cat", "sub/deeper/new.txt", env=env)
+        assert made.stdout == b"new\n", made.stderr
+        assert b"listed 2 of 3 directories" in made.stderr  # sub and the new one
+    finally:
+        stop_watcher(root)

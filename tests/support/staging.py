@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.conftest import BIN, Cluster
+import psutil
+
+from jobqueue.staging import watchclient
+from tests.conftest import BIN, Cluster, wait_for
 
 
 def isolated_worker(cluster: Cluster, *args: str, name: str, wait: bool = True, endpoint: str | None = None,
@@ -32,3 +37,22 @@ def sent(stderr: bytes) -> tuple[int, int]:
     assert match, stderr
     scale = {b"bytes": 1, b"KiB": 1024, b"MiB": 1 << 20}[match[3]]
     return int(match[1]), int(float(match[2]) * scale)
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # (init here reaps it in its own time)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def stop_watcher(root: bytes) -> None:
+    """Stop ``root``'s stage watcher, if any, and see it end (killed by pid if it does not)."""
+    pid = watchclient.stop(root)
+    if pid is None:
+        return
+    try:
+        wait_for(lambda: _ended(pid), 10, f"the stage watcher {pid} to end when asked")
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+        raise

@@ -22,6 +22,7 @@ import os
 import stat
 import time
 
+from . import watchclient
 from .entry import DIRECTORY, FILE, MODE_MASK, SYMLINK, make_directory, sha256
 from .paths import UnsafePath, check_symlink_target
 
@@ -43,11 +44,13 @@ StatKey = tuple[int, int, int, int]
 
 #: What the last scan learnt of one directory (see :class:`StatCache`): (check,
 #: subdirectories' digests, digest, values, bytes of its files, number of files,
-#: signature).  The signature lists (name, st_mode, inode, size, mtime_ns,
-#: ctime_ns) of every entry staged, in listing order; check is the signature, or
-#: None when an entry changed too recently to be trusted next time (the directory
-#: is then encoded again); values, in the same order: a file's digest, a
-#: symlink's target, b"" for a directory.
+#: signature, skipped).  The signature lists (name, st_mode, inode, size, mtime_ns,
+#: ctime_ns) of every entry staged, in listing order; check is the signature, or,
+#: when an entry changed too recently to be trusted next time, the time (ns) from
+#: which a timestamp is too recent: the directory is then encoded again, and its
+#: entries changed since that time hashed again; values, in the same order: a
+#: file's digest, a symlink's target, b"" for a directory; skipped: (name, kind)
+#: of the sockets, FIFOs and devices left out.
 DirMemo = tuple
 
 
@@ -64,6 +67,7 @@ class Snapshot:
         self.files = 0
         self.size = 0  # bytes of file content
         self.hashed = 0  # files hashed (not found in the stat cache)
+        self.relisted = 0  # directories listed (the others: unchanged, says the stage watcher)
         self.skipped: list[tuple[bytes, str]] = []  # (path, why) for -v
         #: every directory: (relative path, DirMemo); the maps below are made from them when needed
         self.listed: list[tuple[bytes, DirMemo]] = []
@@ -164,7 +168,7 @@ def stat_key(st: os.stat_result) -> StatKey:
 #: A file changed within this long before a scan is hashed again next time:
 #: its mtime/ctime may not yet tell a later change apart ("racy git").
 RACY_NS = 2_000_000_000
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
 #: Stat cache file -> a lock held while a scan of this process writes it.
 _saving: dict[str, Any] = {}
 
@@ -187,19 +191,29 @@ class StatCache:
         self.old: dict[bytes, DirMemo] = {}
         self.new: dict[bytes, DirMemo] = {}
         self.changed = False
+        #: (the stage watcher's token, the walk's filter) as of the scan that wrote ``old``
+        #: (see :mod:`.watchclient`), and as of this one
+        self.old_watch: tuple | None = None
+        self.new_watch: tuple | None = None
         saving = _saving.pop(self.path, None)
         if saving is not None:  # an earlier scan of this process is writing it
             saving.acquire()
             saving.release()
+        import gc
         import marshal
 
+        collecting = gc.isenabled()
+        gc.disable()  # (a collection or two among the many tuples made here: +2 ms)
         try:
             with open(self.path, "rb") as f:
                 loaded = marshal.loads(f.read())  # (marshal.load reads a file in small pieces: slower)
             if type(loaded) is tuple and loaded[:2] == (_CACHE_FORMAT, root) and type(loaded[2]) is dict:
-                self.old = loaded[2]
+                self.old, self.old_watch = loaded[2], loaded[3]
         except (OSError, EOFError, ValueError, TypeError):
             pass  # no cache, or an unreadable one: hash everything
+        finally:
+            if collecting:
+                gc.enable()
 
     def save(self) -> None:
         """Write what this scan learnt (replacing the old) atomically; best effort."""
@@ -209,7 +223,7 @@ class StatCache:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
             temp = f"{self.path}.{os.getpid()}.tmp"
             with open(temp, "wb") as f:
-                f.write(marshal.dumps((_CACHE_FORMAT, self.root, self.new)))
+                f.write(marshal.dumps((_CACHE_FORMAT, self.root, self.new, self.new_watch)))
             os.replace(temp, self.path)
         except OSError:
             pass
@@ -221,7 +235,8 @@ class StatCache:
 class _GitView:
     """What git would not ignore under DIR."""
 
-    def __init__(self, files: set[bytes], untracked_dirs: set[bytes]) -> None:
+    def __init__(self, files: set[bytes], untracked_dirs: set[bytes], signature: tuple = ()) -> None:
+        self.signature = signature  # tells one view from another (a walk's filter)
         self.files = files  # tracked or untracked-not-ignored files (and submodules), relative to DIR
         self.untracked_dirs = untracked_dirs  # directories git lists as wholly untracked (empty ones too)
         self.parents: set[bytes] = set()  # every directory holding one of the files
@@ -260,9 +275,26 @@ def _collect(started: tuple[int, int]) -> bytes | None:
     return b"".join(chunks) if os.waitstatus_to_exitcode(status) == 0 else None
 
 
+def _in_work_tree(root: bytes) -> bool:
+    """Whether git could find a work tree holding ``root`` (a ``.git`` here or above, or
+    git's environment names one); when not, no git is started (2-5 ms)."""
+    if any(name in os.environ for name in ("GIT_DIR", "GIT_WORK_TREE")):
+        return True
+    path = root
+    while True:
+        if os.path.lexists(path + b"/.git"):
+            return True
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+
+
 def _git_view(root: bytes) -> _GitView | None:
     """Two ``git ls-files`` at once: the files, and the wholly untracked
     directories (empty ones included); None when DIR is not in a work tree."""
+    if not _in_work_tree(root):
+        return None
     files_run = _spawn_git(root, ["--cached"])
     if files_run is None:
         return None
@@ -271,8 +303,11 @@ def _git_view(root: bytes) -> _GitView | None:
     dirs_out = _collect(dirs_run) if dirs_run is not None else None
     if files_out is None or dirs_out is None:
         return None
+    import binascii
+
     return _GitView({p for p in files_out.split(b"\0") if p},
-                    {p.rstrip(b"/") for p in dirs_out.split(b"\0") if p.endswith(b"/")})
+                    {p.rstrip(b"/") for p in dirs_out.split(b"\0") if p.endswith(b"/")},
+                    (binascii.crc32(files_out), len(files_out), binascii.crc32(dirs_out), len(dirs_out)))
 
 
 def _under(path: bytes, roots: set[bytes]) -> bool:
@@ -320,6 +355,19 @@ def scan(
     filtering = git is not None or exclude_spec is not None
     racy_after = taken_ns - RACY_NS
     S_ISDIR, S_ISREG, S_ISLNK = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK
+    # The stage watcher, asked before anything is read, says which directories changed since the
+    # last scan (of the same filter); the others are taken from the stat cache without a look.
+    watching = use_cache and watchclient.mode() != "off"
+    view = (stage_git, tuple(patterns), git.signature if git is not None else None)
+    unchanged_since: frozenset[bytes] | None = None  # the directories that changed, when the watcher says
+    reply = None
+    if watching and cache is not None:
+        known = cache.old_watch
+        reply = watchclient.ask(root_b, known[0] if known is not None and known[1] == view else None)
+        if reply is not None and reply[0] is not None:
+            cache.new_watch = (reply[0], view)
+            if known is not None and known[1] == view:
+                unchanged_since = reply[1]
 
     def included(rel: bytes, is_dir: bool, wholesale: bool) -> bool:
         if exclude_spec is not None and exclude_spec.match_file(os.fsdecode(rel) + ("/" if is_dir else "")):
@@ -330,11 +378,12 @@ def scan(
             return True
         return is_dir and (rel in git.parents or _under(rel, git.untracked_dirs))
 
-    def walk(path: bytes, rel: bytes, wholesale: bool) -> bytes:
-        """The digest of directory ``path`` (``rel`` under DIR), its encoding in ``snap``."""
+    def listed(path: bytes, rel: bytes, prefix: bytes, wholesale: bool
+               ) -> tuple[list[tuple[bytes, int, int, int, int, int]], list[bytes], tuple]:
+        """(signature, subdirectories' digests, skipped) of directory ``path``, as it is now."""
         signature: list[tuple[bytes, int, int, int, int, int]] = []
         kids: list[bytes] = []
-        prefix = rel + b"/" if rel else b""
+        skipped: list[tuple[bytes, str]] = []
         try:
             listing = list(os.scandir(path))
         except OSError as e:
@@ -361,17 +410,38 @@ def scan(
                     continue
                 signature.append((name, mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
             else:
-                kind = "socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode) else "device"
-                snap.skipped.append((prefix + name, kind))
+                skipped.append((name, "socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode)
+                                else "device"))
+        return signature, kids, tuple(skipped)
+
+    def walk(path: bytes, rel: bytes, wholesale: bool) -> bytes:
+        """The digest of directory ``path`` (``rel`` under DIR), its encoding in ``snap``."""
+        prefix = rel + b"/" if rel else b""
         memo = old.get(rel)
-        if memo is None or memo[0] != signature or memo[1] != kids:
-            before, memo = memo, remake(path, prefix, signature, kids, memo)
-            if cache is not None and (memo[0] is not None or before is None or before[0] is not None):
+        if memo is not None and unchanged_since is not None and rel not in unchanged_since:
+            # nothing happened in it: its entries are as the stat cache says; its subdirectories are walked
+            signature, skipped = memo[6], memo[7]
+            kids = [walk(path + b"/" + entry[0], prefix + entry[0],
+                         wholesale or entry[0] == b".git" or (git is not None and prefix + entry[0] in git.files))
+                    for entry in signature if S_ISDIR(entry[1])]
+            same = memo[1] == kids
+        else:
+            snap.relisted += 1
+            signature, kids, skipped = listed(path, rel, prefix, wholesale)
+            same = memo is not None and memo[0] == signature and memo[1] == kids
+        if not same or memo is None:
+            before, memo = memo, remake(path, prefix, signature, kids, skipped, memo)
+            if cache is not None and (type(memo[0]) is list or before is None or type(before[0]) is list):
                 cache.changed = True  # (what changed too recently to be trusted is not worth writing down)
+        elif memo[7] != skipped:
+            memo = (*memo[:7], skipped)
+            if cache is not None:
+                cache.changed = True
         new[rel] = memo
         snap.listed.append((rel, memo))
         snap.files += memo[5]
         snap.size += memo[4]
+        snap.skipped.extend((prefix + name, kind) for name, kind in skipped)
         if memo[5] + len(kids) < len(signature):  # it holds symlinks
             for (name, mode, *_), value in zip(signature, memo[3]):
                 if S_ISLNK(mode):
@@ -379,11 +449,14 @@ def scan(
         return memo[2]
 
     def remake(path: bytes, prefix: bytes, signature: list[tuple[bytes, int, int, int, int, int]],
-               kids: list[bytes], memo: DirMemo | None) -> DirMemo:
+               kids: list[bytes], skipped: tuple, memo: DirMemo | None) -> DirMemo:
         """A directory that changed (or was never seen): its entries, hashing only changed files."""
         known: dict[bytes, tuple] = {}  # name -> (st_mode, inode, size, mtime, ctime, value) as last seen
+        doubtful = 1 << 63  # a timestamp from this time on was too recent to vouch for the content then
         if memo is not None:
             known = {item[0]: (*item[1:], value) for item, value in zip(memo[6], memo[3])}
+            if type(memo[0]) is int:
+                doubtful = memo[0]
         values: list[bytes] = []
         size = files = 0
         trusted = True
@@ -394,7 +467,8 @@ def scan(
             if mtime >= racy_after or ctime >= racy_after:
                 trusted = False  # a change within the timestamps' grain may follow unseen
             hit = known.get(name)
-            same = hit is not None and hit[:5] == (mode, ino, length, mtime, ctime)
+            same = hit is not None and hit[:5] == (mode, ino, length, mtime, ctime) \
+                and mtime < doubtful and ctime < doubtful
             if S_ISREG(mode):
                 if same:
                     digest = hit[5]  # type: ignore[index]
@@ -419,11 +493,13 @@ def scan(
         snap.directories[digest] = data
         if memo is None or memo[2] != digest:
             snap.new_directories.append(digest)
-        return (signature if trusted else None, kids, digest, values, size, files, signature)
+        return (signature if trusted else racy_after, kids, digest, values, size, files, signature, skipped)
 
     snap.root_digest = walk(root_b, b"", False)
     _check_symlinks(snap)
-    if cache is not None and (cache.changed or len(cache.new) != len(cache.old)):
+    if watching and reply is None and (watchclient.mode() == "always" or snap.files >= watchclient.MIN_FILES):
+        watchclient.start(root_b)  # (none yet: the next scans of this tree will ask it)
+    if cache is not None and (cache.changed or len(cache.new) != len(cache.old) or cache.new_watch != cache.old_watch):
         snap.saving = _saving[cache.path] = _in_background(cache.save)  # while the job is queued and staged
     return snap
 

@@ -25,6 +25,7 @@ import ctypes.util
 import os
 import struct
 import threading
+from typing import Any
 
 IN_MODIFY = 0x2
 IN_ATTRIB = 0x4
@@ -70,17 +71,21 @@ class Tracker:
         return not self.lost and not self.touched and not self.gone and not self.came
 
 
+def inotify_calls() -> tuple[Any, Any, Any]:
+    """libc's inotify_init1, inotify_add_watch and inotify_rm_watch (errno kept for ctypes)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    add, rm = libc.inotify_add_watch, libc.inotify_rm_watch
+    add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+    rm.argtypes = [ctypes.c_int, ctypes.c_int]
+    return libc.inotify_init1, add, rm
+
+
 class Watcher:
     """One inotify instance for all the worker's job directories (thread-safe)."""
 
     def __init__(self) -> None:
-        name = ctypes.util.find_library("c")
-        libc = ctypes.CDLL(name, use_errno=True)
-        self._add = libc.inotify_add_watch
-        self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        self._rm = libc.inotify_rm_watch
-        self._rm.argtypes = [ctypes.c_int, ctypes.c_int]
-        self.fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        init, self._add, self._rm = inotify_calls()
+        self.fd = init(IN_NONBLOCK | IN_CLOEXEC)
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
         self.lock = threading.Lock()
