@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 
@@ -13,6 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from jobqueue.staging import scan as scan_module
 from jobqueue.staging import watchclient
 from jobqueue.staging.scan import Snapshot, scan
 from jobqueue.staging.watchd import LOCAL_FILE_SYSTEMS, file_system_type
@@ -47,9 +49,24 @@ def tree(tmp_path, watching) -> Iterator[bytes]:
     stop_watcher(path)
 
 
+def _digests(snap: Snapshot) -> dict[bytes, bytes]:
+    """Relative path -> digest, of every file."""
+    found = {}
+    for rel, item in snap.listed:
+        memo = scan_module._memo(item)
+        for (name, mode, *_), value in zip(memo[6], memo[3]):
+            if stat.S_ISREG(mode):
+                found[rel + b"/" + name if rel else name] = value
+    return found
+
+
 def _same(cached: Snapshot, fresh: Snapshot) -> None:
     assert cached.root_digest == fresh.root_digest
-    assert cached.local == fresh.local and cached.blobs == fresh.blobs and cached.links == fresh.links
+    assert cached.local == fresh.local and cached.links == fresh.links
+    files = _digests(fresh)
+    assert _digests(cached) == files
+    assert cached.blobs.keys() == fresh.blobs.keys()
+    assert all(files[path] == digest for digest, (path, _size) in cached.blobs.items())  # any path holding it
     assert (cached.files, cached.size) == (fresh.files, fresh.size)
     assert cached.skipped == fresh.skipped
 
