@@ -313,6 +313,8 @@ class Connection:
         self.welcomed = False  # the current connection got its Welcome
         self.ever_welcomed = False
         self.server_id = ""
+        #: Counts the connections made (a message sent on one is lost with it).
+        self.generation = 0
         self._last_heard = 0.0
         self._last_ping = 0.0
         self._connected_at = 0.0
@@ -328,6 +330,11 @@ class Connection:
     def socket(self) -> Any:
         """What to register in a poller (None while closed)."""
         return None if self.transport is None else self.transport.pollable
+
+    @property
+    def last_heard(self) -> float:
+        """When the server was last heard from (or the connection opened)."""
+        return self._last_heard
 
     def poll_events(self) -> int:
         """The events to poll :attr:`socket` for (POLLIN, plus POLLOUT while output waits)."""
@@ -352,6 +359,7 @@ class Connection:
         """A new connection carrying the hello and this peer's state (liveness timers kept)."""
         self.close()
         self.transport = self._new_transport(self.endpoint, self.proto.MAX_MESSAGE_SIZE + 4096)
+        self.generation += 1
         self.welcomed = False
         if self._hello is not None:
             hello = self._hello()

@@ -333,6 +333,9 @@ def _loop(session: Session, job: ClientJob, term: Terminal, options: JqOptions) 
         timeout = session.conn.next_wakeup(now)
         if queue_deadline is not None:
             timeout = min(timeout, max(0.0, queue_deadline - now))
+        gate_wakeup = None if term.gate is None else term.gate.next_wakeup(now)
+        if gate_wakeup is not None:
+            timeout = min(timeout, gate_wakeup)
         reading = stdin_open and job.running and job.wants_stdin()
         server_ready, ready = session.conn.wait([term.wake_fd, 0] if reading else [term.wake_fd], timeout,
                                                 term.watched)
@@ -345,7 +348,7 @@ def _loop(session: Session, job: ClientJob, term: Terminal, options: JqOptions) 
                 owner.written(fd, end)
             for fd in term.broken_fds():
                 job.close_output(fd)
-            _forward_signals(session, job, term)
+            _forward_signals(session, job, term, now)
         if 0 in ready:
             stdin_open = _read_stdin(job)
         if server_ready:
@@ -353,9 +356,11 @@ def _loop(session: Session, job: ClientJob, term: Terminal, options: JqOptions) 
         if queue_deadline is not None and not term.has_started and now >= queue_deadline:
             queue_deadline = None
             term.queue_timed_out = True
-            job.signal(signal.SIGTERM)
+            _signal_job(session, job, term, signal.SIGTERM, now)
         session.flush()
         session.conn.tick(now)
+        if term.gate is not None and term.result is None:
+            _check_gate(session, job, term, now)
     return term.result
 
 
@@ -391,8 +396,8 @@ def _forwards_stdin() -> bool:
     return True
 
 
-def _forward_signals(session: Any, job: Any, term: Terminal) -> None:
-    while term.signals:
+def _forward_signals(session: Session, job: ClientJob, term: Terminal, now: float) -> None:
+    while term.signals and term.result is None:
         signum = term.signals.pop(0)
         if signum == signal.SIGWINCH:
             try:
@@ -405,4 +410,49 @@ def _forward_signals(session: Any, job: Any, term: Terminal) -> None:
             job.signal(signum)
             term.result = 128 + signum
         else:
-            job.signal(signum)
+            _signal_job(session, job, term, signum, now)
+
+
+def _signal_job(session: Session, job: ClientJob, term: Terminal, signum: int, now: float) -> None:
+    """Deliver ``signum`` to the job through the server, unless the server may never
+    pass it on (see :mod:`jobqueue.jq_signals`)."""
+    if term.gate is None:
+        from .jq_signals import SignalGate  # on the first signal: a plain job never loads it
+
+        term.gate = SignalGate(session.conn.heartbeat, term.job_news)
+    conn = session.conn
+    _act(session, job, term, term.gate.on_signal(signum, now, up=conn.welcomed, generation=conn.generation,
+                                                 running=job.running))
+
+
+def _check_gate(session: Session, job: ClientJob, term: Terminal, now: float) -> None:
+    conn = session.conn
+    action = term.gate.poll(now, up=conn.welcomed, generation=conn.generation, last_heard=conn.last_heard,
+                            running=job.running, news=term.job_news)
+    if action is not None:
+        _act(session, job, term, action)
+        session.flush()
+
+
+def _act(session: Session, job: ClientJob, term: Terminal, action: tuple[str, int]) -> None:
+    from . import wire as p
+    from .jq_signals import FORWARD, HOLD, signal_name
+
+    kind, signum = action
+    where = f"the server at {session.conn.endpoint} does not answer"
+    if kind == FORWARD:
+        job.signal(signum)
+        session.flush()
+        session.conn.send(p.Ping())  # its Pong, after the signal, says the server has it
+    elif kind == HOLD:
+        term.note(f"{where}; {signal_name(signum)} goes to job {job.job_id} once it is back "
+                  "(signal jq again to abandon the job)")
+    elif term.queue_timed_out and not job.running:
+        term.result = 255
+        term.message = (f"job {job.job_id} did not start within {term.options.queue_timeout:g}s "
+                        f"(--queue-timeout) and {where}; abandoned it")
+    else:
+        term.result = 128 + signum
+        term.message = (f"{where}; job {job.job_id} abandoned on {signal_name(signum)}"
+                        + ("; it is stopped when the server is back (or its worker gives up on the server)"
+                           if job.running else " before it started"))

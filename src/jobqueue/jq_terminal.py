@@ -51,6 +51,10 @@ class Terminal:
         #: Restores our terminal after -t made it raw (when the job started, so
         #: that Ctrl-C still cancels a queued job).
         self.restore_terminal: Any = None
+        #: The server's word on where the job stands (queued, started, requeued), counted,
+        #: and the jobqueue.jq_signals.SignalGate of signals it may not have (from jq's first).
+        self.job_news = 0
+        self.gate: Any = None
 
     # JobIO
     def write(self, job: ClientJob, fd: int, data: bytes, end: int) -> None:
@@ -96,6 +100,7 @@ class Terminal:
         self.waker.wake()
 
     def queued(self, job: ClientJob, msg: Queued) -> None:
+        self.job_news += 1
         if self.options.verbose:
             self.note(f"job {job.job_id} queued ({msg.position} waiting)")
         if msg.why:  # it waits for a worker that may never come: say so now
@@ -104,6 +109,7 @@ class Terminal:
 
     def started(self, job: ClientJob, msg: Started) -> None:
         self.has_started = True
+        self.job_news += 1
         if self.options.verbose and job.stager is not None and not msg.resumed:
             self.say(job.stager.summary_sent())
         if self.options.tty:  # the window may have changed since the job was submitted
@@ -117,6 +123,7 @@ class Terminal:
 
     def requeued(self, job: ClientJob, msg: Requeued) -> None:
         self.has_started = False
+        self.job_news += 1
         self.note(f"job {job.job_id}: {msg.reason}; running it again from the start on the next ready worker")
 
     def finished(self, job: ClientJob, msg: Finished) -> None:
