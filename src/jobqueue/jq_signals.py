@@ -92,7 +92,7 @@ class SignalGate:
                 return FORWARD, self.signum
         if self.held or self.sent_at is None:
             return None  # told already: waiting for the server, or for another signal
-        if generation != self.generation or not up or now - self.sent_at >= self.patience:
+        if generation != self.generation or not up or now >= self.sent_at + self.patience:
             return self._unanswered(self.signum, running)  # lost with its connection, or unanswered
         return None
 

@@ -97,6 +97,7 @@ def test_signal_to_jq_of_a_queued_job_while_the_server_is_frozen_ends_jq_and_dro
     assert len(err.splitlines()) == 1 and b"does not answer" in err and b"abandoned on SIGTERM" in err
     assert 0.4 < took < 0.5 + PROMPT, f"jq took {took:.2f}s to end"
     wait_for(lambda: cluster.jobs() == [], 10, "the abandoned job to be dropped")
+    assert "job-cancelled" in cluster.log_text()  # it read jq's signal (not only lost jq later)
     cluster.worker()
     assert cluster.jq("true").returncode == 0
     assert not (cluster.tmp / "must-not-run").exists()
