@@ -352,7 +352,10 @@ def _loop(session: Session, job: ClientJob, term: Terminal, options: JqOptions) 
         if 0 in ready:
             stdin_open = _read_stdin(job)
         if server_ready:
+            news = term.job_news
             session.receive(now)
+            if term.job_news != news:  # the server said where the job stands, on this connection
+                term.news_generation = session.conn.generation
         if queue_deadline is not None and not term.has_started and now >= queue_deadline:
             queue_deadline = None
             term.queue_timed_out = True
@@ -422,13 +425,15 @@ def _signal_job(session: Session, job: ClientJob, term: Terminal, signum: int, n
         term.gate = SignalGate(session.conn.heartbeat, term.job_news)
     conn = session.conn
     _act(session, job, term, term.gate.on_signal(signum, now, up=conn.welcomed, generation=conn.generation,
-                                                 running=job.running))
+                                                 running=job.running,
+                                                 attached=term.news_generation == conn.generation))
 
 
 def _check_gate(session: Session, job: ClientJob, term: Terminal, now: float) -> None:
     conn = session.conn
     action = term.gate.poll(now, up=conn.welcomed, generation=conn.generation, last_heard=conn.last_heard,
-                            running=job.running, news=term.job_news)
+                            running=job.running, news=term.job_news,
+                            attached=term.news_generation == conn.generation)
     if action is not None:
         _act(session, job, term, action)
         session.flush()
@@ -436,23 +441,32 @@ def _check_gate(session: Session, job: ClientJob, term: Terminal, now: float) ->
 
 def _act(session: Session, job: ClientJob, term: Terminal, action: tuple[str, int]) -> None:
     from . import wire as p
-    from .jq_signals import FORWARD, HOLD, signal_name
+    from .jq_signals import DETACHED, FORWARD, HOLD, signal_name
 
     kind, signum = action
-    where = f"the server at {session.conn.endpoint} does not answer"
+    server, name = f"the server at {session.conn.endpoint}", signal_name(signum)
     if kind == FORWARD:
         job.signal(signum)
         session.flush()
         session.conn.send(p.Ping())  # its Pong, after the signal, says the server has it
     elif kind == HOLD:
-        term.note(f"{where}; {signal_name(signum)} goes to job {job.job_id} once it is back "
+        term.note(f"{server} does not answer; {name} goes to job {job.job_id} once it is back "
+                  "(signal jq again to abandon the job)")
+    elif kind == DETACHED:
+        term.note(f"{server} has not re-attached job {job.job_id} yet; {name} goes to it once it has "
                   "(signal jq again to abandon the job)")
     elif term.queue_timed_out and not job.running:
         term.result = 255
         term.message = (f"job {job.job_id} did not start within {term.options.queue_timeout:g}s "
-                        f"(--queue-timeout) and {where}; abandoned it")
+                        f"(--queue-timeout) and {server} does not answer; abandoned it")
+    elif not job.running:
+        term.result = 128 + signum
+        term.message = f"{server} does not answer; job {job.job_id} abandoned on {name} before it started"
+    elif term.gate.detached:
+        term.result = 128 + signum
+        term.message = (f"job {job.job_id} abandoned on {name} before {server} re-attached it; "
+                        "it is stopped when its worker is back")
     else:
         term.result = 128 + signum
-        term.message = (f"{where}; job {job.job_id} abandoned on {signal_name(signum)}"
-                        + ("; it is stopped when the server is back (or its worker gives up on the server)"
-                           if job.running else " before it started"))
+        term.message = (f"{server} does not answer; job {job.job_id} abandoned on {name}; it is stopped "
+                        "when the server is back (or its worker gives up on the server)")

@@ -16,6 +16,10 @@ connection's messages in order).  A signal the server has not shown it has:
   server resumes it; another signal meanwhile ends jq (``abandon``), and the
   server, or the worker once it gives up on the server, stops the job.
 
+A running job's signal also waits (``detached``, one line) while the server is
+there but has not re-attached the job on this connection yet (a restarted
+server waits for its worker to come back): it would drop the signal.
+
 :class:`SignalGate` decides; :mod:`jobqueue.jq` carries out its actions.  Loaded on
 jq's first signal only.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 FORWARD = "forward"  # send the signal to the server, with a ping behind it
 HOLD = "hold"  # keep it for the server's return; tell the user
+DETACHED = "detached"  # keep it until the server re-attaches the job; tell the user
 ABANDON = "abandon"  # end jq now with 128+N
 
 #: The shortest time the server has to answer a signal's ping (a test's fast heartbeat
@@ -43,11 +48,12 @@ class SignalGate:
     Inputs are the link's state as :class:`~jobqueue.connection.Connection` has it:
     ``up`` (the current connection was welcomed), ``generation`` (which connection),
     ``last_heard`` (when the server was last heard from), and the job's: ``running``
-    (it started, as far as we know) and ``news`` (a count of the server's word on
-    where the job stands: queued, started, requeued).  Each method returns the
-    action to carry out, ``(kind, signum)``, or None."""
+    (it started, as far as we know), ``attached`` (the server said where it stands on
+    this connection) and ``news`` (a count of the server's word on where the job
+    stands: queued, started, requeued).  Each method returns the action to carry
+    out, ``(kind, signum)``, or None."""
 
-    __slots__ = ("patience", "signum", "sent_at", "generation", "held", "news")
+    __slots__ = ("patience", "signum", "sent_at", "generation", "held", "detached", "news")
 
     def __init__(self, patience: float, news: int = 0) -> None:
         #: How long the server has to be heard from after a signal went out.
@@ -60,22 +66,27 @@ class SignalGate:
         self.generation = -1
         #: The user was told it waits for the server: another signal abandons the job.
         self.held = False
+        #: Held because the server has not re-attached the job yet (not for its silence).
+        self.detached = False
         self.news = news
 
-    def on_signal(self, signum: int, now: float, *, up: bool, generation: int,
-                  running: bool) -> tuple[str, int]:
+    def on_signal(self, signum: int, now: float, *, up: bool, generation: int, running: bool,
+                  attached: bool = True) -> tuple[str, int]:
         """jq got ``signum`` (one it forwards)."""
         if self.held:
             return ABANDON, signum
         if not up:
             return self._unanswered(signum, running)
+        if running and not attached:
+            self.signum, self.sent_at, self.held, self.detached = signum, None, True, True
+            return DETACHED, signum
         if self.sent_at is None or self.generation != generation:
             self.sent_at, self.generation = now, generation  # an earlier unanswered one keeps its deadline
         self.signum = signum
         return FORWARD, signum
 
     def poll(self, now: float, *, up: bool, generation: int, last_heard: float, running: bool,
-             news: int) -> tuple[str, int] | None:
+             news: int, attached: bool = True) -> tuple[str, int] | None:
         """After every round of jq's loop: the server's answer, its silence, or its return."""
         if self.signum is None:
             self.news = news
@@ -86,9 +97,9 @@ class SignalGate:
             return None
         if news != self.news:
             self.news = news
-            if up and (self.sent_at is None or generation != self.generation):
+            if up and (attached or not running) and (self.sent_at is None or generation != self.generation):
                 # The server says where the job stands on a new connection: deliver it now.
-                self.sent_at, self.generation, self.held = now, generation, False
+                self.sent_at, self.generation, self.held, self.detached = now, generation, False, False
                 return FORWARD, self.signum
         if self.held or self.sent_at is None:
             return None  # told already: waiting for the server, or for another signal
@@ -105,10 +116,10 @@ class SignalGate:
     def _unanswered(self, signum: int, running: bool) -> tuple[str, int]:
         if not running:
             return ABANDON, signum
-        self.signum, self.held = signum, True
+        self.signum, self.held, self.detached = signum, True, False
         return HOLD, signum
 
     def _clear(self) -> None:
         self.signum = self.sent_at = None
         self.generation = -1
-        self.held = False
+        self.held = self.detached = False

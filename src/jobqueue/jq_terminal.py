@@ -54,6 +54,8 @@ class Terminal:
         #: The server's word on where the job stands (queued, started, requeued), counted,
         #: and the jobqueue.jq_signals.SignalGate of signals it may not have (from jq's first).
         self.job_news = 0
+        #: The connection (jobqueue.connection.Connection.generation) the latest of it came on.
+        self.news_generation = 0
         self.gate: Any = None
 
     # JobIO

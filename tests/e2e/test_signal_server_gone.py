@@ -159,3 +159,27 @@ def test_second_signal_to_jq_of_a_running_job_with_the_server_gone_abandons_it(c
     # The server comes back: the worker re-attaches the job, nobody claims it, it is stopped.
     cluster.server()
     wait_for(lambda: not descendants_alive(cluster.tmp / "pid"), 15, "the abandoned job to be stopped")
+
+
+def test_signal_to_jq_waits_until_the_restarted_server_has_re_attached_the_job(cluster: Cluster) -> None:
+    """The server is back but its worker is not (stopped): the restarted server would drop a
+    signal to a job it has not re-attached, so jq keeps it until the job is re-attached.
+    (A liveness of 10 s keeps the server from requeueing the job meanwhile.)"""
+    server = cluster.server("--liveness", "50")
+    worker = cluster.worker(name="w")
+    proc = cluster.popen_jq("sh", "-c", TRAPPED.format(pid=cluster.tmp / "pid"))
+    assert _line(proc.stdout) == b"up\n"
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        server.kill()
+        server.wait(timeout=5)
+        cluster.server("--liveness", "50")
+        wait_for(lambda: len(cluster.jobs()) == 1, 10, "jq to re-attach to the restarted server")
+        proc.send_signal(signal.SIGINT)
+        line = _line(proc.stderr)
+        assert line.startswith(f"jq: the server at {cluster.endpoint} has not re-attached job ".encode())
+        assert line.endswith(b" yet; SIGINT goes to it once it has (signal jq again to abandon the job)\n")
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=20)
+    assert (out, err, proc.returncode) == (b"got-int\n", b"", 3)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobqueue.jq_signals import ABANDON, FORWARD, HOLD, MIN_PATIENCE, SignalGate, signal_name
+from jobqueue.jq_signals import ABANDON, DETACHED, FORWARD, HOLD, MIN_PATIENCE, SignalGate, signal_name
 
 INT, TERM = 2, 15
 
@@ -24,13 +24,15 @@ class Link:
         self.up, self.generation, self.last_heard = True, self.generation + 1, now
 
 
-def signal(gate: SignalGate, link: Link, signum: int, now: float, running: bool) -> tuple[str, int]:
-    return gate.on_signal(signum, now, up=link.up, generation=link.generation, running=running)
+def signal(gate: SignalGate, link: Link, signum: int, now: float, running: bool,
+           attached: bool = True) -> tuple[str, int]:
+    return gate.on_signal(signum, now, up=link.up, generation=link.generation, running=running, attached=attached)
 
 
-def poll(gate: SignalGate, link: Link, now: float, running: bool, news: int = 0) -> tuple[str, int] | None:
+def poll(gate: SignalGate, link: Link, now: float, running: bool, news: int = 0,
+         attached: bool = True) -> tuple[str, int] | None:
     return gate.poll(now, up=link.up, generation=link.generation, last_heard=link.last_heard, running=running,
-                     news=news)
+                     news=news, attached=attached)
 
 
 def test_a_queued_job_is_abandoned_at_once_when_the_link_is_down() -> None:
@@ -98,6 +100,26 @@ def test_a_held_signal_goes_out_once_the_server_says_where_the_job_stands() -> N
     assert poll(gate, link, 9.3, running=True, news=2) is None and gate.signum is None
 
 
+def test_a_running_jobs_signal_waits_until_the_server_has_re_attached_it() -> None:
+    """A restarted server that has not re-attached the job (its worker is not back) would
+    drop the signal: it waits for the job's news on this connection, and a second one abandons."""
+    gate, link = SignalGate(1.0, news=3), Link()
+    assert signal(gate, link, INT, 5.0, running=True, attached=False) == (DETACHED, INT)
+    assert gate.detached and poll(gate, link, 30.0, running=True, news=3, attached=False) is None
+    assert poll(gate, link, 31.0, running=True, news=4) == (FORWARD, INT)  # Started (resumed)
+    assert not gate.detached and not gate.held
+
+    gate = SignalGate(1.0, news=3)
+    assert signal(gate, link, INT, 5.0, running=True, attached=False) == (DETACHED, INT)
+    assert signal(gate, link, INT, 6.0, running=True, attached=False) == (ABANDON, INT)
+
+
+def test_a_detached_jobs_signal_cancels_it_once_requeued() -> None:
+    gate, link = SignalGate(1.0, news=3), Link()
+    assert signal(gate, link, TERM, 5.0, running=True, attached=False) == (DETACHED, TERM)
+    assert poll(gate, link, 6.0, running=False, news=4, attached=True) == (FORWARD, TERM)  # Requeued
+
+
 def test_news_on_the_signals_own_connection_does_not_send_it_twice() -> None:
     gate, link = SignalGate(1.0), Link()
     assert signal(gate, link, INT, 5.0, running=False) == (FORWARD, INT)
@@ -129,24 +151,27 @@ events = st.lists(st.one_of(
 ), max_size=40)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(events)
 def test_a_signal_is_never_left_waiting_silently(script: list[tuple[str, object]]) -> None:
     """Whatever happens, a signal the server has not shown it has is either on a deadline
-    or the user was told it waits (HOLD); HOLD only for a running job; a signal while
-    one is held always ends jq; and past the deadline without word, poll decides."""
-    gate, link, now, running, news = SignalGate(1.0), Link(), 0.0, False, 0
+    or the user was told it waits (HOLD, DETACHED); those only for a running job; a
+    running job's signal goes out only on a connection that re-attached it; a signal
+    while one is held always ends jq; and past the deadline without word, poll decides."""
+    gate, link, now, running, news, news_generation = SignalGate(1.0), Link(), 0.0, False, 0, 1
     for kind, arg in script:
         now += 0.01
+        attached = news_generation == link.generation
         if kind == "signal":
             assert isinstance(arg, int)
             was_held = gate.held
-            action = signal(gate, link, arg, now, running)
+            action = signal(gate, link, arg, now, running, attached)
             if was_held:
                 assert action == (ABANDON, arg)
             if action[0] == ABANDON:
                 return  # jq ends
             assert action[0] == FORWARD or running
+            assert action[0] != FORWARD or not running or attached
         elif kind == "drop":
             link.drop()
         elif kind == "back":
@@ -154,14 +179,16 @@ def test_a_signal_is_never_left_waiting_silently(script: list[tuple[str, object]
         elif kind == "heard" and link.up:
             link.last_heard = now
         elif kind in ("news", "start", "requeue") and link.up:
-            news += 1
+            news, news_generation = news + 1, link.generation
             running = {"news": running, "start": True, "requeue": False}[kind]
         elif kind == "wait":
             assert isinstance(arg, float)
             now += arg
-        action = poll(gate, link, now, running, news)
+        attached = news_generation == link.generation
+        action = poll(gate, link, now, running, news, attached)
         if action is not None:
-            assert action[0] != HOLD or running
+            assert action[0] in (FORWARD, ABANDON) or running
+            assert action[0] != FORWARD or not running or attached
             if action[0] == ABANDON:
                 return
         if gate.signum is not None:
@@ -169,6 +196,6 @@ def test_a_signal_is_never_left_waiting_silently(script: list[tuple[str, object]
             if not gate.held:
                 assert gate.next_wakeup(now) is not None and gate.sent_at is not None
                 late = gate.sent_at + gate.patience  # when next_wakeup says to poll again
-                decided = poll(gate, link, late, running, news)
+                decided = poll(gate, link, late, running, news, attached)
                 assert decided is not None and decided[0] in (HOLD, ABANDON)
                 return
