@@ -8,8 +8,9 @@ signal once it is heard from again on the same connection (it reads a
 connection's messages in order).  A signal the server has not shown it has:
 
 - for a job that has not started, ends jq at once (``abandon``: 128+N, one line):
-  nothing runs yet, and nobody re-submits the job; a server that comes back
-  drops a gone client's queued jobs (its Bye, or liveness);
+  nothing runs yet, and nobody re-submits the job (a restarted server never sees
+  it; one that was only frozen or cut off cancels it on the signal, or drops it
+  with its gone client: its Bye, or liveness);
 - for a running job, is kept (``hold``, one line saying so) and delivered once
   the server tells where the job stands again (re-attached, queued or requeued
   on a new connection): the job's process lives on its worker and a restarted
