@@ -32,6 +32,7 @@ import msgspec
 # The shared constants are defined once, in the lean client's module (re-exported here).
 from .wire import CHUNK_SIZE as CHUNK_SIZE
 from .wire import MAX_MESSAGE_SIZE as MAX_MESSAGE_SIZE
+from .wire import MAX_STAGE_PUSH as MAX_STAGE_PUSH
 from .wire import PROTOCOL_VERSION as PROTOCOL_VERSION
 from .wire import RESULTS as RESULTS
 from .wire import STAGE_IN as STAGE_IN
@@ -118,6 +119,10 @@ class JobSpec(msgspec.Struct, array_like=True):
     #: ``jq --stage``: the digest of the staged tree's root directory (empty: not
     #: staged).  ``cwd`` is then relative to the tree's copy on the worker (empty: its root).
     stage: bytes = b""
+    #: Small blobs of the tree, as (digest, bytes), that changed since the client's last
+    #: snapshot of it: a worker that holds that snapshot then lacks nothing else, and the
+    #: job starts without a round trip to ask for them (at most MAX_STAGE_PUSH bytes).
+    stage_push: list[tuple[bytes, bytes]] = []
 
 
 class Grant(msgspec.Struct, array_like=True):

@@ -34,6 +34,8 @@ WINDOW = 2 * 1024 * 1024
 STDIN, STDOUT, STDERR = 0, 1, 2
 #: The streams of ``jq --stage``: blobs to the worker, results back to the client.
 STAGE_IN, RESULTS = 3, 4
+#: The most bytes of blobs a staged job's spec carries (JobSpec.stage_push).
+MAX_STAGE_PUSH = 256 * 1024
 
 
 class ProtocolError(Exception):
@@ -113,6 +115,12 @@ def _rlimit_list(value: object) -> list[tuple[str, int, int]]:
     if type(value) is not list or not all(type(item) is list and len(item) == 3 for item in value):
         raise _Mismatch("array of (str, int, int)")
     return [(_str(name), _int(soft), _int(hard)) for name, soft, hard in value]
+
+
+def _blob_list(value: object) -> list[tuple[bytes, bytes]]:
+    if type(value) is not list or not all(type(item) is list and len(item) == 2 for item in value):
+        raise _Mismatch("array of (bin, bin)")
+    return [(_bytes(digest), _bytes(data)) for digest, data in value]
 
 
 def _int_map(value: object) -> dict[str, int]:
@@ -221,7 +229,8 @@ class JobSpec(Struct):
         ("tty", _bool, False), ("rows", _int, 0), ("cols", _int, 0), ("max_attempts", _int, 3),
         ("stdin", _bool, True), ("umask", _int, -1), ("rlimits", _rlimit_list, []), ("nice", _int_or_none, None),
         ("ignored_signals", _int_list, []), ("blocked_signals", _int_list, []), ("closed_fds", _int_list, []),
-        ("merge_output", _bool, False), ("resources", _int_map, {}), ("stage", _bytes, b""))
+        ("merge_output", _bool, False), ("resources", _int_map, {}), ("stage", _bytes, b""),
+        ("stage_push", _blob_list, []))
     __slots__ = _names(FIELDS)
     argv: list[bytes]
     env: dict[bytes, bytes]
@@ -243,6 +252,7 @@ class JobSpec(Struct):
     merge_output: bool
     resources: dict[str, int]
     stage: bytes
+    stage_push: list[tuple[bytes, bytes]]
 
 
 class ClientHello(Message):

@@ -106,6 +106,7 @@ def test_one_changed_file_out_of_thousands_sends_one_blob(cluster: Cluster, tmp_
     assert one.stdout == b"changed\n"
     blobs, size = sent(one.stderr)
     assert blobs == 3  # the file, its directory, the root
+    assert b"3 of them with the job" in one.stderr  # no round trip to ask for them
     assert size < 12_000  # the root lists 20 entries, d7 100: no other file's content
 
 

@@ -10,8 +10,9 @@ import pytest
 
 from jobqueue import protocol as p
 from jobqueue import wire as w
+from jobqueue.staging import scan as scan_module
 from jobqueue.staging.blobstore import BlobStore
-from jobqueue.staging.clientside import ClientStager
+from jobqueue.staging.clientside import ClientStager, inline_blobs
 from jobqueue.staging.fetchplan import FetchRules
 from jobqueue.staging.manifest import FILE, SYMLINK
 from jobqueue.staging.scan import scan
@@ -21,8 +22,10 @@ from jobqueue.staging.workerside import WorkerStager
 class Link:
     """A client stager and a worker stager joined by lists of encoded frames."""
 
-    def __init__(self, root: str, store: BlobStore, rules: FetchRules | None = None, attempt: int = 1) -> None:
-        self.snap = scan(root, use_cache=False)
+    def __init__(self, root: str, store: BlobStore, rules: FetchRules | None = None, attempt: int = 1,
+                 stat_cache: str | None = None) -> None:
+        self.snap = scan(root, use_cache=stat_cache is not None, cache_dir=stat_cache)
+        self.snap.saved()
         self.to_worker: list[bytes] = []
         self.to_client: list[bytes] = []
         self.said: list[str] = []
@@ -123,6 +126,59 @@ def test_an_unchanged_tree_sends_nothing_and_one_change_sends_one_file(project: 
     # the file, its directory and the root: the unchanged subtree was not listed again
     assert changed.client.blobs_sent == 3
     assert changed.client.bytes_sent < 20_000
+
+
+def test_what_changed_since_the_last_snapshot_goes_with_the_job_and_needs_no_asking(project: str, tmp_path,
+                                                                                    monkeypatch) -> None:
+    monkeypatch.setattr(scan_module, "RACY_NS", 0)
+    store = BlobStore(str(tmp_path / "cache"), 1 << 30)
+    stat_cache = str(tmp_path / "statcache")
+    first = Link(project, store, stat_cache=stat_cache)
+    assert inline_blobs(first.snap) == []  # no earlier snapshot: nothing is known to have changed
+    first.stage()
+    first.worker.forget("job")
+    with open(os.path.join(project, "src", "f7.c"), "w") as f:
+        f.write("changed\n")
+    changed = Link(project, store, stat_cache=stat_cache)
+    changed.spec.stage_push = pushed = inline_blobs(changed.snap)
+    assert len(pushed) == 3 and (changed.snap.blob(pushed[-1][0]) or (b"",))[0] == b"src/f7.c"
+    assert staged_file(changed.stage(), "src/f7.c") == b"changed\n"
+    assert changed.needs == 0 and changed.client.blobs_sent == 0  # nothing asked, nothing streamed
+    changed.worker.forget("job")
+    with open(os.path.join(project, "src", "f7.c"), "w") as f:
+        f.write("again\n")
+    tampered = Link(project, store, stat_cache=stat_cache)
+    tampered.spec.stage_push = [(digest, data + b"!") for digest, data in inline_blobs(tampered.snap)]
+    assert staged_file(tampered.stage(), "src/f7.c") == b"again\n"  # the bad ones were left out, and asked for
+    assert tampered.needs >= 1 and tampered.client.blobs_sent == 3
+
+
+def test_what_the_results_wrote_is_not_taken_for_a_change_the_worker_lacks(project: str, tmp_path,
+                                                                          monkeypatch) -> None:
+    monkeypatch.setattr(scan_module, "RACY_NS", 0)
+    store = BlobStore(str(tmp_path / "cache"), 1 << 30)
+    stat_cache = str(tmp_path / "statcache")
+    link = Link(project, store, stat_cache=stat_cache)
+    workdir = link.stage()
+    os.makedirs(os.path.join(workdir, "out", "deep"))
+    with open(os.path.join(workdir, "out", "deep", "f.o"), "wb") as f:
+        f.write(b"object")
+    with open(os.path.join(workdir, "src", "f1.c"), "wb") as f:
+        f.write(b"rewritten")
+    link.results()
+    link.client.close()  # (jq closes it when the job ends: what came back is written down)
+    after = scan(project, cache_dir=stat_cache)
+    after.saved()
+    assert after.hashed == 2 and after.changed(1 << 20, 1 << 20) == []  # the worker's tree as the job left it
+    with open(os.path.join(project, "src", "f3.c"), "w") as f:
+        f.write("edited here\n")
+    edited = scan(project, cache_dir=stat_cache)
+    assert len(edited.changed(1 << 20, 1 << 20)) == 3  # a real change: the file, src, the root
+
+
+def staged_file(workdir: str, rel: str) -> bytes:
+    with open(os.path.join(workdir, rel), "rb") as f:
+        return f.read()
 
 
 def test_deletes_patterns_and_no_fetch(project: str, tmp_path) -> None:

@@ -27,6 +27,7 @@ FIELD_VALUES: dict[Any, st.SearchStrategy[Any]] = {
     w._bytes_map: st.dictionaries(st.binary(max_size=20), st.binary(max_size=40), max_size=20),
     w._rlimit_list: st.lists(st.tuples(texts, ints, ints), max_size=12),
     w._int_map: st.dictionaries(texts, ints, max_size=5),
+    w._blob_list: st.lists(st.tuples(st.binary(max_size=40), st.binary(max_size=100)), max_size=5),
 }
 
 
@@ -187,6 +188,7 @@ WIRE_TYPES = {w._int: int, w._str: str, w._bool: bool, w._bytes: bytes, w._float
               w._float_or_none: float | None, w._str_list: list[str], w._int_list: list[int],
               w._bytes_list: list[bytes], w._bytes_map: dict[bytes, bytes], w._int_or_none: int | None,
               w._rlimit_list: list[tuple[str, int, int]], w._int_map: dict[str, int],
+              w._blob_list: list[tuple[bytes, bytes]],
               w._job_spec: p.JobSpec, w._result_entries: list[p.ResultEntry]}
 
 

@@ -44,6 +44,9 @@ def _validate_submit(msg: p.Submit) -> str:
         return "timeout must be a positive number of seconds"
     if spec.stage and len(spec.stage) != 32:
         return "stage must be a 32-byte digest"
+    if spec.stage_push and (not spec.stage or any(len(digest) != 32 for digest, _data in spec.stage_push)
+                            or sum(len(data) for _digest, data in spec.stage_push) > p.MAX_STAGE_PUSH):
+        return f"stage_push must be blobs (32-byte digests) of a staged tree, at most {p.MAX_STAGE_PUSH} bytes"
     # C-level loops (map): a job carries its whole environment, so this runs over dozens of strings.
     texts = [*spec.argv, spec.cwd, *spec.env, *spec.env.values()]
     if any(map(contains, texts, repeat(b"\0"))) or any(map(contains, spec.env, repeat(b"="))) or b"" in spec.env:

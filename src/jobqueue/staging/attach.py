@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .clientside import ClientStager
+from .clientside import ClientStager, inline_blobs
 from .fetchplan import FetchRules
 from .scan import StageError, scan
 
@@ -44,8 +44,10 @@ def stage_job(
             say(f"jq: not staged ({kind}): {os.fsdecode(os.path.join(snapshot.root, path))}")
     rules = FetchRules(tuple(fetch), no_fetch, fetch_deletes)
     job.spec.stage = snapshot.root_digest
+    job.spec.stage_push = inline_blobs(snapshot)
     job.spec.cwd = relative_cwd(root, job.spec.cwd)
     job.stager = ClientStager(snapshot, rules, job.p, job.job_id, job._post, say)
+    job.stager.sent_with_the_job(job.spec.stage_push)
 
 
 __all__ = ["StageError", "stage_job", "relative_cwd"]

@@ -18,7 +18,7 @@ from _collections import deque  # (collections itself costs jq 1-3 ms of start-u
 from .. import wire
 from .entry import DIRECTORY, FILE, SYMLINK, sha256
 from .fetchplan import Change, FetchRules, Selection, changed_here, refused_symlinks, select
-from .scan import Snapshot, StageError, stat_key
+from .scan import Snapshot, StageError, record_fetched, stat_key
 from .writeback import Refused, ResultFile, check_writable, delete, lstat_at, make_directory, write_symlink
 
 TYPE_CHECKING = False
@@ -33,6 +33,33 @@ WANT_BATCH = 50_000
 #: snapshot hashed or encoded anew, the likely missing (a little, lest it be what the worker has).
 PUSH_FILES = 256 * 1024
 PUSH_DIRECTORIES = 256 * 1024
+
+
+#: Bytes of files and of directories that changed since the last snapshot sent with the job
+#: itself (JobSpec.stage_push; their sum is at most MAX_STAGE_PUSH).
+INLINE_FILES = 128 * 1024
+INLINE_DIRECTORIES = 128 * 1024
+
+
+def inline_blobs(snap: Snapshot) -> list[tuple[bytes, bytes]]:
+    """(digest, bytes) of what changed since the last snapshot of the tree, a little of it:
+    a worker that holds the last snapshot lacks only these, and needs not ask for them."""
+    blobs = []
+    for digest in snap.changed(INLINE_FILES, INLINE_DIRECTORIES):
+        data = snap.directory(digest)
+        if data is None:
+            found = snap.blob(digest)
+            if found is None:
+                continue
+            try:
+                with open(os.path.join(snap.root, found[0]), "rb", buffering=0) as f:
+                    data = f.read(found[1] + 1)
+            except OSError:
+                continue  # gone since: the worker asks, and hears why it cannot be had
+            if len(data) != found[1]:
+                continue
+        blobs.append((digest, data))
+    return blobs
 
 
 class ClientStager:
@@ -60,16 +87,23 @@ class ClientStager:
             spec = pathspec.GitIgnoreSpec.from_lines(rules.patterns)
             self._matches = lambda path, is_dir: spec.match_file(os.fsdecode(path) + ("/" if is_dir else ""))
         self._ours: dict[bytes, tuple[int, int, int, int]] = {}  # results we wrote: their stat then
+        self._made: list[bytes] = []  # directories the results made
         self._epoch = 0
         self._reset(0)
         # what -v reports (over all attempts)
         self.blobs_sent = 0
         self.bytes_sent = 0
+        self.inline_sent = 0  # of them, sent with the job (JobSpec.stage_push)
         self.fetched = 0
         self.fetched_bytes = 0
         self.deleted = 0
         self.kept = 0
         self.refused = 0
+
+    def sent_with_the_job(self, blobs: list[tuple[bytes, bytes]]) -> None:
+        self.inline_sent = len(blobs)
+        self.blobs_sent += len(blobs)
+        self.bytes_sent += sum(len(data) for _digest, data in blobs)
 
     def _reset(self, attempt: int) -> None:
         """A new attempt (a requeue): it starts from the same snapshot."""
@@ -212,6 +246,7 @@ class ClientStager:
             try:
                 if change.kind == DIRECTORY:
                     make_directory(root, change.path)
+                    self._made.append(change.path)
                 elif change.path in escaping:
                     raise Refused(escaping[change.path])
                 elif change.kind == SYMLINK:
@@ -327,14 +362,19 @@ class ClientStager:
                 writer.abort()
         self._writing.clear()
         self.snap.saved()  # the stat cache is written before the process may end
+        if (self._ours or self._made) and self.snap.cache_path:
+            # the next scan tells what the worker has (the tree as the job left it) from real changes
+            record_fetched(self.snap.cache_path, {**dict.fromkeys(self._made), **self._ours})
 
     def summary_sent(self) -> str:
         s = self.snap
         listed = f"listed {s.relisted} of {len(s.listed)} directories"
         if s.relisted < len(s.listed):
             listed += " (the stage watcher saw no change in the others)"
+        inline = f", {self.inline_sent} of them with the job" if self.inline_sent else ""
         return (f"jq: staged {s.files} files ({_size(s.size)}); {listed}, hashed {s.hashed} files; "
-                f"sent {self.blobs_sent} blobs ({_size(self.bytes_sent)}), the rest was on the worker already")
+                f"sent {self.blobs_sent} blobs ({_size(self.bytes_sent)}){inline}; the rest was on the worker "
+                "already")
 
     def summary_fetched(self) -> str:
         return (f"jq: brought back {self.fetched} files ({_size(self.fetched_bytes)}), deleted {self.deleted}, "

@@ -94,6 +94,7 @@ class Snapshot:
         self.size = 0  # bytes of file content
         self.hashed = 0  # files hashed (not found in the stat cache)
         self.relisted = 0  # directories listed (the others: unchanged, says the stage watcher)
+        self.cache_path = ""  # its stat cache's file ("": none)
         #: every directory: (relative path, DirMemo or CacheEntry); the maps below are made from them when needed
         self.listed: list[tuple[bytes, DirMemo | CacheEntry]] = []
         self.hashed_blobs: dict[bytes, tuple[bytes, int]] = {}  # of the files this scan hashed (the likely asked)
@@ -234,13 +235,7 @@ class StatCache:
 
     def __init__(self, root: bytes, directory: str | None = None) -> None:
         self.root = root
-        home = directory or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jobqueue", "stat"
-        )
-        import binascii  # (no hashing library loaded for a tree that needs none)
-
-        name = os.path.basename(root.rstrip(b"/")).decode("utf-8", "replace")[:40]
-        self.path = os.path.join(home, f"{name}-{binascii.crc32(root):08x}-{len(root)}.marshal")
+        self.path = cache_path(root, directory)
         self.old: dict[bytes, CacheEntry] = {}
         self.new: dict[bytes, DirMemo | CacheEntry] = {}
         self.changed = False
@@ -248,6 +243,10 @@ class StatCache:
         #: (see :mod:`.watchclient`), and as of this one
         self.old_watch: tuple | None = None
         self.new_watch: tuple | None = None
+        #: What the last job's results wrote here (:func:`record_fetched`): relative path ->
+        #: its stat key then (a file), or None (a directory made); what matches is as the
+        #: worker has it, and not counted as changed since the last snapshot.
+        self.fetched: dict[bytes, StatKey | None] = {}
         saving = _saving.pop(self.path, None)
         if saving is not None:  # an earlier scan of this process is writing it
             saving.acquire()
@@ -262,6 +261,11 @@ class StatCache:
                 loaded = marshal.loads(f.read())  # (marshal.load reads a file in small pieces: slower)
             if type(loaded) is tuple and loaded[:2] == (_CACHE_FORMAT, root) and type(loaded[2]) is dict:
                 self.old, self.old_watch = loaded[2], loaded[3]
+                if os.path.exists(self.path + ".fetched"):
+                    with open(self.path + ".fetched", "rb") as f:
+                        fetched = marshal.loads(f.read())
+                    if type(fetched) is dict:
+                        self.fetched = fetched
         except (OSError, EOFError, ValueError, TypeError):
             pass  # no cache, or an unreadable one: hash everything
         finally:
@@ -279,8 +283,34 @@ class StatCache:
             with open(temp, "wb") as f:
                 f.write(marshal.dumps((_CACHE_FORMAT, self.root, entries, self.new_watch)))
             os.replace(temp, self.path)
+            if self.fetched:
+                os.unlink(self.path + ".fetched")  # (what it told is in the memos now)
         except OSError:
             pass
+
+
+def cache_path(root: bytes, directory: str | None = None) -> str:
+    """The stat cache file of ``root`` (under ``directory``, by default the user's cache home)."""
+    home = directory or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                                     "jobqueue", "stat")
+    import binascii  # (no hashing library loaded for a tree that needs none)
+
+    name = os.path.basename(root.rstrip(b"/")).decode("utf-8", "replace")[:40]
+    return os.path.join(home, f"{name}-{binascii.crc32(root):08x}-{len(root)}.marshal")
+
+
+def record_fetched(path: str, fetched: dict[bytes, StatKey | None]) -> None:
+    """Remember what a job's results wrote into the tree (see ``StatCache.fetched``), for
+    the next scan of the stat cache at ``path``; best effort."""
+    import marshal
+
+    try:
+        temp = f"{path}.fetched.{os.getpid()}.tmp"
+        with open(temp, "wb") as f:
+            f.write(marshal.dumps(fetched))
+        os.replace(temp, path + ".fetched")
+    except OSError:
+        pass
 
 
 # --- git ------------------------------------------------------------------------------
@@ -429,6 +459,12 @@ def scan(
             rel = rel.rsplit(b"/", 1)[0] if b"/" in rel else b""
             touched.add(rel)
     reused: set[bytes] = set()  # directories whose whole subtree is as the stat cache has it
+    fetched = cache.fetched if cache is not None else {}
+    # Directories that changed since the last snapshot other than by what the last job's results
+    # wrote: a worker that holds the tree the job left (as parked directories do) lacks them.
+    foreign: set[bytes] = set()
+    if cache is not None:
+        snap.cache_path = cache.path
 
     def included(rel: bytes, is_dir: bool, wholesale: bool) -> bool:
         if exclude_spec is not None and exclude_spec.match_file(os.fsdecode(rel) + ("/" if is_dir else "")):
@@ -499,7 +535,7 @@ def scan(
             signature, kids, skipped = listed(path, rel, prefix, wholesale)
             same = memo is not None and memo[0] == signature and memo[1] == kids
         if not same or memo is None:
-            before, memo = memo, remake(path, prefix, signature, kids, skipped, memo)
+            before, memo = memo, remake(path, rel, prefix, signature, kids, skipped, memo)
             if cache is not None and (type(memo[0]) is list or before is None or type(before[0]) is list):
                 cache.changed = True  # (what changed too recently to be trusted is not worth writing down)
         elif memo[7] != skipped:
@@ -519,21 +555,27 @@ def scan(
                 return True
         return False
 
-    def remake(path: bytes, prefix: bytes, signature: list[tuple[bytes, int, int, int, int, int]],
+    def remake(path: bytes, rel: bytes, prefix: bytes, signature: list[tuple[bytes, int, int, int, int, int]],
                kids: list[bytes], skipped: tuple, memo: DirMemo | None) -> DirMemo:
         """A directory that changed (or was never seen): its entries, hashing only changed files."""
         known: dict[bytes, tuple] = {}  # name -> (st_mode, inode, size, mtime, ctime, value) as last seen
         doubtful = 1 << 63  # a timestamp from this time on was too recent to vouch for the content then
+        # unless a change is explained by the last job's results, a worker holding its tree lacks this one
+        alien = memo is None and (not fetched or rel not in fetched)
         if memo is not None:
             known = {item[0]: (*item[1:], value) for item, value in zip(memo[6], memo[3])}
             if type(memo[0]) is int:
                 doubtful = memo[0]
+            if fetched and len(known) + len(kids) - len(memo[1]) > len(signature):
+                alien = True  # entries went away (only kept by --fetch-deletes: not worth telling apart)
         values: list[bytes] = []
         size = files = 0
         trusted = True
         for name, mode, ino, length, mtime, ctime in signature:
             if S_ISDIR(mode):
                 values.append(b"")
+                if fetched and prefix + name in foreign:
+                    alien = True
                 continue
             if mtime >= racy_after or ctime >= racy_after:
                 trusted = False  # a change within the timestamps' grain may follow unseen
@@ -547,14 +589,17 @@ def scan(
                     digest = _hash_file(path + b"/" + name)
                     snap.hashed += 1
                     snap.hashed_blobs.setdefault(digest, (prefix + name, length))
-                    if hit is None or hit[5] != digest:
+                    if (hit is None or hit[5] != digest) and \
+                            not (fetched and fetched.get(prefix + name) == (ino, length, mtime, ctime)):
                         snap.new_files.append((digest, length))
+                        alien = True
                 values.append(digest)
                 size += length
                 files += 1
             elif same:
                 values.append(hit[5])  # type: ignore[index]
             else:
+                alien = True  # a symlink changed (not worth telling apart from a fetched one)
                 try:
                     values.append(os.readlink(path + b"/" + name))
                 except OSError as e:
@@ -562,8 +607,9 @@ def scan(
                         from None
         digest, data = make_directory(_entries((None, kids, b"", values, size, files, signature)))
         snap.directories[digest] = data
-        if memo is None or memo[2] != digest:
+        if (memo is None or memo[2] != digest) and (alien or not fetched):
             snap.new_directories.append(digest)
+            foreign.add(rel)
         return (signature if trusted else racy_after, kids, digest, values, size, files, signature, skipped)
 
     snap.root_digest = walk(root_b, b"", False)

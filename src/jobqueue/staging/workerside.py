@@ -122,9 +122,24 @@ class WorkerStager:
                 raise StageFailed("the staged tree's digest is malformed")
             if spec.cwd:
                 split_path(spec.cwd)
+            self._take_pushed(spec.stage_push)
             self._ask(run)
         except (StageFailed, BadManifest, UnsafePath, BadBlob, OSError) as e:
             self._fail(run, e)
+
+    def _take_pushed(self, blobs: list[tuple[bytes, bytes]]) -> None:
+        """Blobs the client sent with the job (what changed since its last snapshot) into the
+        cache; one that does not match its digest (its file changed since it was hashed) is
+        left out, and asked for if it is needed."""
+        for digest, data in blobs:
+            if self.store.has(digest):
+                continue
+            writer = self.store.writer(digest, len(data))
+            try:
+                writer.write(data)
+                writer.finish()
+            except BadBlob:
+                continue
 
     def _ask(self, run: _Run) -> None:
         """Ask for what is missing, then take a directory and make it hold the tree.  First
