@@ -121,3 +121,19 @@ def test_a_symlink_leading_out_of_the_tree_is_refused() -> None:
     root, data = m.make_directory([m.Entry(b"l", m.SYMLINK, 0o777, 1, 5, b"", b"../x")])
     with pytest.raises(m.BadManifest, match="outside"):
         m.check_tree(root, {root: data})
+
+
+def test_small_hashing_needs_no_openssl_and_gives_the_same_digests() -> None:
+    """jq hashes its first megabyte with Python's own SHA-256 (OpenSSL costs 3-10 ms to load)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = ("import sys; from jobqueue.staging import entry; "
+            "d = entry.digest_of(b'x' * 1000); h = entry.hasher_for(3); h.update(b'abc'); "
+            "print(d.hex(), h.digest().hex(), '_hashlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [hashlib.sha256(b"x" * 1000).hexdigest(), hashlib.sha256(b"abc").hexdigest(), "False"]
+    big = lean.hasher_for(lean.SMALL_HASHING + 1)
+    big.update(b"abc")
+    assert big.digest() == hashlib.sha256(b"abc").digest() and type(big).__module__ == "_hashlib"

@@ -23,7 +23,7 @@ import stat
 import time
 
 from . import watchclient
-from .entry import DIRECTORY, FILE, MODE_MASK, SYMLINK, make_directory, sha256
+from .entry import DIRECTORY, FILE, MODE_MASK, SYMLINK, hasher_for, make_directory
 from .paths import UnsafePath, check_symlink_target
 
 TYPE_CHECKING = False
@@ -586,7 +586,7 @@ def scan(
                 if same:
                     digest = hit[5]  # type: ignore[index]
                 else:
-                    digest = _hash_file(path + b"/" + name)
+                    digest = _hash_file(path + b"/" + name, length)
                     snap.hashed += 1
                     snap.hashed_blobs.setdefault(digest, (prefix + name, length))
                     if (hit is None or hit[5] != digest) and \
@@ -646,8 +646,8 @@ def _in_background(work: Callable[[], None]) -> Any:
     return done
 
 
-def _hash_file(path: bytes) -> bytes:
-    hasher = sha256()
+def _hash_file(path: bytes, size: int) -> bytes:
+    hasher = hasher_for(size)
     try:
         with open(path, "rb", buffering=0) as f:
             while data := f.read(1 << 20):
