@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from . import config
 from . import protocol as p  # msgspec: the API is not on a start-up path (jq uses jobqueue.wire)
+from .api_cancel import CancelledJob
 from .client import ClientJob, Session, caller_attributes, exec_problem, new_job_id, same_file
 from .connection import Refused, ServerLost
 from .launch import RLIMITS
@@ -116,6 +117,15 @@ class _JobIO:
         self.ended: FinishedMessage | None = None
         self.marked_running = False
         self.stager: Any = None  # stage=: the job's ClientStager
+        #: The server's word on where the job stands (queued, started, requeued), counted, and
+        #: the connection (Connection.generation) the latest came on; a cancel's decisions.
+        self.news = 0
+        self.news_generation = 0
+        self.cancel: CancelledJob | None = None
+
+    def _news(self) -> None:
+        self.news += 1
+        self.news_generation = self.executor._session.conn.generation
 
     # JobIO
     def write(self, job: ClientJob, fd: int, data: bytes, end: int) -> None:
@@ -127,19 +137,20 @@ class _JobIO:
             self.executor._writer(fd).put(job, data, end)
 
     def queued(self, job: ClientJob, msg: QueuedMessage) -> None:
-        pass
+        self._news()
 
     def started(self, job: ClientJob, msg: StartedMessage) -> None:
+        self._news()
         if job.received == [0, 0]:  # a new attempt starts from scratch
             for buffer in self.output.values():
                 buffer.clear()
         if not self.marked_running:
             self.marked_running = True
             if not self.future.set_running_or_notify_cancel():
-                job.signal(signal.SIGTERM)  # cancelled while the server was assigning it
+                self.executor._cancel(job)  # cancelled while the server was assigning it
 
     def requeued(self, job: ClientJob, msg: RequeuedMessage) -> None:
-        pass
+        self._news()
 
     def finished(self, job: ClientJob, msg: FinishedMessage) -> None:
         if self.stager is not None:
@@ -151,6 +162,8 @@ class _JobIO:
         if job.ended is not None:
             return  # e.g. a signal that crossed the job's end
         job.ended = p.Finished(job.job_id, job.attempt, 255, "failed")  # the server will not run it
+        if job.on_change is not None:
+            job.on_change(job)  # the session forgets it (a withdrawn job a restarted server never had)
         self.executor._resolve(self, JobqueueError(f"the server rejected the job: {reason}"))
 
     # the outcome
@@ -209,6 +222,8 @@ class Executor(concurrent.futures.Executor):
         self._broken_fds: deque[int] = deque()
         self._closed_outputs: set[int] = set()
         self._feeding: dict[str, ClientJob] = {}
+        #: Jobs cancelled by the caller that the server may still run (see jobqueue.api_cancel).
+        self._cancelled: dict[str, ClientJob] = {}
         self._thread: threading.Thread | None = None
         self._shutdown = False
         self._abandoned = False
@@ -362,6 +377,8 @@ class Executor(concurrent.futures.Executor):
         if conn_ready:
             session.receive(now)
         self._feed_inputs()
+        if self._cancelled:
+            self._signal_cancelled(session, now)
         session.flush()
         session.conn.tick(now)
 
@@ -398,7 +415,33 @@ class Executor(concurrent.futures.Executor):
                 if job.spec.stdin:
                     self._feeding[job.job_id] = job
             elif kind == "cancel" and job.job_id in session.jobs:
-                job.signal(signal.SIGTERM)  # queued: the server drops it; started: it is signalled
+                self._cancel(job)  # queued: the server drops it; started: it is signalled
+
+    def _cancel(self, job: ClientJob) -> None:
+        """The caller cancelled the job: its future is settled now; the server is told
+        (and told again, see jobqueue.api_cancel) until the job ends."""
+        io: _JobIO = job.io  # type: ignore[assignment]
+        if io.cancel is None:
+            io.cancel = CancelledJob(self._session.conn.heartbeat, signal.SIGTERM)
+            job.cancelled_by = signal.SIGTERM  # a new connection carries the cancel, not the job
+            self._cancelled[job.job_id] = job
+        self._resolve(io, None)  # its waiters hear now, whether the server is there or not
+
+    def _signal_cancelled(self, session: Session, now: float) -> None:
+        conn = session.conn
+        sent = False
+        for job_id, job in list(self._cancelled.items()):
+            io: _JobIO = job.io  # type: ignore[assignment]
+            if job.ended is not None or job_id not in session.jobs or io.cancel is None:
+                del self._cancelled[job_id]
+            elif io.cancel.poll(now, up=conn.welcomed, generation=conn.generation, answered=conn.answered_at,
+                                running=job.running, attempt=job.attempt, news=io.news,
+                                attached=io.news_generation == conn.generation):
+                job.signal(job.cancelled_by)
+                sent = True
+        if sent:
+            session.flush()
+            conn.send(p.Ping())  # its Pong says the server has them (Connection.answered_at)
 
     def _feed_inputs(self) -> None:
         """Hand each job its input as its stdin window allows, then EOF."""

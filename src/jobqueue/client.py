@@ -303,6 +303,8 @@ class ClientJob:
         self.stager: Any = None
         #: Set by the session: called when this job has something to send or has ended.
         self.on_change: Callable[[ClientJob], None] | None = None
+        #: The Python API cancelled the job with this signal (0: not): see restore_message.
+        self.cancelled_by = 0
 
     def _post(self, msg: Any) -> None:
         self.outbox.append(msg)
@@ -313,6 +315,14 @@ class ClientJob:
 
     def submit_message(self) -> Any:
         return self.p.Submit(self.job_id, self.spec, self.ticket, self.attempt, self.running, list(self.received))
+
+    def restore_message(self) -> Any:
+        """What a new connection says of this job: its submission, except for a job cancelled
+        before we saw it start (jobqueue.api_cancel): submitted again, it would run on a
+        restarted server; its cancel instead has a server that still holds it drop it."""
+        if self.cancelled_by and not self.running:
+            return self.p.Signal(self.job_id, self.cancelled_by)
+        return self.submit_message()
 
     def wants_stdin(self) -> bool:
         """Room to read more of our stdin (read-ahead bounded by the window)."""
@@ -481,7 +491,7 @@ class Session:
 
     def _restore(self) -> list[Any]:
         """After (re)connecting: every unfinished job again (new, queued or running)."""
-        return [job.submit_message() for job in self.jobs.values() if job.ended is None]
+        return [job.restore_message() for job in self.jobs.values() if job.ended is None]
 
     def open(self, now: float) -> None:
         self.conn.open(now)

@@ -26,6 +26,7 @@ is ready, and :meth:`Connection.tick` after every wake-up.  Times are
 from __future__ import annotations
 
 import errno
+import time
 
 from . import config
 
@@ -320,6 +321,10 @@ class Connection:
         self._connected_at = 0.0
         self._lost_since: float | None = None
         self._backoff = 0.0
+        #: When the latest ping the server answered on this connection was sent (0: none):
+        #: it reads a connection in order, so it has everything sent before that ping.
+        self.answered_at = 0.0
+        self._pings: list[float] = []  # when this connection's unanswered pings were sent, in order
         #: Called with the connection's time after (re)connecting: returns the
         #: messages that restore this peer's state on the server.
         self.on_connect: Callable[[], list[Any]] = lambda: []
@@ -361,6 +366,7 @@ class Connection:
         self.transport = self._new_transport(self.endpoint, self.proto.MAX_MESSAGE_SIZE + 4096)
         self.generation += 1
         self.welcomed = False
+        self.answered_at, self._pings = 0.0, []
         if self._hello is not None:
             hello = self._hello()
             hello.previous_server = self.server_id  # tells a restarted server that it is one
@@ -380,9 +386,12 @@ class Connection:
         if self.transport is None:
             return False
         try:
-            return bool(self.transport.send(self.proto.encode(message)))
+            sent = bool(self.transport.send(self.proto.encode(message)))
         except ConnectionError:
             return False  # the next receive or tick reconnects
+        if sent and isinstance(message, self.proto.Ping):
+            self._pings.append(time.monotonic())
+        return sent
 
     def request(self, message: Any, timeout: float, now: Callable[[], float]) -> Any:
         """Send one sessionless request (status, cancel, drain) and return the reply
@@ -428,7 +437,10 @@ class Connection:
                 break  # the rest came on the old one
             elif isinstance(message, self.proto.Refused):
                 raise Refused(message.reason)
-            elif not isinstance(message, self.proto.Pong):
+            elif isinstance(message, self.proto.Pong):
+                if self._pings:  # one answer per ping, in order
+                    self.answered_at = self._pings.pop(0)
+            else:
                 out.append(message)
         return out
 

@@ -22,7 +22,8 @@ there but has not re-attached the job on this connection yet (a restarted
 server waits for its worker to come back): it would drop the signal.
 
 :class:`SignalGate` decides; :mod:`jobqueue.jq` carries out its actions.  Loaded on
-jq's first signal only.
+jq's first signal only.  The Python API delivers a cancelled job's signal through it
+too, once the job turns out to have started (:mod:`jobqueue.api_cancel`).
 """
 
 from __future__ import annotations

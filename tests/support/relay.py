@@ -1,5 +1,6 @@
 """A TCP relay of the tests' own: forwards, records, and can freeze (a silent
-network cut: no FIN, no RST, bytes simply stop)."""
+network cut: no FIN, no RST, bytes simply stop), hold one direction only, or cut
+its connections (what they held is lost)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ class Relay:
         self.listener.listen(16)
         self.port = int(self.listener.getsockname()[1])
         self.frozen = threading.Event()
+        #: Hold what clients send (what the server sends still reaches them).
+        self.upstream_held = threading.Event()
+        self._holding = threading.Event()  # the relay's thread reads no client side any more
+        self._cut = threading.Event()
+        self._insides: set[socket.socket] = set()  # the clients' sides of the connections
         self.recorded = bytearray()
         self._freeze_at: int | None = None
         self._stop = threading.Event()
@@ -38,6 +44,20 @@ class Relay:
         """Forward again what was held (a cut that heals)."""
         self.frozen.clear()
 
+    def hold_upstream(self) -> None:
+        """Hold every byte a client sends from now on; what the server sends still reaches it."""
+        self.upstream_held.set()
+        while not self._holding.is_set() and self._thread.is_alive():
+            self._stop.wait(0.01)
+
+    def cut(self) -> None:
+        """Close every connection now, dropping what they held (new ones are relayed, both ways)."""
+        self.upstream_held.clear()
+        self._holding.clear()
+        self._cut.set()
+        while self._cut.is_set() and self._thread.is_alive():
+            self._stop.wait(0.01)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
@@ -48,9 +68,18 @@ class Relay:
         sel.register(self.listener, selectors.EVENT_READ)
         peers: dict[socket.socket, socket.socket] = {}
         while not self._stop.is_set():
+            if self._cut.is_set():
+                for sock in list(peers):
+                    self._drop(sock, peers, sel)
+                self._cut.clear()
             if self.frozen.is_set():  # hold every byte: the sockets stay open and silent
                 self._stop.wait(0.05)
                 continue
+            if self.upstream_held.is_set():  # stop reading the clients' sides
+                for sock in self._insides:
+                    if sel.get_map().get(sock) is not None:
+                        sel.unregister(sock)
+                self._holding.set()
             for key, _ in sel.select(timeout=0.05):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
@@ -62,6 +91,7 @@ class Relay:
                         inside.close()
                         continue
                     peers[inside], peers[outside] = outside, inside
+                    self._insides.add(inside)
                     sel.register(inside, selectors.EVENT_READ)
                     sel.register(outside, selectors.EVENT_READ)
                 else:
@@ -79,10 +109,8 @@ class Relay:
         other = peers.get(sock)
         if not data or other is None:
             for s in (sock, other):
-                if s is not None and s in peers:
-                    sel.unregister(s)
-                    peers.pop(s)
-                    s.close()
+                if s is not None:
+                    self._drop(s, peers, sel)
             return
         self.recorded += data
         try:
@@ -92,3 +120,12 @@ class Relay:
         if self._freeze_at is not None and len(self.recorded) >= self._freeze_at:
             self._freeze_at = None
             self.frozen.set()
+
+    def _drop(self, sock: socket.socket, peers: dict[socket.socket, socket.socket],
+              sel: selectors.BaseSelector) -> None:
+        if sock in peers:
+            self._insides.discard(sock)
+            if sel.get_map().get(sock) is not None:
+                sel.unregister(sock)
+            peers.pop(sock)
+            sock.close()
