@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from jobqueue import protocol as p
 from jobqueue.api_cancel import SIGTERM, CancelledJob
 from jobqueue.client import ClientJob, Session
+from jobqueue.connection import Connection
 from tests.unit.test_client_job import Recorder
 
 
@@ -63,6 +64,53 @@ def test_a_new_connection_carries_the_cancel_instead_of_the_job_until_it_runs() 
     assert [(type(m), m.running, m.attempt) for m in restored] == [(p.Submit, True, 1)]
     job.handle(p.Requeued("j", 1, "worker lost"))
     assert session.conn.on_connect() == [p.Signal("j", SIGTERM)]
+
+
+class FakeTransport:
+    """Frames out are kept; frames in are what the test queues."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.inbox: list[bytes] = []
+
+    def send(self, data: bytes) -> bool:
+        self.sent.append(data)
+        return True
+
+    def receive(self, now: float) -> list[bytes]:
+        frames, self.inbox = self.inbox, []
+        return frames
+
+    def close(self, wait: float) -> None: ...
+
+
+def test_the_connection_says_when_the_latest_ping_the_server_answered_was_sent() -> None:
+    """Pongs answer pings in order: an answer says the server read what went before its ping
+    (not any message heard after it, which the server may have sent before)."""
+    transports: list[FakeTransport] = []
+
+    def connect(endpoint: str, max_message: int) -> FakeTransport:
+        transports.append(FakeTransport())
+        return transports[-1]
+
+    conn = Connection("ipc:///nonexistent/s", None, p.decode_to_client, proto=p,
+                      transport=connect)  # type: ignore[arg-type]
+    conn.open(1.0)
+    conn.send(p.Ping())
+    conn.send(p.Signal("j", SIGTERM))
+    conn.send(p.Ping())
+    first, second = conn._pings
+    assert first < second and conn.answered_at == 0.0
+    transports[-1].inbox = [p.encode(p.Output("j", 1, 1, 0, b"x"))]
+    assert [type(m) for m in conn.receive(2.0)] == [p.Output] and conn.answered_at == 0.0
+    transports[-1].inbox = [p.encode(p.Pong())]
+    conn.receive(2.1)
+    assert conn.answered_at == first  # the signal is not known to be read yet
+    transports[-1].inbox = [p.encode(p.Pong())]
+    conn.receive(2.2)
+    assert conn.answered_at == second
+    conn.open(3.0)  # a new connection: nothing answered on it yet
+    assert conn.answered_at == 0.0 and conn.generation == 2
 
 
 def test_a_job_seen_starting_after_the_cancel_is_signalled_and_the_server_confirms() -> None:
