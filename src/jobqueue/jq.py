@@ -431,7 +431,7 @@ def _signal_job(session: Session, job: ClientJob, term: Terminal, signum: int, n
 
 def _check_gate(session: Session, job: ClientJob, term: Terminal, now: float) -> None:
     conn = session.conn
-    action = term.gate.poll(now, up=conn.welcomed, generation=conn.generation, last_heard=conn.last_heard,
+    action = term.gate.poll(now, up=conn.welcomed, generation=conn.generation, last_heard=conn.answered_at,
                             running=job.running, news=term.job_news,
                             attached=term.news_generation == conn.generation)
     if action is not None:

@@ -49,7 +49,9 @@ class SignalGate:
 
     Inputs are the link's state as :class:`~jobqueue.connection.Connection` has it:
     ``up`` (the current connection was welcomed), ``generation`` (which connection),
-    ``last_heard`` (when the server was last heard from), and the job's: ``running``
+    ``last_heard`` (when the latest ping the server answered was sent: a ping sent after
+    the signal and answered shows the server read the signal; output the server sent
+    before reading it would not), and the job's: ``running``
     (it started, as far as we know), ``attached`` (the server said where it stands on
     this connection) and ``news`` (a count of the server's word on where the job
     stands: queued, started, requeued).  Each method returns the action to carry
