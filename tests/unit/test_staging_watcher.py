@@ -53,7 +53,7 @@ def _digests(snap: Snapshot) -> dict[bytes, bytes]:
     """Relative path -> digest, of every file."""
     found = {}
     for rel, item in snap.listed:
-        memo = scan_module._memo(item)
+        memo = scan_module.memo_of(item)
         for (name, mode, *_), value in zip(memo[6], memo[3]):
             if stat.S_ISREG(mode):
                 found[rel + b"/" + name if rel else name] = value

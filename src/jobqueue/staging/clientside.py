@@ -18,7 +18,8 @@ from _collections import deque  # (collections itself costs jq 1-3 ms of start-u
 from .. import wire
 from .entry import DIRECTORY, FILE, SYMLINK, sha256
 from .fetchplan import Change, FetchRules, Selection, changed_here, refused_symlinks, select
-from .scan import Snapshot, StageError, record_fetched, stat_key
+from .scan import Snapshot, StageError
+from .statcache import record_fetched, stat_key
 from .writeback import Refused, ResultFile, check_writable, delete, lstat_at, make_directory, write_symlink
 
 TYPE_CHECKING = False

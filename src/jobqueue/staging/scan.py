@@ -24,61 +24,36 @@ import time
 
 from . import watchclient
 from .entry import DIRECTORY, FILE, MODE_MASK, SYMLINK, hasher_for, make_directory
+from .gitview import git_view, under
 from .paths import UnsafePath, check_symlink_target
+from .statcache import (
+    HAS_LINKS,
+    HAS_SKIPPED,
+    CacheEntry,
+    DirMemo,
+    StatCache,
+    StatKey,
+    holds_links,
+    in_background,
+    memo_of,
+    saving_locks,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
     from typing import Any
 
     from .entry import EntryTuple
 
 
+#: A file changed within this long before a scan is hashed again next time:
+#: its mtime/ctime may not yet tell a later change apart ("racy git").
+RACY_NS = 2_000_000_000
+
+
 class StageError(Exception):
     """Staging cannot go ahead; the message names the file and says why."""
-
-
-#: What the client remembers of a staged path: (inode, size, mtime_ns, ctime_ns).
-StatKey = tuple[int, int, int, int]
-
-
-#: What the last scan learnt of one directory (see :class:`StatCache`): (check,
-#: subdirectories' digests, digest, values, bytes of its files, number of files,
-#: signature, skipped).  The signature lists (name, st_mode, inode, size, mtime_ns,
-#: ctime_ns) of every entry staged, in listing order; check is the signature, or,
-#: when an entry changed too recently to be trusted next time, the time (ns) from
-#: which a timestamp is too recent: the directory is then encoded again, and its
-#: entries changed since that time hashed again; values, in the same order: a
-#: file's digest, a symlink's target, b"" for a directory; skipped: (name, kind)
-#: of the sockets, FIFOs and devices left out.
-DirMemo = tuple
-
-#: How the stat cache keeps a directory: (its DirMemo in marshal's format, its digest, number
-#: of files, bytes of its files, flags).  Decoding all 10,000 files' memos cost a warm stage
-#: 4-6 ms, though the stage watcher usually vouches for all but a few directories: a
-#: directory's memo is decoded only when it is looked at.
-CacheEntry = tuple
-_HAS_LINKS, _HAS_SKIPPED = 1, 2
-
-
-def _entry(memo: DirMemo) -> CacheEntry:
-    import marshal
-
-    flags = (_HAS_LINKS if _holds_links(memo) else 0) | (_HAS_SKIPPED if memo[7] else 0)
-    return (marshal.dumps(memo), memo[2], memo[5], memo[4], flags)
-
-
-def _holds_links(memo: DirMemo) -> bool:
-    return memo[5] + len(memo[1]) < len(memo[6])  # (entries that are neither files nor directories)
-
-
-def _memo(item: DirMemo | CacheEntry) -> DirMemo:
-    """A directory's memo, decoded from its cache entry if need be."""
-    if len(item) == 5:
-        import marshal
-
-        return marshal.loads(item[0])
-    return item
 
 
 class Snapshot:
@@ -121,7 +96,7 @@ class Snapshot:
                 self._memos = {item[1] if len(item) == 5 else item[2]: item for _rel, item in self.listed}
             item = self._memos.get(digest)
             if item is not None:
-                data = self.directories[digest] = make_directory(_entries(_memo(item)))[1]
+                data = self.directories[digest] = make_directory(_entries(memo_of(item)))[1]
         return data
 
     def changed(self, file_bytes: int, directory_bytes: int) -> list[bytes]:
@@ -154,7 +129,7 @@ class Snapshot:
             self._blobs = {}
             for rel, item in self.listed:
                 prefix = rel + b"/" if rel else b""
-                memo = _memo(item)
+                memo = memo_of(item)
                 for (name, mode, _ino, size, _mtime, _ctime), value in zip(memo[6], memo[3]):
                     if stat.S_ISREG(mode):
                         self._blobs.setdefault(value, (prefix + name, size))
@@ -167,7 +142,7 @@ class Snapshot:
             self._local = {}
             for rel, item in self.listed:
                 prefix = rel + b"/" if rel else b""
-                for name, mode, ino, size, mtime, ctime in _memo(item)[6]:
+                for name, mode, ino, size, mtime, ctime in memo_of(item)[6]:
                     if not stat.S_ISDIR(mode):
                         self._local[prefix + name] = (ino, size, mtime, ctime)
         return self._local
@@ -178,9 +153,9 @@ class Snapshot:
         if self._links is None:
             self._links = {}
             for rel, item in self.listed:
-                if not (item[4] & _HAS_LINKS if len(item) == 5 else _holds_links(item)):
+                if not (item[4] & HAS_LINKS if len(item) == 5 else holds_links(item)):
                     continue
-                memo = _memo(item)
+                memo = memo_of(item)
                 prefix = rel + b"/" if rel else b""
                 for (name, mode, *_), value in zip(memo[6], memo[3]):
                     if stat.S_ISLNK(mode):
@@ -192,10 +167,10 @@ class Snapshot:
         """(path, why) of the sockets, FIFOs and devices left out, for -v."""
         found = []
         for rel, item in self.listed:
-            if len(item) == 5 and not item[4] & _HAS_SKIPPED:
+            if len(item) == 5 and not item[4] & HAS_SKIPPED:
                 continue
             prefix = rel + b"/" if rel else b""
-            found += [(prefix + name, kind) for name, kind in _memo(item)[7]]
+            found += [(prefix + name, kind) for name, kind in memo_of(item)[7]]
         return found
 
 
@@ -211,196 +186,6 @@ def _entries(memo: DirMemo) -> list[EntryTuple]:
         else:
             entries.append((name, SYMLINK, 0o777, mtime, len(value), b"", value))
     return entries
-
-
-def stat_key(st: os.stat_result) -> StatKey:
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-# --- the stat cache -------------------------------------------------------------------
-
-#: A file changed within this long before a scan is hashed again next time:
-#: its mtime/ctime may not yet tell a later change apart ("racy git").
-RACY_NS = 2_000_000_000
-_CACHE_FORMAT = 4
-#: Stat cache file -> a lock held while a scan of this process writes it.
-_saving: dict[str, Any] = {}
-
-
-class StatCache:
-    """What the last scan learnt of each directory (:data:`DirMemo`), by relative
-    path, trusted while the stat of its entries is unchanged.  One file per staged
-    root under the cache home, in :mod:`marshal`'s format (fast to load; a file of
-    another Python or format version is ignored)."""
-
-    def __init__(self, root: bytes, directory: str | None = None) -> None:
-        self.root = root
-        self.path = cache_path(root, directory)
-        self.old: dict[bytes, CacheEntry] = {}
-        self.new: dict[bytes, DirMemo | CacheEntry] = {}
-        self.changed = False
-        #: (the stage watcher's token, the walk's filter) as of the scan that wrote ``old``
-        #: (see :mod:`.watchclient`), and as of this one
-        self.old_watch: tuple | None = None
-        self.new_watch: tuple | None = None
-        #: What the last job's results wrote here (:func:`record_fetched`): relative path ->
-        #: its stat key then (a file), or None (a directory made); what matches is as the
-        #: worker has it, and not counted as changed since the last snapshot.
-        self.fetched: dict[bytes, StatKey | None] = {}
-        saving = _saving.pop(self.path, None)
-        if saving is not None:  # an earlier scan of this process is writing it
-            saving.acquire()
-            saving.release()
-        import gc
-        import marshal
-
-        collecting = gc.isenabled()
-        gc.disable()  # (a collection or two among the many tuples made here: +2 ms)
-        try:
-            with open(self.path, "rb") as f:
-                loaded = marshal.loads(f.read())  # (marshal.load reads a file in small pieces: slower)
-            if type(loaded) is tuple and loaded[:2] == (_CACHE_FORMAT, root) and type(loaded[2]) is dict:
-                self.old, self.old_watch = loaded[2], loaded[3]
-                if os.path.exists(self.path + ".fetched"):
-                    with open(self.path + ".fetched", "rb") as f:
-                        fetched = marshal.loads(f.read())
-                    if type(fetched) is dict:
-                        self.fetched = fetched
-        except (OSError, EOFError, ValueError, TypeError):
-            pass  # no cache, or an unreadable one: hash everything
-        finally:
-            if collecting:
-                gc.enable()
-
-    def save(self) -> None:
-        """Write what this scan learnt (replacing the old) atomically; best effort."""
-        import marshal
-
-        try:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            temp = f"{self.path}.{os.getpid()}.tmp"
-            entries = {rel: item if len(item) == 5 else _entry(item) for rel, item in self.new.items()}
-            with open(temp, "wb") as f:
-                f.write(marshal.dumps((_CACHE_FORMAT, self.root, entries, self.new_watch)))
-            os.replace(temp, self.path)
-            if self.fetched:
-                os.unlink(self.path + ".fetched")  # (what it told is in the memos now)
-        except OSError:
-            pass
-
-
-def cache_path(root: bytes, directory: str | None = None) -> str:
-    """The stat cache file of ``root`` (under ``directory``, by default the user's cache home)."""
-    home = directory or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                                     "jobqueue", "stat")
-    import binascii  # (no hashing library loaded for a tree that needs none)
-
-    name = os.path.basename(root.rstrip(b"/")).decode("utf-8", "replace")[:40]
-    return os.path.join(home, f"{name}-{binascii.crc32(root):08x}-{len(root)}.marshal")
-
-
-def record_fetched(path: str, fetched: dict[bytes, StatKey | None]) -> None:
-    """Remember what a job's results wrote into the tree (see ``StatCache.fetched``), for
-    the next scan of the stat cache at ``path``; best effort."""
-    import marshal
-
-    try:
-        temp = f"{path}.fetched.{os.getpid()}.tmp"
-        with open(temp, "wb") as f:
-            f.write(marshal.dumps(fetched))
-        os.replace(temp, path + ".fetched")
-    except OSError:
-        pass
-
-
-# --- git ------------------------------------------------------------------------------
-
-
-class _GitView:
-    """What git would not ignore under DIR."""
-
-    def __init__(self, files: set[bytes], untracked_dirs: set[bytes], signature: tuple = ()) -> None:
-        self.signature = signature  # tells one view from another (a walk's filter)
-        self.files = files  # tracked or untracked-not-ignored files (and submodules), relative to DIR
-        self.untracked_dirs = untracked_dirs  # directories git lists as wholly untracked (empty ones too)
-        self.parents: set[bytes] = set()  # every directory holding one of the files
-        for path in files:
-            while b"/" in path:
-                path = path.rsplit(b"/", 1)[0]
-                if path in self.parents:
-                    break
-                self.parents.add(path)
-
-
-def _spawn_git(root: bytes, extra: list[str]) -> tuple[int, int] | None:
-    """(pid, read end of its stdout) of ``git -C root ls-files ...``; None without git."""
-    argv = ["git", "-C", os.fsdecode(root), "ls-files", "-z", "--others", "--exclude-standard", *extra]
-    read, write = os.pipe()
-    devnull = os.open(os.devnull, os.O_RDWR)
-    try:
-        pid = os.posix_spawnp("git", argv, os.environ, file_actions=[
-            (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, write, 1), (os.POSIX_SPAWN_DUP2, devnull, 2)])
-    except OSError:
-        os.close(read)
-        return None
-    finally:
-        os.close(write)
-        os.close(devnull)
-    return pid, read
-
-
-def _collect(started: tuple[int, int]) -> bytes | None:
-    pid, fd = started
-    chunks = []
-    with open(fd, "rb", closefd=True) as out:
-        while data := out.read(1 << 20):
-            chunks.append(data)
-    _, status = os.waitpid(pid, 0)
-    return b"".join(chunks) if os.waitstatus_to_exitcode(status) == 0 else None
-
-
-def _in_work_tree(root: bytes) -> bool:
-    """Whether git could find a work tree holding ``root`` (a ``.git`` here or above, or
-    git's environment names one); when not, no git is started (2-5 ms)."""
-    if any(name in os.environ for name in ("GIT_DIR", "GIT_WORK_TREE")):
-        return True
-    path = root
-    while True:
-        if os.path.lexists(path + b"/.git"):
-            return True
-        parent = os.path.dirname(path)
-        if parent == path:
-            return False
-        path = parent
-
-
-def _git_view(root: bytes) -> _GitView | None:
-    """Two ``git ls-files`` at once: the files, and the wholly untracked
-    directories (empty ones included); None when DIR is not in a work tree."""
-    if not _in_work_tree(root):
-        return None
-    files_run = _spawn_git(root, ["--cached"])
-    if files_run is None:
-        return None
-    dirs_run = _spawn_git(root, ["--directory"])
-    files_out = _collect(files_run)
-    dirs_out = _collect(dirs_run) if dirs_run is not None else None
-    if files_out is None or dirs_out is None:
-        return None
-    import binascii
-
-    return _GitView({p for p in files_out.split(b"\0") if p},
-                    {p.rstrip(b"/") for p in dirs_out.split(b"\0") if p.endswith(b"/")},
-                    (binascii.crc32(files_out), len(files_out), binascii.crc32(dirs_out), len(dirs_out)))
-
-
-def _under(path: bytes, roots: set[bytes]) -> bool:
-    while True:
-        if path in roots:
-            return True
-        if b"/" not in path:
-            return False
-        path = path.rsplit(b"/", 1)[0]
 
 
 # --- the walk -------------------------------------------------------------------------
@@ -430,7 +215,7 @@ def scan(
         import pathspec  # only when asked
 
         exclude_spec = pathspec.GitIgnoreSpec.from_lines(patterns)
-    git = _git_view(root_b) if use_git else None
+    git = git_view(root_b) if use_git else None
     cache = StatCache(root_b, cache_dir) if use_cache else None
     snap = Snapshot(root_b, taken_ns)
     old = cache.old if cache is not None else {}
@@ -473,7 +258,7 @@ def scan(
             return True
         if rel in git.files:
             return True
-        return is_dir and (rel in git.parents or _under(rel, git.untracked_dirs))
+        return is_dir and (rel in git.parents or under(rel, git.untracked_dirs))
 
     def listed(path: bytes, rel: bytes, prefix: bytes, wholesale: bool
                ) -> tuple[list[tuple[bytes, int, int, int, int, int]], list[bytes], tuple]:
@@ -522,7 +307,7 @@ def scan(
             snap.files += entry[2]
             snap.size += entry[3]
             return entry[1]
-        memo = _memo(entry) if entry is not None else None
+        memo = memo_of(entry) if entry is not None else None
         if memo is not None and unchanged_since is not None and rel not in unchanged_since:
             # nothing happened in it, but under it: its entries are as the stat cache says
             signature, skipped = memo[6], memo[7]
@@ -624,26 +409,8 @@ def scan(
     if watching and reply is None and (watchclient.mode() == "always" or snap.files >= watchclient.MIN_FILES):
         watchclient.start(root_b)  # (none yet: the next scans of this tree will ask it)
     if cache is not None and (cache.changed or len(cache.new) != len(cache.old) or cache.new_watch != cache.old_watch):
-        snap.saving = _saving[cache.path] = _in_background(cache.save)  # while the job is queued and staged
+        snap.saving = saving_locks[cache.path] = in_background(cache.save)  # while the job is queued and staged
     return snap
-
-
-def _in_background(work: Callable[[], None]) -> Any:
-    """Run ``work`` in a thread (``_thread``: jq does not load threading); returns a lock
-    held until it is done."""
-    import _thread
-
-    done = _thread.allocate_lock()
-    done.acquire()
-
-    def run() -> None:
-        try:
-            work()
-        finally:
-            done.release()
-
-    _thread.start_new_thread(run, ())
-    return done
 
 
 def _hash_file(path: bytes, size: int) -> bytes:
