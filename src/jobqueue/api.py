@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Union
 from . import config
 from . import protocol as p  # msgspec: the API is not on a start-up path (jq uses jobqueue.wire)
 from .api_cancel import CancelledJob
-from .client import ClientJob, Session, caller_attributes, exec_problem, new_job_id, same_file
+from .caller import caller_attributes, exec_problem, same_file
+from .client import ClientJob, Session, new_job_id
 from .connection import Refused, ServerLost
 from .launch import RLIMITS
 from .resources import request_of

@@ -238,7 +238,7 @@ def build_spec(options: JqOptions, closed: list[int] = []) -> JobSpec:  # noqa: 
     """The job, as this process would start it: our argv, environment and directory
     as bytes, exactly, and how we stand (umask, limits, signals, stdio kinds)."""
     from . import wire as p
-    from .client import caller_attributes, caller_environment, exec_problem, same_file
+    from .caller import caller_attributes, caller_environment, exec_problem, same_file
 
     argv = [os.fsencode(arg) for arg in options.argv]  # the bytes we were given (surrogateescape)
     env = caller_environment()

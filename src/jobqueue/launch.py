@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from . import protocol as p
 
-#: The limits a job takes from its caller (the names :data:`jobqueue.client.RLIMITS` sends).
+#: The limits a job takes from its caller (the names :data:`jobqueue.caller.RLIMITS` sends).
 RLIMITS = {
     "cpu": resource.RLIMIT_CPU, "fsize": resource.RLIMIT_FSIZE, "data": resource.RLIMIT_DATA,
     "stack": resource.RLIMIT_STACK, "core": resource.RLIMIT_CORE, "rss": resource.RLIMIT_RSS,

@@ -37,7 +37,7 @@ JQ_MAIN = "from jobqueue.jq import exit_now, main\nexit_now(main(sys.argv[1:] or
 
 
 def test_jq(cluster: Cluster) -> None:
-    plant = "import jobqueue.client\njobqueue.client.caller_attributes = boom"
+    plant = "import jobqueue.caller\njobqueue.caller.caller_attributes = boom"
     one_line(run_with_bug(cluster, plant, JQ_MAIN), "jq")
     debug = run_with_bug(cluster, plant, JQ_MAIN, debug=True)
     assert debug.returncode == 255 and b"Traceback" in debug.stderr

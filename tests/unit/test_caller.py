@@ -12,7 +12,7 @@ import signal
 import pytest
 
 from jobqueue.api import _environment, _rlimits
-from jobqueue.client import MAX_ARG_STRLEN, caller_attributes, exec_problem, proc_rlimits
+from jobqueue.caller import MAX_ARG_STRLEN, caller_attributes, exec_problem, proc_rlimits
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from jobqueue import jq
-from jobqueue.client import caller_environment
+from jobqueue.caller import caller_environment
 
 
 def test_argv_environment_and_directory_are_the_bytes_we_were_given() -> None:
