@@ -15,9 +15,7 @@ import concurrent.futures
 import errno
 import os
 import queue
-import resource
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -28,32 +26,26 @@ from typing import TYPE_CHECKING, Any, Union
 
 from . import config
 from . import protocol as p  # msgspec: the API is not on a start-up path (jq uses jobqueue.wire)
+from .api_caller import caller_environment, rlimits, thread_status
 from .api_cancel import CancelledJob
+from .api_jobio import Completed, JobIO, JobqueueError
 from .caller import caller_attributes, exec_problem, same_file
-from .client import ClientJob, Session, new_job_id
+from .client import ClientJob, Session
 from .connection import Refused, ServerLost
-from .launch import RLIMITS
 from .resources import request_of
 from .security import client_security
 from .waker import Waker
 
 if TYPE_CHECKING:
-    from .client import FinishedMessage, QueuedMessage, RequeuedMessage, StartedMessage
+    pass
 
 #: What subprocess.run takes: str, bytes, or a path-like of either (arguments, directory,
 #: environment names and values); each is passed on as the bytes os.fsencode makes of it.
 StrPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 Command = Union[StrPath, Sequence[StrPath]]
 EnvMapping = Union[Mapping[str, str], Mapping[bytes, bytes]]
-Completed = subprocess.CompletedProcess  # of bytes, or of None without capture_output
 
 __all__ = ["run", "Executor", "JobqueueError"]
-
-
-class JobqueueError(Exception):
-    """jobqueue itself failed (what ``jq`` reports with exit 255): the server is
-    unreachable or refused us, the job could not start or was lost, or the
-    executor is shut down.  The message says what to do."""
 
 
 def run(
@@ -100,98 +92,6 @@ def run(
     return result
 
 
-class _JobIO:
-    """One API job: its future, its input, and its output (the JobIO of a ClientJob)."""
-
-    def __init__(self, executor: Executor, future: concurrent.futures.Future[Completed], args: Any,
-                 input: bytes | None, capture_output: bool, check: bool, timeout: float | None) -> None:
-        self.job_id = new_job_id()
-        self.executor = executor
-        self.future = future
-        self.args = args
-        self.input = memoryview(bytes(input)) if input else memoryview(b"")
-        self.capture = capture_output
-        self.check = check
-        self.timeout = timeout
-        self.output = {p.STDOUT: bytearray(), p.STDERR: bytearray()}
-        self.unwritten = 0  # chunks handed to a writer thread, not yet written
-        self.ended: FinishedMessage | None = None
-        self.marked_running = False
-        self.stager: Any = None  # stage=: the job's ClientStager
-        #: The server's word on where the job stands (queued, started, requeued), counted, and
-        #: the connection (Connection.generation) the latest came on; a cancel's decisions.
-        self.news = 0
-        self.news_generation = 0
-        self.cancel: CancelledJob | None = None
-
-    def _news(self) -> None:
-        self.news += 1
-        self.news_generation = self.executor._session.conn.generation
-
-    # JobIO
-    def write(self, job: ClientJob, fd: int, data: bytes, end: int) -> None:
-        if self.capture:
-            self.output[fd] += data
-            job.written(fd, end)
-        else:
-            self.unwritten += 1
-            self.executor._writer(fd).put(job, data, end)
-
-    def queued(self, job: ClientJob, msg: QueuedMessage) -> None:
-        self._news()
-
-    def started(self, job: ClientJob, msg: StartedMessage) -> None:
-        self._news()
-        if job.received == [0, 0]:  # a new attempt starts from scratch
-            for buffer in self.output.values():
-                buffer.clear()
-        if not self.marked_running:
-            self.marked_running = True
-            if not self.future.set_running_or_notify_cancel():
-                self.executor._cancel(job)  # cancelled while the server was assigning it
-
-    def requeued(self, job: ClientJob, msg: RequeuedMessage) -> None:
-        self._news()
-
-    def finished(self, job: ClientJob, msg: FinishedMessage) -> None:
-        if self.stager is not None:
-            self.stager.close()
-        self.ended = msg
-        self.executor._settle_when_written(self)
-
-    def failed(self, job: ClientJob, reason: str) -> None:
-        if job.ended is not None:
-            return  # e.g. a signal that crossed the job's end
-        job.ended = p.Finished(job.job_id, job.attempt, 255, "failed")  # the server will not run it
-        if job.on_change is not None:
-            job.on_change(job)  # the session forgets it (a withdrawn job a restarted server never had)
-        self.executor._resolve(self, JobqueueError(f"the server rejected the job: {reason}"))
-
-    # the outcome
-    def outcome(self) -> Completed | BaseException:
-        """What the future gets, as subprocess.run would return or raise it."""
-        msg = self.ended
-        assert msg is not None
-        out = bytes(self.output[p.STDOUT]) if self.capture else None
-        err = bytes(self.output[p.STDERR]) if self.capture else None
-        if self.stager is not None and self.stager.failed:
-            return JobqueueError(self.stager.failed)
-        if msg.reason == "timeout":
-            return subprocess.TimeoutExpired(self.args, self.timeout or 0.0, out, err)
-        if msg.reason in ("failed", "lost"):
-            return JobqueueError(msg.message or f"the job failed ({msg.reason})")
-        if msg.reason == "not-found":
-            return FileNotFoundError(errno.ENOENT, msg.message)
-        if msg.reason == "not-executable":
-            return PermissionError(errno.EACCES, msg.message)
-        code = msg.status
-        if msg.reason in ("signaled", "cancelled", "killed", "out-of-memory") and msg.status > 128:
-            code = 128 - msg.status  # subprocess's convention: -N for signal N
-        if self.check and code != 0:
-            return subprocess.CalledProcessError(code, self.args, out, err)
-        return subprocess.CompletedProcess(self.args, code, out, err)
-
-
 class Executor(concurrent.futures.Executor):
     """A :class:`concurrent.futures.Executor` whose work items are command lines
     run by jobqueue workers, all over one connection to the server.
@@ -213,7 +113,7 @@ class Executor(concurrent.futures.Executor):
         self._session = Session(self.endpoint, security=security, connect_timeout=connect_timeout,
                                 name="jobqueue.api", proto=p)
         self._lock = threading.Lock()
-        self._live: dict[str, _JobIO] = {}  # submitted and not yet settled
+        self._live: dict[str, JobIO] = {}  # submitted and not yet settled
         self._requests: queue.SimpleQueue[tuple[str, ClientJob]] = queue.SimpleQueue()
         self._waker = Waker()
         self._written: deque[tuple[ClientJob, int, int]] = deque()
@@ -260,20 +160,20 @@ class Executor(concurrent.futures.Executor):
         (name -> amount) are what the job needs to itself (ValueError if they are not valid)."""
         wanted = request_of(cpus, mem, gpus, dict(resources or {}))
         argv = _argv(args)
-        environment = _environment() if env is None else {
+        environment = caller_environment() if env is None else {
             os.fsencode(name): os.fsencode(value) for name, value in env.items()}
         problem = exec_problem(argv, environment)
         if problem:  # what subprocess.run raises (with the reason)
             raise OSError(errno.E2BIG, f"{os.strerror(errno.E2BIG)} ({problem})", os.fsdecode(argv[0]))
         here = os.getcwdb()
-        attributes = caller_attributes(_rlimits(), _thread_status.read())
+        attributes = caller_attributes(rlimits(), thread_status.read())
         spec = p.JobSpec(
             argv=argv, env=environment, cwd=here if cwd is None else os.path.join(here, os.fsencode(cwd)),
             tags=[*self.tags, *tags], priority=priority, timeout=_positive_timeout(timeout), stdin=bool(input),
             merge_output=not capture_output and same_file(1, 2), resources=wanted, **attributes,  # type: ignore[arg-type]
         )
         future: concurrent.futures.Future[Completed] = concurrent.futures.Future()
-        io = _JobIO(self, future, args, input, capture_output, check, timeout)
+        io = JobIO(self, future, args, input, capture_output, check, timeout)
         job = ClientJob(spec, io, io.job_id, proto=p)
         if stage is not None:
             from .staging.attach import StageError, stage_job
@@ -394,7 +294,7 @@ class Executor(concurrent.futures.Executor):
         while self._written:
             job, fd, end = self._written.popleft()
             job.written(fd, end)
-            io: _JobIO = job.io  # type: ignore[assignment]
+            io: JobIO = job.io  # type: ignore[assignment]
             io.unwritten -= 1
             self._settle_when_written(io)
 
@@ -404,7 +304,7 @@ class Executor(concurrent.futures.Executor):
                 kind, job = self._requests.get_nowait()
             except queue.Empty:
                 return
-            io: _JobIO = job.io  # type: ignore[assignment]
+            io: JobIO = job.io  # type: ignore[assignment]
             if kind == "submit":
                 if io.future.cancelled():
                     self._resolve(io, None)
@@ -421,7 +321,7 @@ class Executor(concurrent.futures.Executor):
     def _cancel(self, job: ClientJob) -> None:
         """The caller cancelled the job: its future is settled now; the server is told
         (and told again, see jobqueue.api_cancel) until the job ends."""
-        io: _JobIO = job.io  # type: ignore[assignment]
+        io: JobIO = job.io  # type: ignore[assignment]
         if io.cancel is None:
             io.cancel = CancelledJob(self._session.conn.heartbeat, signal.SIGTERM)
             job.cancelled_by = signal.SIGTERM  # a new connection carries the cancel, not the job
@@ -432,7 +332,7 @@ class Executor(concurrent.futures.Executor):
         conn = session.conn
         sent = False
         for job_id, job in list(self._cancelled.items()):
-            io: _JobIO = job.io  # type: ignore[assignment]
+            io: JobIO = job.io  # type: ignore[assignment]
             if job.ended is not None or job_id not in session.jobs or io.cancel is None:
                 del self._cancelled[job_id]
             elif io.cancel.poll(now, up=conn.welcomed, generation=conn.generation, answered=conn.answered_at,
@@ -447,7 +347,7 @@ class Executor(concurrent.futures.Executor):
     def _feed_inputs(self) -> None:
         """Hand each job its input as its stdin window allows, then EOF."""
         for job_id, job in list(self._feeding.items()):
-            io: _JobIO = job.io  # type: ignore[assignment]
+            io: JobIO = job.io  # type: ignore[assignment]
             while io.input and job.wants_stdin():
                 job.feed(bytes(io.input[:p.CHUNK_SIZE]))
                 io.input = io.input[p.CHUNK_SIZE:]
@@ -475,11 +375,11 @@ class Executor(concurrent.futures.Executor):
         self._broken_fds.append(fd)
         self._wake()
 
-    def _settle_when_written(self, io: _JobIO) -> None:
+    def _settle_when_written(self, io: JobIO) -> None:
         if io.ended is not None and not io.unwritten:
             self._resolve(io, io.outcome())
 
-    def _resolve(self, io: _JobIO, outcome: Completed | BaseException | None) -> None:
+    def _resolve(self, io: JobIO, outcome: Completed | BaseException | None) -> None:
         """Give the future its outcome (``None``: it was cancelled) and forget the job."""
         with self._lock:
             if self._live.pop(io.job_id, None) is None:
@@ -515,52 +415,6 @@ def _shutdown_all() -> None:
     """At exit, wait for the jobs of executors not shut down (as ThreadPoolExecutor does)."""
     for executor in list(_executors):
         executor.shutdown(wait=True)
-
-
-def _environment() -> dict[bytes, bytes]:
-    """A copy of os.environb (through its dict when CPython exposes it: a C-level
-    copy, not a Python loop over the mapping; every submission takes one)."""
-    data = getattr(os.environb, "_data", None)
-    return dict(data) if isinstance(data, dict) else dict(os.environb)
-
-
-class _KeptFd:
-    """An fd closed when its holder goes (a thread's local state, at the thread's end)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.pid = os.getpid()
-
-    def __del__(self) -> None:
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
-
-
-class _ThreadStatus(threading.local):
-    """/proc/thread-self/status, kept open per thread and read again from offset 0 (the
-    kernel renders it anew): half the cost of opening it per submission.  Per thread:
-    the signal mask is the thread's; reopened after a fork (the fd is the parent's)."""
-
-    kept: _KeptFd | None = None
-
-    def read(self) -> bytes:
-        kept = self.kept
-        if kept is None or kept.pid != os.getpid():
-            try:
-                kept = self.kept = _KeptFd(os.open("/proc/thread-self/status", os.O_RDONLY | os.O_CLOEXEC))
-            except OSError:
-                return b""
-        return os.pread(kept.fd, 1 << 16, 0)
-
-
-_thread_status = _ThreadStatus()
-
-
-def _rlimits() -> list[tuple[str, int, int]]:
-    """The limits a job takes, by getrlimit (cheaper than /proc/self/limits per submission)."""
-    return [(name, *resource.getrlimit(number)) for name, number in RLIMITS.items()]
 
 
 def _argv(args: Command) -> list[bytes]:

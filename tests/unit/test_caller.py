@@ -11,7 +11,8 @@ import signal
 
 import pytest
 
-from jobqueue.api import _environment, _rlimits
+from jobqueue.api_caller import caller_environment as _environment
+from jobqueue.api_caller import rlimits as _rlimits
 from jobqueue.caller import MAX_ARG_STRLEN, caller_attributes, exec_problem, proc_rlimits
 
 pytestmark = pytest.mark.timeout(30)
@@ -77,7 +78,7 @@ def test_exec_problem_counts_what_linux_counts():
 def test_the_apis_kept_status_file_is_read_afresh_and_per_thread(restore_process_state):
     import threading
 
-    from jobqueue.api import _thread_status
+    from jobqueue.api_caller import thread_status as _thread_status
 
     os.umask(0o077)
     assert caller_attributes(_rlimits(), _thread_status.read())["umask"] == 0o077
