@@ -25,6 +25,7 @@ import ctypes.util
 import os
 import struct
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 IN_MODIFY = 0x2
@@ -69,6 +70,16 @@ class Tracker:
 
     def saw_nothing(self) -> bool:
         return not self.lost and not self.touched and not self.gone and not self.came
+
+
+def events(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(watch, mask, name) of each inotify event read in ``data``."""
+    offset = 0
+    while offset < len(data):
+        wd, mask, _cookie, length = _HEADER.unpack_from(data, offset)
+        offset += _HEADER.size
+        yield wd, mask, data[offset:offset + length].rstrip(b"\0")
+        offset += length
 
 
 def inotify_calls() -> tuple[Any, Any, Any]:
@@ -160,12 +171,7 @@ class Watcher:
             self._file(data)
 
     def _file(self, data: bytes) -> None:
-        offset = 0
-        while offset < len(data):
-            wd, mask, _cookie, length = _HEADER.unpack_from(data, offset)
-            offset += _HEADER.size
-            name = data[offset:offset + length].rstrip(b"\0")
-            offset += length
+        for wd, mask, name in events(data):
             if mask & IN_Q_OVERFLOW:
                 for tracker, _rel in self.by_wd.values():
                     if not tracker.quiet:

@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from .journal import Journal
-from .watch import _HEADER, IN_DONT_FOLLOW, MASK, inotify_calls
+from .watch import IN_DONT_FOLLOW, MASK, events, inotify_calls
 from .watchclient import ENV_IDLE, socket_name
 
 #: File systems on which inotify sees every change (all are made on this machine).
@@ -106,12 +106,7 @@ class StageWatcher:
                 data = os.read(self.fd, 1 << 16)
             except BlockingIOError:
                 return
-            offset = 0
-            while offset < len(data):
-                wd, mask, _cookie, length = _HEADER.unpack_from(data, offset)
-                offset += _HEADER.size
-                name = data[offset:offset + length].rstrip(b"\0")
-                offset += length
+            for wd, mask, name in events(data):
                 for top in self.journal.event(wd, mask, name):
                     self.watch(top)
             for wd in self.journal.dropped:
