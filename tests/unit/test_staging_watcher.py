@@ -206,3 +206,38 @@ def test_a_scan_trusting_the_watcher_sees_every_change(watching) -> None:
     settings_ = settings(max_examples=15, stateful_step_count=12, deadline=None)
     TreeChanges.TestCase.settings = settings_
     TreeChanges.TestCase().runTest()
+
+
+def test_something_else_under_the_watchers_name_is_not_believed_and_no_watcher_is_started(
+        tree: bytes, tmp_path) -> None:
+    import socket
+    import threading
+
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind(watchclient.socket_name(tree))
+    squatter.listen(8)
+
+    def answer_nonsense() -> None:
+        while True:
+            try:
+                conn, _ = squatter.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1 << 16)
+                conn.sendall(b"not marshal at all")
+
+    thread = threading.Thread(target=answer_nonsense, daemon=True)
+    thread.start()
+    try:
+        assert watchclient.ask(tree, None) == (None, None)
+        cache = str(tmp_path / "statcache")
+        for _ in range(2):
+            snap = scan(tree, cache_dir=cache)
+            snap.saved()
+            assert snap.relisted == 4  # listed as without a watcher, and none is started
+    finally:
+        squatter.shutdown(socket.SHUT_RDWR)  # (wakes its accept)
+        thread.join(5)
+        squatter.close()
+    assert watchclient.ask(tree, None) is None  # nothing listens: none was started behind the squatter

@@ -21,7 +21,7 @@ ENV_WATCH = "JOBQUEUE_STAGE_WATCH"
 ENV_IDLE = "JOBQUEUE_STAGE_WATCH_IDLE"
 #: A tree listed faster than a watcher could answer is not worth a process.
 MIN_FILES = 1000
-_TIMEOUT = 2.0  # seconds: a watcher busy longer than this is treated as absent
+_TIMEOUT = 0.5  # seconds: a watcher busy longer (watching a huge tree still) is not waited for
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,51 +43,61 @@ def socket_name(root: bytes) -> bytes:
     return b"\0jobqueue-stage-watch/%d/%08x-%d" % (os.getuid(), binascii.crc32(root), len(root))
 
 
+#: What :func:`_exchange` returns when something listens under the name but gives no
+#: answer to be believed (busy, someone else's, broken): do not start another.
+_NO_ANSWER = (b"", 0, None, None)
+
+
 def _exchange(root: bytes, request: tuple) -> tuple | None:
-    """Send ``request`` to ``root``'s watcher and return its answer; None when there is no
-    watcher of ours for this root (or it does not answer in time)."""
+    """Send ``request`` to ``root``'s watcher and return its answer; None when nothing
+    listens under its name, _NO_ANSWER when what listens gives no answer to believe."""
     import _socket
     import marshal
 
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(_TIMEOUT)
-        sock.connect(socket_name(root))
-        pid, uid, _gid = memoryview(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)).cast("i")
-        if uid != os.getuid():
-            return None  # someone else's socket under our name: not to be believed
-        sock.sendall(marshal.dumps(request))
-        sock.shutdown(_socket.SHUT_WR)
-        chunks = []
-        while data := sock.recv(1 << 16):
-            chunks.append(data)
-        answer = marshal.loads(b"".join(chunks))
-    except (OSError, EOFError, ValueError, TypeError):
-        return None
+        try:
+            sock.connect(socket_name(root))
+        except OSError:
+            return None
+        try:
+            pid, uid, _gid = memoryview(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)).cast("i")
+            if uid != os.getuid():
+                return _NO_ANSWER  # someone else's socket under our name: not to be believed
+            sock.sendall(marshal.dumps(request))
+            sock.shutdown(_socket.SHUT_WR)
+            chunks = []
+            while data := sock.recv(1 << 16):
+                chunks.append(data)
+            answer = marshal.loads(b"".join(chunks))
+        except (OSError, EOFError, ValueError, TypeError):
+            return _NO_ANSWER  # (busy watching a huge tree still, say)
     finally:
         sock.close()
     if type(answer) is not tuple or len(answer) != 4 or answer[0] != root or answer[1] != pid:
-        return None
+        return _NO_ANSWER
     return answer
 
 
 def ask(root: bytes, token: Token | None) -> tuple[Token | None, frozenset[bytes] | None] | None:
     """What changed under ``root`` since ``token``: (new token, the changed directories, or
-    None to list everything); (None, None) when the watcher cannot watch this tree; None when
-    there is no watcher."""
+    None to list everything); (None, None) when the watcher cannot tell (it cannot watch this
+    tree, or gives no answer to believe); None when there is no watcher."""
     answer = _exchange(root, ("ask", root, token))
     if answer is None:
         return None
     _root, _pid, new_token, changed = answer
-    if new_token is not None and (type(new_token) is not tuple or len(new_token) != 2):
-        return None
+    if new_token is None or type(new_token) is not tuple or len(new_token) != 2 or \
+            not (changed is None or type(changed) is list):
+        return None, None
     return new_token, (frozenset(changed) if changed is not None else None)
 
 
 def stop(root: bytes) -> int | None:
     """Ask ``root``'s watcher to end; its pid, or None when there is none."""
     answer = _exchange(root, ("stop", root, None))
-    return None if answer is None else answer[1]
+    return None if answer is None or answer is _NO_ANSWER else answer[1]
 
 
 def start(root: bytes) -> None:

@@ -142,7 +142,6 @@ def ctypes_errno() -> int:
 
 def serve(root: bytes, idle: float) -> int:
     name = socket_name(root)
-    watcher = StageWatcher(root, idle)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         listener.bind(name)
@@ -150,7 +149,10 @@ def serve(root: bytes, idle: float) -> int:
         if e.errno == errno.EADDRINUSE:
             return 0  # another watcher of this tree was quicker
         raise
+    # Listening before the watches are all in place: a jq that asks meanwhile waits for the
+    # answer (or gives up and lists the tree) rather than start another watcher.
     listener.listen(64)
+    watcher = StageWatcher(root, idle)
     poller = select.poll()
     poller.register(listener.fileno(), select.POLLIN)
     if watcher.watching:
