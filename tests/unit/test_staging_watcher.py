@@ -241,3 +241,21 @@ def test_something_else_under_the_watchers_name_is_not_believed_and_no_watcher_i
         thread.join(5)
         squatter.close()
     assert watchclient.ask(tree, None) is None  # nothing listens: none was started behind the squatter
+
+
+def test_a_gitignore_change_is_seen_in_directories_the_watcher_calls_unchanged(tree: bytes, tmp_path) -> None:
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", os.fsdecode(tree)], check=True)
+    cache = str(tmp_path / "statcache")
+    _watched(tree)
+    scan(tree, cache_dir=cache).saved()
+    before = scan(tree, cache_dir=cache)
+    before.saved()
+    assert before.relisted == 0 and b"a/b/f1" in before.local
+    with open(os.path.join(tree, b".gitignore"), "wb") as f:
+        f.write(b"f1\n")  # a change in the root only, which leaves out a file deep down
+    after = scan(tree, cache_dir=cache)
+    after.saved()
+    assert b"a/b/f1" not in after.local and b"c/f1" not in after.local and b"a/b/f2" in after.local
+    _same(after, scan(tree, use_cache=False))
