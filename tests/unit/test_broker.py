@@ -337,6 +337,21 @@ def test_invalid_submissions_are_refused(h: Harness) -> None:
     assert h.broker.jobs == {}
 
 
+@pytest.mark.parametrize("argv, env, cwd", [
+    ([b"x\0y"], {}, b"/"), ([b"x"], {b"A": b"1\0"}, b"/"), ([b"x"], {b"A\0": b"1"}, b"/"),
+    ([b"x"], {}, b"/t\0"), ([b"x"], {b"A=B": b"1"}, b"/"), ([b"x"], {b"": b"1"}, b"/"),
+])
+def test_nul_bytes_and_bad_variable_names_are_refused(h: Harness, argv: list[bytes], env: dict[bytes, bytes],
+                                                      cwd: bytes) -> None:
+    h.client(b"c")
+    h.send(b"c", p.Submit("j", p.JobSpec(argv, {b"PATH": b"/bin", **env, b"HOME": b"/h=x"}, cwd)))
+    assert [e.reason for e in h.to(b"c", p.Error)] == [
+        "NUL byte in the command line, directory or environment, or a bad variable name"]
+    assert h.broker.jobs == {}
+    h.send(b"c", p.Submit("k", p.JobSpec([b"x"], {b"PATH": b"/bin", b"HOME": b"/h=x"}, b"/")))  # '=' in a value is fine
+    assert "k" in h.broker.jobs
+
+
 # --- restart: rebuilt from what peers say --------------------------------------------------------
 
 

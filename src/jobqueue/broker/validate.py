@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal as _signal
-from itertools import repeat
-from operator import contains
 
 from .. import protocol as p
 from .. import resources as r
@@ -14,6 +12,8 @@ MAX_JOB_ID = 64
 #: limit, at most three quarters of 8 MiB); clients check their own ARG_MAX first.
 MAX_EXEC_BYTES = 6 << 20
 MAX_TERMINAL = 10_000
+#: Bytes searched for as ints (see _validate_submit).
+_NUL, _EQUALS = 0, ord("=")
 
 
 def _kind(message: p.Message) -> str:
@@ -47,9 +47,11 @@ def _validate_submit(msg: p.Submit) -> str:
     if spec.stage_push and (not spec.stage or any(len(digest) != 32 for digest, _data in spec.stage_push)
                             or sum(len(data) for _digest, data in spec.stage_push) > p.MAX_STAGE_PUSH):
         return f"stage_push must be blobs (32-byte digests) of a staged tree, at most {p.MAX_STAGE_PUSH} bytes"
-    # C-level loops (map): a job carries its whole environment, so this runs over dozens of strings.
+    # One C-level search over all of it (a job carries its whole environment), for an int:
+    # ``b"\0" in text`` first tries its operand as an int, and CPython formats the
+    # TypeError it then drops, a dozen times the cost of the search (20 us a job).
     texts = [*spec.argv, spec.cwd, *spec.env, *spec.env.values()]
-    if any(map(contains, texts, repeat(b"\0"))) or any(map(contains, spec.env, repeat(b"="))) or b"" in spec.env:
+    if _NUL in b"".join(texts) or _EQUALS in b"".join(spec.env) or b"" in spec.env:
         return "NUL byte in the command line, directory or environment, or a bad variable name"
     if spec.cwd.startswith(b"/") == bool(spec.stage):  # a staged job's is relative to its tree
         return "the directory must be an absolute path (relative to the staged tree with --stage)"
