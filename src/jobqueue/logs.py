@@ -99,8 +99,7 @@ _layouts: dict[type, _Layout] = {}
 def _layout(kind: type[Event]) -> _Layout:
     layout = _layouts.get(kind)
     if layout is None:
-        # A slots dataclass lists its fields in __slots__, in order (as Event.fields()).
-        names: tuple[str, ...] = kind.__slots__
+        names = kind.__struct_fields__
         values = attrgetter(*names) if len(names) > 1 else lambda event: tuple(getattr(event, n) for n in names)
         optional = tuple(name in kind.OPTIONAL for name in names)
         layout = _layouts[kind] = (tuple(f"{name}=" for name in names), values, optional if any(optional) else ())

@@ -21,7 +21,7 @@ values = st.one_of(texts, st.integers(), st.floats(), st.booleans(), st.none(), 
 @st.composite
 def events(draw: st.DrawFn) -> ev.Event:
     cls = draw(st.sampled_from(EVENT_CLASSES))
-    event: ev.Event = cls(*[draw(values) for _ in cls.__slots__])
+    event: ev.Event = cls(*[draw(values) for _ in cls.__struct_fields__])
     return event
 
 
