@@ -202,6 +202,7 @@ def test_tail_sends_kept_output_then_live_chunks_then_end(w: Watched) -> None:
     assert detail.known and detail.argv == ["sh", "-c", "x"] and detail.cwd == "/tmp" and detail.timeout == 5.0
     assert detail.env_names == ["SECRET"] and "hunter2" not in repr(detail)
     assert [(e.what, e.at) for e in detail.timeline] == [("queued", WALL + 100), ("started", WALL + 102)]
+    assert [e.detail for e in detail.timeline] == ["", "on worker w1, attempt 1, after waiting 2s"]
     assert detail.output
     kept = w.to(b"dash", p.Output)
     assert sum(len(o.data) for o in kept) == observe.TAIL_KEEP
@@ -216,6 +217,7 @@ def test_tail_sends_kept_output_then_live_chunks_then_end(w: Watched) -> None:
     details = w.to(b"dash", p.JobDetail)
     assert details[-1].outcome.status == 0
     assert [e.what for e in details[-1].timeline] == ["queued", "started", "finished"]
+    assert details[-1].timeline[-1].detail == "exit code 0"
     assert w.to(b"dash", p.Output)[-1].data == b"live\n"
     w.send(b"dash", p.Tail("nosuch"))
     assert w.to(b"dash", p.JobDetail)[-1] == p.JobDetail("nosuch", False)
