@@ -254,8 +254,10 @@ class Server:
                 else:
                     answers = self.broker.receive(frames[0], frames[1], now, role, owner)
                     sends += answers
-                    if any(not isinstance(send.message, p.Message) for send in answers):
-                        count = 0  # a relayed frame: deliver now
+                    for send in answers:
+                        if not isinstance(send.message, p.Message):
+                            count = 0  # a relayed frame: deliver now
+                            break
                 if count % DELIVER_EVERY == 0:
                     self._deliver(sends)
                     sends = []
@@ -267,7 +269,8 @@ class Server:
         stream data is relayed as received), the role of the key that sent it
         (None: CURVE off) and its owner; no frames: refused."""
         parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-        frames: list[Any] = [parts[0].bytes, *(part.buffer for part in parts[1:])]
+        frames: list[Any] = [part.buffer for part in parts]
+        frames[0] = parts[0].bytes
         who = self.identities.who(frames[0], parts[-1])
         if isinstance(who, str):  # another key's routing id, or a key revoked since (SIGHUP)
             self.log.event("rejected", peer=frames[0].hex(), why=who)
@@ -292,16 +295,17 @@ class Server:
         if self.metrics is not None:
             self.metrics.observe(self.broker.events, time.monotonic())
         self.observer.observe(self.broker.events, time.monotonic())
+        spawner = self.spawner
         for event in self.broker.events:
             self.log.record(event)
-            if isinstance(event, WorkerJoined) and event.spawn and self.spawner is not None:
-                self.spawner.arrived(event.spawn, time.monotonic())
+            if spawner is not None and isinstance(event, WorkerJoined) and event.spawn:
+                spawner.arrived(event.spawn, time.monotonic())
         self.broker.events.clear()
         batches: dict[bytes, list[Any]] = {}  # per peer, in order: one ZeroMQ message each
         for send in sends:
-            if isinstance(send.message, p.StatusReply) and self.spawner is not None:
-                self.spawner.annotate(send.message, time.monotonic())
             message = send.message
+            if spawner is not None and isinstance(message, p.StatusReply):
+                spawner.annotate(message, time.monotonic())
             batches.setdefault(send.peer, []).append(p.encode(message) if isinstance(message, p.Message) else message)
         unreachable: list[bytes] = []
         for peer, frames in batches.items():
