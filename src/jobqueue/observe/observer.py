@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import events as ev
 from .. import protocol as p
@@ -43,10 +43,12 @@ from .records import (
     Interval,
     Ring,
     Run,
+    Step,
     TailSub,
     argv_of,
     bin_payload,
     pages,
+    timeline,
 )
 
 if TYPE_CHECKING:
@@ -87,6 +89,10 @@ class Observer:
         self._tails: dict[str, dict[Client, TailSub]] = {}
         #: What else explains a waiting job (the server's autoscaler: ``jobqueue status`` says it too).
         self.why_more: Callable[[Job, float], str] | None = None
+        self._event_handlers: dict[type, Callable[[Any], None]] = {
+            ev.JobStarted: self._on_started, ev.JobRequeued: self._on_requeued,
+            ev.JobFinished: self._on_ended, ev.JobCancelled: self._on_ended, ev.JobLost: self._on_ended,
+        }
         broker.watch(self, {p.Watch: self._on_watch, p.Tail: self._on_tail, p.TailAck: self._on_tail_ack})
 
     def wall(self, t: float) -> float:
@@ -99,21 +105,26 @@ class Observer:
         ``job.since`` is still when it entered ``old``)."""
         self._now = now
         new = job.state
-        self._queued += (new in WAITING) - (old in WAITING)
-        self._running += (new is JobState.RUNNING) - (old is JobState.RUNNING)
         interval = self._interval
-        interval.queued = max(interval.queued, self._queued)
-        interval.running = max(interval.running, self._running)
-        if self.watchers:
-            self._dirty_jobs[job.job_id] = None
-        if new is JobState.RUNNING:  # its worker and attempt are set just after: see the JobStarted event
+        self._queued += (new in WAITING) - (old in WAITING)
+        if self._queued > interval.queued:
+            interval.queued = self._queued
+        if new is _RUNNING:  # its worker and attempt are set just after: see the JobStarted event
+            if old is not _RUNNING:
+                self._running += 1
+                if self._running > interval.running:
+                    interval.running = self._running
             run = self._runs.get(job.job_id)
             if run is None:  # first start: it waited job.waited since it was queued
-                queued = self.wall(now - job.waited) if old is not None else 0.0
-                run = self._runs[job.job_id] = Run(queued, [p.TimelineEntry(queued, "queued", "")])
+                run = self._runs[job.job_id] = Run(self.wall(now - job.waited) if old is not None else 0.0)
             run.started = now
-        elif new in TERMINAL and old not in TERMINAL:
-            self._ended(job, now)
+        else:
+            if old is _RUNNING:
+                self._running -= 1
+            if new in TERMINAL and old not in TERMINAL:
+                self._ended(job, now)
+        if self.watchers:
+            self._dirty_jobs[job.job_id] = None
 
     def worker_changed(self, worker: Worker) -> None:
         """Its slots, jobs or draining changed (or it joined)."""
@@ -183,56 +194,64 @@ class Observer:
     def observe(self, events: Iterable[ev.Event], now: float) -> None:
         """The broker's events of the round (outcomes, waits, requeues)."""
         self._now = now
+        handlers = self._event_handlers
         for event in events:
-            if isinstance(event, ev.JobStarted):
-                self._interval.wait(event.waited)
-                self._timeline(event.job, "started", f"on worker {event.worker}, attempt {event.attempt}, "
-                               f"after waiting {event.waited:g}s")
-            elif isinstance(event, ev.JobRequeued):
-                self._count("requeued")
-                self._timeline(event.job, "requeued", event.why)
-            elif isinstance(event, (ev.JobFinished, ev.JobCancelled, ev.JobLost)):
-                ending = self._ending.pop(event.job, None)
-                if ending is not None:
-                    self._settle(ending, event)
-        for ending in self._ending.values():  # cannot happen: every end has its event
-            ending.outcome = ending.reason = "unknown"
-            self._record(ending)
-        self._ending.clear()
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event)
+        if self._ending:  # cannot happen: every end has its event
+            for ending in self._ending.values():
+                ending.outcome = ending.reason = "unknown"
+                self._record(ending)
+            self._ending.clear()
+
+    def _on_started(self, event: ev.JobStarted) -> None:
+        self._interval.wait(event.waited)
+        self._step(event.job, "started", "on worker {}, attempt {}, after waiting {:g}s",
+                   event.worker, event.attempt, event.waited)
+
+    def _on_requeued(self, event: ev.JobRequeued) -> None:
+        self._count("requeued")
+        self._step(event.job, "requeued", "{}", event.why)
+
+    def _on_ended(self, event: ev.JobFinished | ev.JobCancelled | ev.JobLost) -> None:
+        ending = self._ending.pop(event.job, None)
+        if ending is not None:
+            self._settle(ending, event)
 
     # --- internals: ends, series ------------------------------------------------------------------
 
     def _ended(self, job: Job, now: float) -> None:
         run = self._runs.pop(job.job_id, None)
         if run is None:  # it never ran: it waited since job.since
-            queued = self.wall(job.since)
-            run = Run(queued, [p.TimelineEntry(queued, "queued", "")])
+            run = Run(self.wall(job.since))
         ended = Ended(job.job_id, job.raw_spec, job.tags, job.worker.name if job.worker else "", job.attempt,
                        run.queued, self.wall(run.started) if run.started is not None else 0.0, self.wall(now),
-                       run.timeline)
+                       run.steps)
         self._ending[job.job_id] = ended
-        ring = self._rings.pop(job.job_id, None)
-        if ring is not None:
-            self._rings_size -= ring.size
-            if ring.size:
-                self._keep_ended_tail(job.job_id, ring)
-        subs = self._tails.pop(job.job_id, None)
-        for client in subs or ():
-            self.broker._send(client.identity, p.TailEnd(job.job_id))
+        if self._rings:
+            ring = self._rings.pop(job.job_id, None)
+            if ring is not None:
+                self._rings_size -= ring.size
+                if ring.size:
+                    self._keep_ended_tail(job.job_id, ring)
+        if self._tails:
+            for client in self._tails.pop(job.job_id, None) or ():
+                self.broker._send(client.identity, p.TailEnd(job.job_id))
 
     def _settle(self, ending: Ended, event: ev.JobFinished | ev.JobCancelled | ev.JobLost) -> None:
+        step: Step
         if isinstance(event, ev.JobFinished):
             ending.status, ending.reason, ending.outcome = event.status, event.reason, event.outcome
-            what = "finished"
-            detail = (f"exit code {event.status}" if event.reason == "exited"
-                      else f"{event.reason}, status {event.status}")
+            step = ((ending.ended, "finished", "exit code {}", (event.status,)) if event.reason == "exited"
+                    else (ending.ended, "finished", "{}, status {}", (event.reason, event.status)))
         elif isinstance(event, ev.JobCancelled):
             ending.status, ending.reason, ending.outcome = 128 + event.signal, "cancelled", "cancelled"
-            what, detail = "cancelled", f"signal {event.signal} while queued"
+            step = (ending.ended, "cancelled", "signal {} while queued", (event.signal,))
         else:
             ending.status, ending.reason, ending.outcome = 255, "lost", "lost"
-            what, detail = "lost", event.why
-        ending.timeline.append(p.TimelineEntry(ending.ended, what, detail))
+            step = (ending.ended, "lost", "{}", (event.why,))
+        ending.steps.append(step)
         self._record(ending)
 
     def _record(self, ending: Ended) -> None:
@@ -245,10 +264,10 @@ class Observer:
         finished = self._interval.finished
         finished[outcome] = finished.get(outcome, 0) + 1
 
-    def _timeline(self, job_id: str, what: str, detail: str) -> None:
+    def _step(self, job_id: str, what: str, template: str, *args: Any) -> None:
         run = self._runs.get(job_id)
         if run is not None:
-            run.timeline.append(p.TimelineEntry(self.wall(self._now), what, detail))
+            run.steps.append((self.wall(self._now), what, template, args))
 
     def _close_interval(self, now: float) -> None:
         point = self._interval.point(self.wall_offset)
@@ -389,18 +408,21 @@ class Observer:
     def _detail(self, job: Job, output: bool) -> p.JobDetail:
         spec = p.decode_spec(job.raw_spec)
         run = self._runs.get(job.job_id)
-        timeline = run.timeline if run else [p.TimelineEntry(self._queued_at(job), "queued", "")]
+        entries = timeline(self._queued_at(job), run.steps if run else [])
         return p.JobDetail(job.job_id, True, p.readable_argv(spec.argv), p.readable(spec.cwd),
                            p.readable_argv(sorted(spec.env)[:500]), spec.tags, spec.priority,
                            spec.timeout, spec.tty, job.state.value if job.state else "",
-                           job.worker.name if job.worker else "", job.attempt, timeline, None, output)
+                           job.worker.name if job.worker else "", job.attempt, entries, None, output)
 
     def _ended_detail(self, ended: Ended, output: bool) -> p.JobDetail:
         spec = p.decode_spec(ended.raw_spec) if ended.raw_spec else p.JobSpec([], {}, b"")
         return p.JobDetail(ended.job_id, True, p.readable_argv(spec.argv), p.readable(spec.cwd),
                            p.readable_argv(sorted(spec.env)[:500]), spec.tags,
                            spec.priority, spec.timeout, spec.tty, ended.outcome, ended.worker, ended.attempt,
-                           ended.timeline, ended.view(), output)
+                           timeline(ended.queued, ended.steps), ended.view(), output)
+
+
+_RUNNING = JobState.RUNNING
 
 
 def _live(job: Job) -> bool:

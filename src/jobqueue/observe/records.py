@@ -69,15 +69,26 @@ def quantile(values: list[float], q: float) -> float:
     return round(values[min(len(values) - 1, int(q * len(values)))], 4)
 
 
-@dataclass(slots=True)
-class Run:
+#: One step of a job's timeline after it was queued, as facts: when (wall clock), what,
+#: and its detail as a ``str.format`` template and its arguments.  The detail is made
+#: only when someone looks at the job (:func:`timeline`): most jobs never are.
+Step = tuple[float, str, str, tuple[Any, ...]]
+
+
+def timeline(queued: float, steps: list[Step]) -> list[p.TimelineEntry]:
+    """A job's timeline as shown: queued at ``queued`` (wall clock), then its steps."""
+    return [p.TimelineEntry(queued, "queued", ""),
+            *(p.TimelineEntry(at, what, template.format(*args)) for at, what, template, args in steps)]
+
+
+# Run and Ended are structs, not dataclasses: one of each is made per job (a third of the cost).
+class Run(msgspec.Struct):
     queued: float  # wall clock
-    timeline: list[p.TimelineEntry]
     started: float | None = None  # broker clock
+    steps: list[Step] = []  # a new list per run
 
 
-@dataclass(slots=True)
-class Ended:
+class Ended(msgspec.Struct):
     """A job that ended: enough to show it (its argv decoded only when shown)."""
 
     job_id: str
@@ -88,7 +99,7 @@ class Ended:
     queued: float
     started: float
     ended: float
-    timeline: list[p.TimelineEntry]
+    steps: list[Step]
     status: int = 0
     reason: str = ""
     outcome: str = ""
