@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,7 @@ class Worker:
         self.stager: Any = None  # a jobqueue.staging.workerside.WorkerStager, made for the first staged job
         self._pool: Any = None  # threads for the stager's work off the loop
         self._completions: list[tuple[Any, Any]] = []  # (done, future) of that work, appended by the threads
+        self._carry_out = self._action_handlers()
 
     # --- main loop ----------------------------------------------------------------------
 
@@ -167,35 +169,37 @@ class Worker:
     # --- carrying out the core's actions ------------------------------------------------------
 
     def _do(self, actions: list[a.Action]) -> None:
+        carry_out = self._carry_out
         for action in actions:
-            if isinstance(action, a.Send):
-                self.conn.send(action.message)
-            elif isinstance(action, a.Log):
-                self.log.event(action.event, **action.fields)
-            elif isinstance(action, a.Spawn):
-                self._spawn(action.job_id, action.spec, action.allocation)
-            elif isinstance(action, a.WriteStdin):
-                self._write_stdin(action.job_id, action.chunks)
-            elif isinstance(action, a.ClosePipe):
-                self._close_pipe(action.job_id, action.fd, action.say_eof)
-            elif isinstance(action, a.SignalGroup):
-                _killpg(action.pgid, action.signum)
-            elif isinstance(action, a.SetWindowSize):
-                set_winsize(self.job_fds[action.job_id][p.STDOUT], action.rows, action.cols)
-            elif isinstance(action, a.Forget):
-                for which in list(self.job_fds.get(action.job_id, ())):
-                    self._close_pipe(action.job_id, which)
-                self.job_fds.pop(action.job_id, None)
-                if self.stager is not None:
-                    self.stager.forget(action.job_id)
-            elif isinstance(action, a.Stage):
-                self._stage(action)
-            elif isinstance(action, a.Collect):
-                self.stager.collect(action.job_id)
-            elif isinstance(action, a.ToStager):
-                self._to_stager(action.message)
-            elif isinstance(action, a.Exit):
-                self.done = True
+            carry_out[type(action)](action)
+
+    def _action_handlers(self) -> dict[type, Callable[[Any], object]]:
+        """How each kind of action is carried out (looked up by type: a trivial job has about eight)."""
+        return {
+            a.Send: lambda action: self.conn.send(action.message),
+            a.Log: lambda action: self.log.event(action.event, **action.fields),
+            a.Spawn: lambda action: self._spawn(action.job_id, action.spec, action.allocation),
+            a.WriteStdin: lambda action: self._write_stdin(action.job_id, action.chunks),
+            a.ClosePipe: lambda action: self._close_pipe(action.job_id, action.fd, action.say_eof),
+            a.SignalGroup: lambda action: _killpg(action.pgid, action.signum),
+            a.SetWindowSize: lambda action: set_winsize(self.job_fds[action.job_id][p.STDOUT], action.rows,
+                                                        action.cols),
+            a.Forget: self._forget,
+            a.Stage: self._stage,
+            a.Collect: lambda action: self.stager.collect(action.job_id),
+            a.ToStager: lambda action: self._to_stager(action.message),
+            a.Exit: self._exit,
+        }
+
+    def _forget(self, action: a.Forget) -> None:
+        for which in list(self.job_fds.get(action.job_id, ())):
+            self._close_pipe(action.job_id, which)
+        self.job_fds.pop(action.job_id, None)
+        if self.stager is not None:
+            self.stager.forget(action.job_id)
+
+    def _exit(self, action: a.Exit) -> None:
+        self.done = True
 
     # --- jq --stage -----------------------------------------------------------------------
 
