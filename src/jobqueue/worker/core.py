@@ -63,6 +63,8 @@ class WorkerCore(StagingMixin):
         self.exited = False
         self.idle_since = now
         self._out: list[Action] = []
+        #: A worker that hands out GPUs tells a job without any that it has none.
+        self._has_gpus = any(pool.name == GPUS and pool.total for pool in cfg.resources)
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             p.Welcome: self._on_welcome,
             p.Assign: self._on_assign,
@@ -99,8 +101,8 @@ class WorkerCore(StagingMixin):
 
     def readable(self) -> list[tuple[str, int]]:
         """The (job, fd) output streams to poll for reading now."""
-        return [(job_id, fd) for job_id, run in self.runs.items() for fd, s in run.streams.items()
-                if s.open and s.in_flight < p.WINDOW and run.state is not S.STAGING]
+        return [(job_id, fd) for job_id, run in self.runs.items() if run.state is not S.STAGING
+                for fd, s in run.streams.items() if s.open and s.offset - s.acked < p.WINDOW]
 
     def stdin_waiting(self) -> list[str]:
         """The jobs whose stdin has bytes waiting for room in its pipe."""
@@ -248,10 +250,10 @@ class WorkerCore(StagingMixin):
             self._send(p.Reject(msg.job_id, msg.attempt, "no free slot"))
             return
         self.runs[msg.job_id] = Run(msg, now)
-        allocation = tuple((g.name, g.amount, tuple(g.items)) for g in msg.allocation)
-        has_gpus = any(pool.name == GPUS and pool.total for pool in self.cfg.resources)
-        told = job_env(allocation, msg.spec.env, asked=bool(msg.spec.resources), has_gpus=has_gpus)
-        msg.spec.env.update(told)  # what the job is told it got
+        if msg.spec.resources or self._has_gpus:  # what the job is told it got (else: nothing)
+            allocation = tuple((g.name, g.amount, tuple(g.items)) for g in msg.allocation)
+            msg.spec.env.update(job_env(allocation, msg.spec.env, asked=bool(msg.spec.resources),
+                                        has_gpus=self._has_gpus))
         if msg.spec.stage:
             self._out.append(Stage(msg.job_id, msg.attempt, msg.spec))
         else:
@@ -461,7 +463,7 @@ class WorkerCore(StagingMixin):
         return bool(self.cfg.idle_timeout) and now - self.idle_since >= self.cfg.idle_timeout
 
     def _actions(self, now: float) -> list[Action]:
-        if not self.exited and self._should_exit(now):
+        if not self.runs and not self.exited and self._should_exit(now):
             self.exited = True
             if not self.stopping:  # leaving on its own: the server forgets it at once
                 self._send(p.Goodbye("done"))

@@ -128,7 +128,8 @@ class Run:
 
     @property
     def output_open(self) -> bool:
-        return any(s.open for s in self.streams.values())
+        streams = self.streams
+        return streams[p.STDOUT].open or streams[p.STDERR].open
 
 
 def exit_code(wait_status: int) -> int:
