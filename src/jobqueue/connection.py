@@ -109,10 +109,12 @@ class LeanTransport:
     """The lean DEALER of :mod:`jobqueue.zmtp` (NULL mechanism), its errors in this module's terms."""
 
     def __init__(self, endpoint: str, max_message: int, factory: LeanTransports) -> None:
-        from .zmtp import Dealer, ZmtpError
+        from .zmtp import Dealer, HandshakeRejected, MechanismMismatch, ZmtpError
 
         self.endpoint = endpoint
         self.factory = factory
+        #: What receive() tells apart (imported here once, not at each receive: a loop round).
+        self._errors = (MechanismMismatch, HandshakeRejected, ZmtpError)
         try:
             self.dealer = Dealer(endpoint, max_message)
         except ZmtpError as e:
@@ -143,8 +145,7 @@ class LeanTransport:
         return self.dealer.send(data)
 
     def receive(self, now: float) -> list[bytes | bytearray]:
-        from .zmtp import HandshakeRejected, MechanismMismatch, ZmtpError
-
+        MechanismMismatch, HandshakeRejected, ZmtpError = self._errors
         try:
             frames = self.dealer.receive(now)
             if self.dealer.is_open:
