@@ -268,7 +268,12 @@ class Server:
         """A message (routing id as bytes, then the frames' buffers, not copied: a job's
         stream data is relayed as received), the role of the key that sent it
         (None: CURVE off) and its owner; no frames: refused."""
-        parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        # Part by part, each frame saying whether more follow: recv_multipart asks the
+        # socket (getsockopt RCVMORE, an enum lookup in pyzmq) after each part, 3 us a message.
+        recv = self.socket.recv
+        parts = [recv(_NOWAIT, copy=False)]
+        while parts[-1].more:
+            parts.append(recv(_NOWAIT, copy=False))
         frames: list[Any] = [part.buffer for part in parts]
         frames[0] = parts[0].bytes
         who = self.identities.who(frames[0], parts[-1])
@@ -324,7 +329,7 @@ class Server:
 #: A round's answers go out after at most this many messages handled.
 DELIVER_EVERY = 16
 #: Send flags as plain ints: pyzmq's flag enums cost a few microseconds per message.
-_SEND = int(zmq.NOBLOCK)
+_SEND = _NOWAIT = int(zmq.NOBLOCK)
 _SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
 
