@@ -17,7 +17,7 @@ class GitView:
         self.untracked_dirs = untracked_dirs  # directories git lists as wholly untracked (empty ones too)
         self.parents: set[bytes] = set()  # every directory holding one of the files
         for path in files:
-            while b"/" in path:
+            while 47 in path:  # "/"
                 path = path.rsplit(b"/", 1)[0]
                 if path in self.parents:
                     break

@@ -102,7 +102,7 @@ def check_entry(entry: Entry) -> None:
     if entry.size < 0 or entry.mtime_ns < -(2**62) or entry.mtime_ns > 2**62:
         raise BadManifest("size or mtime out of range")
     if entry.kind == SYMLINK:
-        if entry.digest or not entry.target or b"\0" in entry.target:
+        if entry.digest or not entry.target or 0 in entry.target:  # (NUL; as an int: no TypeError first)
             raise BadManifest("a symlink needs a target (and no digest)")
     elif len(entry.digest) != DIGEST_SIZE or entry.target:
         raise BadManifest(f"a {KIND_NAMES[entry.kind]} needs a {DIGEST_SIZE}-byte digest (and no target)")

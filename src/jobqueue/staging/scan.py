@@ -241,7 +241,7 @@ def scan(
     for rel in unchanged_since or ():
         touched.add(rel)
         while rel:
-            rel = rel.rsplit(b"/", 1)[0] if b"/" in rel else b""
+            rel = rel.rsplit(b"/", 1)[0] if 47 in rel else b""  # (47: "/")
             touched.add(rel)
     reused: set[bytes] = set()  # directories whose whole subtree is as the stat cache has it
     fetched = cache.fetched if cache is not None else {}
@@ -335,7 +335,7 @@ def scan(
 
     def under_reused(rel: bytes) -> bool:
         while rel:
-            rel = rel.rsplit(b"/", 1)[0] if b"/" in rel else b""
+            rel = rel.rsplit(b"/", 1)[0] if 47 in rel else b""  # (47: "/")
             if rel in reused:
                 return True
         return False
