@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # annotations only: importing typing would slow jq down
     from types import ModuleType
     from typing import IO, Any, Protocol
 
-    from .connection import TransportFactory
+    from .transports import TransportFactory
 
     # The messages a job reads, as either module defines them (jobqueue.wire for jq,
     # jobqueue.protocol for the API): the same fields, so one structural type each.

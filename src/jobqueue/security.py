@@ -18,7 +18,7 @@ from zmq.utils import z85
 from .config import ENV_KEY as ENV_KEY
 from .config import ENV_SERVER_KEY as ENV_SERVER_KEY
 from .config import UsageError
-from .connection import Security
+from .transports import Security
 
 if TYPE_CHECKING:
     from .authkeys import Access

@@ -27,7 +27,6 @@ from . import protocol as p
 from .autoscale import ENV_SERVER, ENV_SPAWN_ID, ENV_SPAWN_RESOURCES, ENV_SPAWN_TAGS, Autoscaler, SpawnPolicy
 from .broker import Broker, Job, Send
 from .config import UsageError
-from .connection import COPY_THRESHOLD
 from .events import WorkerJoined
 from .identities import CLOSE_AFTER, Identities
 from .logs import Logger
@@ -35,6 +34,7 @@ from .observe import Observer
 from .resources import RESERVE_AFTER, normalise
 from .security import ServerKeys, check_bind
 from .tenancy import Tenancy
+from .transports import COPY_THRESHOLD
 from .waker import Waker
 
 #: Messages queued per peer before the server drops (flow control keeps
