@@ -41,7 +41,7 @@ from .statcache import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable, Iterator
     from typing import Any
 
     from .entry import EntryTuple
@@ -152,11 +152,7 @@ class Snapshot:
         """Relative path -> target, of every symlink."""
         if self._links is None:
             self._links = {}
-            for rel, item in self.listed:
-                if not (item[4] & HAS_LINKS if len(item) == 5 else holds_links(item)):
-                    continue
-                memo = memo_of(item)
-                prefix = rel + b"/" if rel else b""
+            for prefix, memo in self._memos_with(HAS_LINKS, holds_links):
                 for (name, mode, *_), value in zip(memo[6], memo[3]):
                     if stat.S_ISLNK(mode):
                         self._links[prefix + name] = value
@@ -165,13 +161,22 @@ class Snapshot:
     @property
     def skipped(self) -> list[tuple[bytes, str]]:
         """(path, why) of the sockets, FIFOs and devices left out, for -v."""
-        found = []
+        return [(prefix + name, kind) for prefix, memo in self._memos_with(HAS_SKIPPED, lambda memo: bool(memo[7]))
+                for name, kind in memo[7]]
+
+    def _memos_with(self, flag: int, holds: Callable[[DirMemo], bool]) -> Iterator[tuple[bytes, DirMemo]]:
+        """(path prefix, memo) of the directories that hold what ``flag`` (in a cache entry)
+        or ``holds`` (of a memo) says: the others are not decoded."""
         for rel, item in self.listed:
-            if len(item) == 5 and not item[4] & HAS_SKIPPED:
-                continue
-            prefix = rel + b"/" if rel else b""
-            found += [(prefix + name, kind) for name, kind in memo_of(item)[7]]
-        return found
+            if item[4] & flag if len(item) == 5 else holds(item):
+                yield (rel + b"/" if rel else b""), memo_of(item)
+
+
+def _above(rel: bytes) -> Iterator[bytes]:
+    """The directories above ``rel`` (relative to the root), up to the root (b"")."""
+    while rel:
+        rel = rel.rsplit(b"/", 1)[0] if 47 in rel else b""  # (47: "/", an int: no TypeError first)
+        yield rel
 
 
 def _entries(memo: DirMemo) -> list[EntryTuple]:
@@ -239,10 +244,7 @@ def scan(
                 unchanged_since = reply[1]
     touched: set[bytes] = set()  # the changed directories and those above them
     for rel in unchanged_since or ():
-        touched.add(rel)
-        while rel:
-            rel = rel.rsplit(b"/", 1)[0] if 47 in rel else b""  # (47: "/")
-            touched.add(rel)
+        touched.update((rel, *_above(rel)))
     reused: set[bytes] = set()  # directories whose whole subtree is as the stat cache has it
     fetched = cache.fetched if cache is not None else {}
     # Directories that changed since the last snapshot other than by what the last job's results
@@ -333,13 +335,6 @@ def scan(
         snap.size += memo[4]
         return memo[2]
 
-    def under_reused(rel: bytes) -> bool:
-        while rel:
-            rel = rel.rsplit(b"/", 1)[0] if 47 in rel else b""  # (47: "/")
-            if rel in reused:
-                return True
-        return False
-
     def remake(path: bytes, rel: bytes, prefix: bytes, signature: list[tuple[bytes, int, int, int, int, int]],
                kids: list[bytes], skipped: tuple, memo: DirMemo | None) -> DirMemo:
         """A directory that changed (or was never seen): its entries, hashing only changed files."""
@@ -400,7 +395,7 @@ def scan(
     snap.root_digest = walk(root_b, b"", False)
     if reused:
         for rel, entry in old.items():
-            if rel not in new and under_reused(rel):
+            if rel not in new and any(above in reused for above in _above(rel)):
                 new[rel] = entry
                 snap.listed.append((rel, entry))
                 snap.files += entry[2]
