@@ -342,7 +342,7 @@ class Executor(concurrent.futures.Executor):
                 sent = True
         if sent:
             session.flush()
-            conn.send(p.Ping())  # its Pong says the server has them (Connection.answered_at)
+            conn.ping()  # its Pong says the server has them (Connection.answered_at)
 
     def _feed_inputs(self) -> None:
         """Hand each job its input as its stdin window allows, then EOF."""

@@ -161,12 +161,15 @@ class Connection:
         if self.transport is None:
             return False
         try:
-            sent = bool(self.transport.send(self.proto.encode(message)))
+            return bool(self.transport.send(self.proto.encode(message)))
         except ConnectionError:
             return False  # the next receive or tick reconnects
-        if sent and isinstance(message, self.proto.Ping):
+
+    def ping(self) -> None:
+        """Send a ping; its Pong shows the server read everything sent before it
+        (:attr:`answered_at`)."""
+        if self.send(self.proto.Ping()):
             self._pings.append(time.monotonic())
-        return sent
 
     def request(self, message: Any, timeout: float, now: Callable[[], float]) -> Any:
         """Send one sessionless request (status, cancel, drain) and return the reply
@@ -252,7 +255,7 @@ class Connection:
             return
         if self._last_ping + self.heartbeat <= now:  # the very expression next_wakeup() gives
             self._last_ping = now
-            self.send(self.proto.Ping())
+            self.ping()
         self._maintain(now)
         silent = now - self._last_heard
         if not self.ever_welcomed and now - self._connected_at > self.connect_timeout:

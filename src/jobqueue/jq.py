@@ -440,7 +440,6 @@ def _check_gate(session: Session, job: ClientJob, term: Terminal, now: float) ->
 
 
 def _act(session: Session, job: ClientJob, term: Terminal, action: tuple[str, int]) -> None:
-    from . import wire as p
     from .jq_signals import DETACHED, FORWARD, HOLD, signal_name
 
     kind, signum = action
@@ -448,7 +447,7 @@ def _act(session: Session, job: ClientJob, term: Terminal, action: tuple[str, in
     if kind == FORWARD:
         job.signal(signum)
         session.flush()
-        session.conn.send(p.Ping())  # its Pong, after the signal, says the server has it
+        session.conn.ping()  # its Pong, after the signal, says the server has it
     elif kind == HOLD:
         term.note(f"{server} does not answer; {name} goes to job {job.job_id} once it is back "
                   "(signal jq again to abandon the job)")

@@ -96,9 +96,9 @@ def test_the_connection_says_when_the_latest_ping_the_server_answered_was_sent()
     conn = Connection("ipc:///nonexistent/s", None, p.decode_to_client, proto=p,
                       transport=connect)  # type: ignore[arg-type]
     conn.open(1.0)
-    conn.send(p.Ping())
+    conn.ping()
     conn.send(p.Signal("j", SIGTERM))
-    conn.send(p.Ping())
+    conn.ping()
     first, second = conn._pings
     assert first < second and conn.answered_at == 0.0
     transports[-1].inbox = [p.encode(p.Output("j", 1, 1, 0, b"x"))]
