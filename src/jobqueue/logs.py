@@ -22,8 +22,9 @@ class Logger:
         self.role = role
         self.fmt = fmt
         self.stream = stream or sys.stderr
-        #: Buffered: lines go out at :meth:`flush` (the loop calls it once a round), in one
-        #: write: stderr is line-buffered, so its own buffer would write every line.
+        #: Buffered: lines go out at :meth:`flush` (once a loop round, and before messages
+        #: are sent, so a line is never later than what it reports), in one write: stderr
+        #: is line-buffered, so its own buffer would write every line.
         self.buffered = buffered
         self._lines: list[str] = []
         self._second = (-1, "")  # the last second formatted, and its text (formatting is slow)

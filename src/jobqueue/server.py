@@ -306,6 +306,9 @@ class Server:
             if spawner is not None and isinstance(event, WorkerJoined) and event.spawn:
                 spawner.arrived(event.spawn, time.monotonic())
         self.broker.events.clear()
+        # What the log says happened is written before anybody hears of it: a script
+        # that reads the log after jq exits finds the job's end there.
+        self.log.flush()
         batches: dict[bytes, list[Any]] = {}  # per peer, in order: one ZeroMQ message each
         for send in sends:
             message = send.message

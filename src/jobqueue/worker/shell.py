@@ -260,6 +260,7 @@ class Worker:
         self._pool.submit(work).add_done_callback(finished)
 
     def _send(self, message: p.Message) -> None:
+        self.log.flush()  # the log says what happened before the server hears of it
         self.conn.send(message)
 
     def _to_stager(self, message: p.Message) -> None:
