@@ -60,7 +60,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    latency_rounds=5, latency_runs=20, burst_jobs=1000, burst_rounds=3, broker_jobs=10_000,
+    latency_rounds=5, latency_runs=20, burst_jobs=1000, burst_rounds=5, broker_jobs=10_000,
     broker_workers=(1, 100, 1000), broker_rounds=5, chunk_messages=100_000, server_jobs=5000,
     server_workers=(2, 100), stream_bytes=1 << 30, stream_rounds=3, mem_workers=1000, mem_jobs=20_000,
     slow_bytes=1 << 30, slow_rate=64 << 20, profile_seconds=6.0,

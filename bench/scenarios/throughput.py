@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import statistics
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,8 +49,14 @@ def run(ctx: Context, cluster: Cluster) -> Section:
         stats = Stats.of(samples[v.name]) if samples[v.name] else None
         section.rows.append(Row(v.name, "jobs/s", stats, v.command, "" if stats else "crashed: see above"))
         section.commands.append(v.command)
-    hq = section.ratio("Executor / HyperQueue", EXECUTOR, HYPERQUEUE)
-    of_xargs = section.ratio("Executor / xargs -P2", EXECUTOR, XARGS)
+    section.ratio("Executor / HyperQueue (medians)", EXECUTOR, HYPERQUEUE)
+    section.ratio("Executor / xargs -P2 (medians)", EXECUTOR, XARGS)
+    # the targets take each round's own ratio (the two ran within seconds of each other),
+    # then the median: the host's load drifts between rounds far more than within one
+    hq = _paired(section, "Executor / HyperQueue (median of each round's ratio)", samples[EXECUTOR],
+                 samples.get(HYPERQUEUE, []))
+    of_xargs = _paired(section, "Executor / xargs -P2 (median of each round's ratio)", samples[EXECUTOR],
+                       samples[XARGS])
     section.ratio("Executor / GNU parallel", EXECUTOR, PARALLEL)
     section.ratio("jq via xargs -P4 / xargs -P2", JQ_XARGS, XARGS)
     section.targets += [
@@ -64,6 +71,19 @@ def run(ctx: Context, cluster: Cluster) -> Section:
     if ctx.profile or any(t.met is False for t in section.targets[:1] + section.targets[2:]):
         _profile(ctx, cluster, section)
     return section
+
+
+def _paired(section: Section, text: str, numerators: list[float], denominators: list[float]) -> float | None:
+    """The median of the per-round ratios (the ratio of the medians if a round crashed)."""
+    if not numerators or not denominators:
+        section.ratios.append((text, None))
+        return None
+    if len(numerators) == len(denominators):
+        value = statistics.median(a / b for a, b in zip(numerators, denominators))
+    else:
+        value = statistics.median(numerators) / statistics.median(denominators)
+    section.ratios.append((text, value))
+    return value
 
 
 def _variants(ctx: Context, cluster: Cluster, section: Section) -> list[Variant]:

@@ -96,6 +96,20 @@ def proc_rlimits() -> list[tuple[str, int, int]]:
     return rlimits
 
 
+_valid_signals: frozenset[int] = frozenset()
+
+
+def _signals() -> frozenset[int]:
+    """The signals this system has, asked once: not the C library's own (32 and 33),
+    which show as ignored."""
+    global _valid_signals
+    if not _valid_signals:
+        import _signal  # loaded already by jq (the C core of signal)
+
+        _valid_signals = frozenset(_signal.valid_signals())
+    return _valid_signals
+
+
 def caller_attributes(rlimits: list[tuple[str, int, int]] | None = None,
                       status: bytes | None = None) -> dict[str, object]:
     """How this process (this thread) stands, as JobSpec fields: umask, resource
@@ -104,9 +118,7 @@ def caller_attributes(rlimits: list[tuple[str, int, int]] | None = None,
     limits from /proc/self/limits.  The API, per submission, passes both read its
     own way (getrlimit, and a status file kept open per thread: cheaper, but
     needing imports and state that jq's start-up does without)."""
-    import _signal  # loaded already by jq (the C core of signal)
-
-    valid = _signal.valid_signals()  # not the C library's own (32 and 33), which show as ignored
+    valid = _signals()
     if status is None:
         status = _read_proc("/proc/thread-self/status")
     attrs: dict[str, object] = {}
@@ -147,10 +159,14 @@ def exec_problem(argv: list[bytes], env: dict[bytes, bytes]) -> str:
         arg_max = min(os.sysconf("SC_ARG_MAX"), MAX_EXEC_BYTES)
     except (ValueError, OSError):
         arg_max = 2 << 20
-    arg_sizes = list(map(len, argv))
-    entry_sizes = list(map(int.__add__, map(len, env), map(len, env.values())))
-    size = 8 * (len(argv) + len(env) + 2) + sum(arg_sizes) + len(argv) + sum(entry_sizes) + 2 * len(env)
-    longest = max(max(arg_sizes, default=0) + 1, max(entry_sizes, default=-2) + 2)
+    # lengths summed by joining (C-level); the longest string is looked for only when
+    # all of them together are too long for one
+    arg_bytes, name_bytes, value_bytes = len(b"".join(argv)), len(b"".join(env)), len(b"".join(env.values()))
+    size = 8 * (len(argv) + len(env) + 2) + arg_bytes + len(argv) + name_bytes + value_bytes + 2 * len(env)
+    longest = max(arg_bytes + 1, name_bytes + value_bytes + 2)
+    if longest > MAX_ARG_STRLEN:
+        longest = max(max(map(len, argv), default=0) + 1,
+                      max(map(int.__add__, map(len, env), map(len, env.values())), default=-2) + 2)
     if size > arg_max:
         return (f"argument list too long: {size} bytes of arguments and environment, more than the "
                 f"system's limit (ARG_MAX = {arg_max} bytes, a quarter of the stack size limit)")

@@ -10,6 +10,8 @@ import resource
 import signal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobqueue.api_caller import caller_environment as _environment
 from jobqueue.api_caller import rlimits as _rlimits
@@ -73,6 +75,28 @@ def test_exec_problem_counts_what_linux_counts():
     many = [b"x" * 1000] * 7000  # 7 MB: past ARG_MAX whatever the stack limit
     assert "bytes of arguments and environment" in exec_problem(many, {})
     assert exec_problem([], {}) == ""
+
+
+def _exec_problem_by_the_book(argv: list[bytes], env: dict[bytes, bytes]) -> tuple[int, int]:
+    """What Linux counts, string by string: (all of it, the longest string), NULs and pointers included."""
+    strings = [*argv, *(name + b"=" + value for name, value in env.items())]
+    return 8 * (len(strings) + 2) + sum(len(s) + 1 for s in strings), max((len(s) + 1 for s in strings), default=1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, MAX_ARG_STRLEN + 2), max_size=4),
+       st.dictionaries(st.binary(min_size=1, max_size=8), st.integers(0, MAX_ARG_STRLEN), max_size=4))
+def test_exec_problem_agrees_with_counting_each_string(arg_sizes: list[int], env_sizes: dict[bytes, int]) -> None:
+    argv = [b"a" * n for n in arg_sizes]
+    env = {name: b"v" * n for name, n in env_sizes.items()}
+    size, longest = _exec_problem_by_the_book(argv, env)
+    problem = exec_problem(argv, env)
+    if "bytes of arguments and environment" in problem:
+        assert f" {size} bytes" in problem
+    elif longest > MAX_ARG_STRLEN:
+        assert f"has {longest - 1} bytes" in problem
+    else:
+        assert problem == ""
 
 
 def test_the_apis_kept_status_file_is_read_afresh_and_per_thread(restore_process_state):
