@@ -309,7 +309,7 @@ def scan(
             snap.files += entry[2]
             snap.size += entry[3]
             return entry[1]
-        memo = memo_of(entry) if entry is not None else None
+        memo = loaded = memo_of(entry) if entry is not None else None
         if memo is not None and unchanged_since is not None and rel not in unchanged_since:
             # nothing happened in it, but under it: its entries are as the stat cache says
             signature, skipped = memo[6], memo[7]
@@ -329,7 +329,7 @@ def scan(
             memo = (*memo[:7], skipped)
             if cache is not None:
                 cache.changed = True
-        new[rel] = memo
+        new[rel] = entry if memo is loaded and entry is not None else memo  # (as loaded: not written again)
         snap.listed.append((rel, memo))
         snap.files += memo[5]
         snap.size += memo[4]
@@ -405,6 +405,8 @@ def scan(
         watchclient.start(root_b)  # (none yet: the next scans of this tree will ask it)
     if cache is not None and (cache.changed or len(cache.new) != len(cache.old) or cache.new_watch != cache.old_watch):
         snap.saving = saving_locks[cache.path] = in_background(cache.save)  # while the job is queued and staged
+    elif cache is not None:
+        cache.close()
     return snap
 
 

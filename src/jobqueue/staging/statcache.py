@@ -1,7 +1,8 @@
 """What jq remembers of a staged tree between scans (the stat cache), a shell: one
-file per root under the cache home, in :mod:`marshal`'s format, holding each
-directory's :data:`DirMemo` (encoded on its own, decoded only when looked at),
-the stage watcher's token, and what the last job's results wrote.
+file per root under the cache home (its format: :mod:`.statjournal`, a base and
+deltas appended to it), holding each directory's :data:`DirMemo` (encoded on its
+own, decoded only when looked at), the stage watcher's token; and, beside it,
+what the last job's results wrote.
 
 jq loads this module for ``--stage``: only what the interpreter has at hand.
 """
@@ -9,6 +10,8 @@ jq loads this module for ``--stage``: only what the interpreter has at hand.
 from __future__ import annotations
 
 import os
+
+from .statjournal import Loaded, decode, encode_base, encode_delta, should_append
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,7 +68,6 @@ def stat_key(st: os.stat_result) -> StatKey:
 
 # --- the stat cache -------------------------------------------------------------------
 
-_CACHE_FORMAT = 4
 #: Stat cache file -> a lock held while a scan of this process writes it.
 saving_locks: dict[str, Any] = {}
 
@@ -73,8 +75,8 @@ saving_locks: dict[str, Any] = {}
 class StatCache:
     """What the last scan learnt of each directory (:data:`DirMemo`), by relative
     path, trusted while the stat of its entries is unchanged.  One file per staged
-    root under the cache home, in :mod:`marshal`'s format (fast to load; a file of
-    another Python or format version is ignored)."""
+    root under the cache home: a base and a journal of deltas (:mod:`.statjournal`,
+    in :mod:`marshal`'s format: fast to load; a file of another format is ignored)."""
 
     def __init__(self, root: bytes, directory: str | None = None) -> None:
         self.root = root
@@ -90,21 +92,26 @@ class StatCache:
         #: its stat key then (a file), or None (a directory made); what matches is as the
         #: worker has it, and not counted as changed since the last snapshot.
         self.fetched: dict[bytes, StatKey | None] = {}
+        #: the file as loaded (kept open: a delta is appended to the file it is based on), and what it held
+        self._file: Any = None
+        self._loaded: Loaded | None = None
         saving = saving_locks.pop(self.path, None)
         if saving is not None:  # an earlier scan of this process is writing it
             saving.acquire()
             saving.release()
         import gc
-        import marshal
 
         collecting = gc.isenabled()
         gc.disable()  # (a collection or two among the many tuples made here: +2 ms)
         try:
-            with open(self.path, "rb") as f:
-                loaded = marshal.loads(f.read())  # (marshal.load reads a file in small pieces: slower)
-            if type(loaded) is tuple and loaded[:2] == (_CACHE_FORMAT, root) and type(loaded[2]) is dict:
-                self.old, self.old_watch = loaded[2], loaded[3]
+            self._file = open(os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC), "rb", buffering=0)
+            loaded = self._loaded = decode(self._file.readall(), root)
+            if loaded is not None:
+                self.old, self.old_watch = loaded.entries, loaded.watch
+                self.changed = not loaded.clean  # (what is appended after a torn record is lost: compact)
                 if os.path.exists(self.path + ".fetched"):
+                    import marshal
+
                     with open(self.path + ".fetched", "rb") as f:
                         fetched = marshal.loads(f.read())
                     if type(fetched) is dict:
@@ -116,20 +123,43 @@ class StatCache:
                 gc.enable()
 
     def save(self) -> None:
-        """Write what this scan learnt (replacing the old) atomically; best effort."""
-        import marshal
-
+        """Write what this scan learnt: a delta appended to the file loaded, or the whole
+        file again (atomically, replacing the old); best effort.  Closes the file."""
         try:
+            self._save()
+        except OSError:
+            pass
+        finally:
+            self.close()
+
+    def _save(self) -> None:
+        old = self.old
+        # an entry taken as it was loaded is the same object (see scan): what differs is what changed
+        changed = {rel: item if len(item) == 5 else cache_entry(item)
+                   for rel, item in self.new.items() if old.get(rel) is not item}
+        record = b""
+        if self._file is not None and self._loaded is not None and should_append(self._loaded, 0):
+            removed = [rel for rel in old if rel not in self.new]
+            record = encode_delta(self._loaded.end, changed, removed, self.new_watch)
+        if record and should_append(self._loaded, len(record)):
+            written = os.write(self._file.fileno(), record)  # type: ignore[union-attr]  # (O_APPEND: one write lands whole at the end)
+            if written != len(record):  # (a full disk): a torn record, which the next load sees as such
+                raise OSError("short write")
+        else:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
             temp = f"{self.path}.{os.getpid()}.tmp"
             entries = {rel: item if len(item) == 5 else cache_entry(item) for rel, item in self.new.items()}
             with open(temp, "wb") as f:
-                f.write(marshal.dumps((_CACHE_FORMAT, self.root, entries, self.new_watch)))
+                f.write(encode_base(self.root, entries, self.new_watch))
             os.replace(temp, self.path)
-            if self.fetched:
-                os.unlink(self.path + ".fetched")  # (what it told is in the memos now)
-        except OSError:
-            pass
+        if self.fetched:
+            os.unlink(self.path + ".fetched")  # (what it told is in the memos now)
+
+    def close(self) -> None:
+        """Let go of the file loaded (a scan that saves nothing)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def cache_path(root: bytes, directory: str | None = None) -> str:
