@@ -142,7 +142,7 @@ class StatCache:
             removed = [rel for rel in old if rel not in self.new]
             record = encode_delta(self._loaded.end, changed, removed, self.new_watch)
         if record and should_append(self._loaded, len(record)):
-            written = os.write(self._file.fileno(), record)  # type: ignore[union-attr]  # (O_APPEND: one write lands whole at the end)
+            written = os.write(self._file.fileno(), record)  # (O_APPEND: one write lands whole at the end)
             if written != len(record):  # (a full disk): a torn record, which the next load sees as such
                 raise OSError("short write")
         else:
