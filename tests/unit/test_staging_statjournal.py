@@ -211,6 +211,11 @@ def _tree(top, monkeypatch) -> str:
     return str(root)
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def test_a_change_appends_a_delta_and_a_torn_one_is_compacted_away(tmp_path, monkeypatch) -> None:
     root = _tree(tmp_path, monkeypatch)
     cache = str(tmp_path / "statcache")
@@ -225,7 +230,7 @@ def test_a_change_appends_a_delta_and_a_torn_one_is_compacted_away(tmp_path, mon
     second.saved()
     grown = os.stat(path)
     assert grown.st_ino == old.st_ino and base < grown.st_size < 2 * base  # appended to, not replaced
-    loaded = decode(open(path, "rb").read(), os.fsencode(os.path.abspath(root)))
+    loaded = decode(_read(path), os.fsencode(os.path.abspath(root)))
     assert loaded is not None and loaded.records == 1
     again = scan(root, use_git=False, cache_dir=cache)
     again.saved()
@@ -238,7 +243,7 @@ def test_a_change_appends_a_delta_and_a_torn_one_is_compacted_away(tmp_path, mon
     third.saved()
     assert third.hashed == 1
     assert os.stat(path).st_ino != old.st_ino  # compacted: the torn record went
-    loaded = decode(open(path, "rb").read(), os.fsencode(os.path.abspath(root)))
+    loaded = decode(_read(path), os.fsencode(os.path.abspath(root)))
     assert loaded is not None and loaded.clean and loaded.records == 0
     fourth = scan(root, use_git=False, cache_dir=cache)
     fourth.saved()

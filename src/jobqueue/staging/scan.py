@@ -392,15 +392,20 @@ def scan(
             foreign.add(rel)
         return (signature if trusted else racy_after, kids, digest, values, size, files, signature, skipped)
 
-    snap.root_digest = walk(root_b, b"", False)
-    if reused:
-        for rel, entry in old.items():
-            if rel not in new and any(above in reused for above in _above(rel)):
-                new[rel] = entry
-                snap.listed.append((rel, entry))
-                snap.files += entry[2]
-                snap.size += entry[3]
-    _check_symlinks(snap)
+    try:
+        snap.root_digest = walk(root_b, b"", False)
+        if reused:
+            for rel, entry in old.items():
+                if rel not in new and any(above in reused for above in _above(rel)):
+                    new[rel] = entry
+                    snap.listed.append((rel, entry))
+                    snap.files += entry[2]
+                    snap.size += entry[3]
+        _check_symlinks(snap)
+    except BaseException:
+        if cache is not None:
+            cache.close()
+        raise
     if watching and reply is None and (watchclient.mode() == "always" or snap.files >= watchclient.MIN_FILES):
         watchclient.start(root_b)  # (none yet: the next scans of this tree will ask it)
     if cache is not None and (cache.changed or len(cache.new) != len(cache.old) or cache.new_watch != cache.old_watch):
