@@ -148,7 +148,7 @@ class StatCache:
         else:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
             temp = f"{self.path}.{os.getpid()}.tmp"
-            entries = {rel: item if len(item) == 5 else cache_entry(item) for rel, item in self.new.items()}
+            entries = {rel: changed.get(rel, item) for rel, item in self.new.items()}  # (memos encoded once)
             with open(temp, "wb") as f:
                 f.write(encode_base(self.root, entries, self.new_watch))
             os.replace(temp, self.path)
