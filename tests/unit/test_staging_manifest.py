@@ -117,6 +117,48 @@ def test_missing_descends_level_by_level_and_names_what_to_pin() -> None:
     assert m.missing(root, have.__contains__, have.__getitem__)[0] == []
 
 
+_shapes = st.recursive(st.sampled_from([b"x", b"y", b"z"]),
+                       lambda inner: st.dictionaries(st.sampled_from([b"a", b"b", b"c", b"d"]), inner, max_size=4),
+                       max_leaves=12)
+
+
+def _encode(shape: bytes | dict[bytes, object], dirs: dict[bytes, bytes]) -> tuple[bytes, int]:
+    """(digest, kind) of a file (bytes) or directory (dict) shape; directories' encodings go into ``dirs``."""
+    if isinstance(shape, bytes):
+        return m.digest_of(shape), m.FILE
+    items = []
+    for name, child in shape.items():
+        digest, kind = _encode(child, dirs)  # type: ignore[arg-type]
+        items.append(m.Entry(name, kind, 0o755, 1, 0, digest))
+    items.append(m.Entry(b"l", m.SYMLINK, 0o777, 1, 1, b"", b"a"))
+    digest, data = m.make_directory(items)
+    dirs[digest] = data
+    return digest, m.DIRECTORY
+
+
+@given(st.dictionaries(st.sampled_from([b"a", b"b", b"c"]), _shapes, max_size=3), st.data())
+@settings(max_examples=300)
+def test_a_walk_with_a_narrower_complete_goes_on(shape: dict[bytes, object], data: st.DataObject) -> None:
+    """The worker's two walks (any directory of ours, then the chosen one): the second looks only
+    into what the first skipped and finds what a whole walk would."""
+    dirs: dict[bytes, bytes] = {}
+    root, _ = _encode(shape, dirs)
+    files = {m.digest_of(content) for content in (b"x", b"y", b"z")}
+    absent = data.draw(st.sets(st.sampled_from(sorted(files | set(dirs))), max_size=2))
+    have = lambda digest: digest not in absent  # noqa: E731
+    known = data.draw(st.sets(st.sampled_from(sorted(dirs))))
+    held = data.draw(st.sets(st.sampled_from(sorted(known)))) if known else set()
+    skipped: list[bytes] = []
+    need, seen = m.missing(root, have, dirs.__getitem__, known.__contains__, skipped)
+    assert not set(skipped) - known and not seen & known
+    whole_need, whole_seen = m.missing(root, have, dirs.__getitem__, held.__contains__)
+    if need:
+        return  # the worker asks for these first, and walks again once they came
+    more_need, more_seen = m.missing_below(skipped, seen, have, dirs.__getitem__, held.__contains__)
+    assert sorted(more_need) == sorted(whole_need)
+    assert seen | more_seen == whole_seen and not seen & more_seen
+
+
 def test_a_symlink_leading_out_of_the_tree_is_refused() -> None:
     root, data = m.make_directory([m.Entry(b"l", m.SYMLINK, 0o777, 1, 5, b"", b"../x")])
     with pytest.raises(m.BadManifest, match="outside"):

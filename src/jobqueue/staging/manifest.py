@@ -16,7 +16,7 @@ symlink targets that stay inside the tree (:mod:`.paths`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -142,7 +142,7 @@ def check_tree(root: bytes, directories: Mapping[bytes, bytes | Directory]) -> d
 
 def missing(
     root: bytes, have: Callable[[bytes], bool], load: Callable[[bytes], bytes | Directory],
-    complete: Callable[[bytes], bool] | None = None,
+    complete: Callable[[bytes], bool] | None = None, skipped: list[bytes] | None = None,
 ) -> tuple[list[bytes], set[bytes]]:
     """What a worker lacks of the tree ``root``: the missing blobs it can name
     now (files, and directories whose contents it will see once they arrive),
@@ -151,13 +151,32 @@ def missing(
     directory blob (validated here, unless it gives it decoded: validated
     already).  ``complete(digest)``: a directory whose whole subtree the worker
     holds and keeps (pinned for a job directory that holds it): not looked
-    into, nor listed among the needs."""
+    into, nor listed among the needs; ``skipped`` gets each such directory met
+    (for :func:`missing_below`)."""
+    return missing_below([root], set(), have, load, complete, skipped)
+
+
+def missing_below(
+    roots: Iterable[bytes], seen: set[bytes], have: Callable[[bytes], bool], load: Callable[[bytes], bytes | Directory],
+    complete: Callable[[bytes], bool] | None = None, skipped: list[bytes] | None = None,
+) -> tuple[list[bytes], set[bytes]]:
+    """:func:`missing` of the subtrees ``roots``, leaving out what is in ``seen`` (looked
+    at already).  A walk with a narrower ``complete`` after one that found nothing
+    missing goes on from there: ``missing_below(skipped, seen, ..., narrower)`` finds
+    what ``missing(root, ..., narrower)`` would, less the ``seen`` of the first walk
+    (the digests it found are the first walk's ``seen`` and these)."""
     need: list[bytes] = []
-    seen: set[bytes] = set()
-    if complete is not None and complete(root):
-        return need, seen
-    seen.add(root)
-    stack = [root]
+    found: set[bytes] = set()
+    stack: list[bytes] = []
+    for root in roots:
+        if root in seen or root in found:
+            continue
+        if complete is not None and complete(root):
+            if skipped is not None:
+                skipped.append(root)
+            continue
+        found.add(root)
+        stack.append(root)
     while stack:
         digest = stack.pop()
         if not have(digest):
@@ -167,15 +186,17 @@ def missing(
         if not isinstance(directory, Directory):
             directory = decode_directory(directory, digest)
         for entry in directory.entries:
-            if entry.kind == SYMLINK or entry.digest in seen:
+            if entry.kind == SYMLINK or entry.digest in found or entry.digest in seen:
                 continue
             if entry.kind == DIRECTORY:
                 if complete is not None and complete(entry.digest):
+                    if skipped is not None:
+                        skipped.append(entry.digest)
                     continue
-                seen.add(entry.digest)
+                found.add(entry.digest)
                 stack.append(entry.digest)
             else:
-                seen.add(entry.digest)
+                found.add(entry.digest)
                 if not have(entry.digest):
                     need.append(entry.digest)
-    return need, seen
+    return need, found

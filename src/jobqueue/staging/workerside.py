@@ -34,7 +34,7 @@ from .. import protocol as p
 from .blobstore import BadBlob, BlobStore, BlobWriter
 from .dirplan import Seen
 from .fetchplan import Change
-from .manifest import BadManifest, missing, new_hasher
+from .manifest import BadManifest, missing, missing_below, new_hasher
 from .materialise import open_result
 from .parking import Background, Workdir, Workdirs
 from .paths import UnsafePath, split_path
@@ -147,12 +147,15 @@ class WorkerStager:
         be chosen by comparing trees), then as the chosen one holds it (what it lacks is
         this run's to pin)."""
         store = self.store
+        roots, looked = [run.root], set()
         if not run.chosen:
             if not run.fresh_only and self.dirs.parking() and not self.dirs.known(run.root):
                 # a directory being parked may keep what its job brought back: the client's tree now, maybe
                 self.dirs.after_parking(lambda: self._again(run))
                 return
-            need, seen = missing(run.root, store.has, self.dirs.directory, None if run.fresh_only else self.dirs.known)
+            skipped: list[bytes] = []
+            need, seen = missing(run.root, store.has, self.dirs.directory,
+                                 None if run.fresh_only else self.dirs.known, skipped)
             store.pin(run.owner, seen)
             if need:
                 self._need(run, need)
@@ -160,8 +163,9 @@ class WorkerStager:
             run.chosen = True
             if not run.fresh_only:
                 run.dir = self.dirs.claim(run.root)
+            roots, looked = skipped, seen  # the walk goes on only into what the chosen one does not hold
         held = run.dir.state.digests.__contains__ if run.dir is not None else None
-        need, seen = missing(run.root, store.has, self.dirs.directory, held)
+        need, seen = missing_below(roots, looked, store.has, self.dirs.directory, held)
         store.pin(run.owner, seen)
         if need:
             self._need(run, need)
