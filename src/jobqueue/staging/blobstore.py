@@ -3,7 +3,8 @@
 Layout under ``--cache-dir``: ``blobs/ab/abcdef...`` (one file per blob, named
 by its hex SHA-256; the 256 subdirectories made once), blobs being received
 are ``blobs/ab/.abcdef...-N`` (written, checked against their digest, then
-renamed into place, so a blob file is always whole),
+renamed into place, so a blob file is always whole; blobs that came whole with a job
+are held in memory until their job has started: :meth:`BlobStore.accept`),
 ``jobs/`` (the jobs' private directories, on the same file system so that a
 copy can be a reflink), ``parked/`` (finished jobs' directories kept for the
 next job of their tree, :mod:`.parking`).  One worker process owns a cache directory (a lock
@@ -47,6 +48,9 @@ class BlobStore:
             os.close(self._lock)
             raise CacheBusy(f"cache directory {self.directory} is in use by another worker") from None
         self.policy = CachePolicy(capacity, max_parked)
+        #: Blobs taken whole from a message and checked (:meth:`accept`), counted in the cache, whose files
+        #: are not written yet: whoever reads a blob looks here first (threads too: they only read it).
+        self.unwritten: dict[bytes, bytes] = {}
         #: Called with the owner name of a parked job directory the cache lets go (see .parking).
         self.on_evict: Callable[[str], None] = lambda _name: None
         found: list[tuple[int, bytes, int]] = []
@@ -78,6 +82,9 @@ class BlobStore:
     def read(self, digest: bytes) -> bytes:
         """A small blob (a directory) whole."""
         self.policy.use(digest)
+        data = self.unwritten.get(digest)
+        if data is not None:
+            return data
         with open(self.path(digest), "rb") as f:
             return f.read()
 
@@ -100,11 +107,67 @@ class BlobStore:
     def writer(self, digest: bytes, size: int) -> BlobWriter:
         return BlobWriter(self, digest, size)
 
+    def accept(self, digest: bytes, data: bytes) -> bool:
+        """A blob that came whole (pushed with a job): checked, then in the cache at once but
+        held in memory; its file is written later (:meth:`write_unwritten`, off the job's way:
+        creating a file costs far more than the job's copy of a small blob from memory).
+        False if the bytes are not that blob."""
+        if digest in self.policy:
+            self.policy.use(digest)
+            return True
+        hasher = new_hasher()
+        hasher.update(data)
+        if hasher.digest() != digest:
+            return False
+        self.unwritten[digest] = data
+        self._drop(self.policy.add(digest, len(data)))
+        return True
+
+    def write_unwritten(self, blobs: dict[bytes, bytes]) -> list[bytes]:
+        """Write these :attr:`unwritten` blobs' files (temporary file, then renamed into place:
+        a blob's file is always whole), off the loop; returns those that could not be written.
+        Then :meth:`written`, on the loop."""
+        failed = []
+        for digest, data in blobs.items():
+            final = self.path(digest)
+            temp = f"{final[:-len(digest.hex())]}.{digest.hex()}-pushed-{os.urandom(4).hex()}"
+            try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                finally:
+                    os.close(fd)
+                os.replace(temp, final)
+            except OSError:
+                failed.append(digest)
+                try:
+                    os.unlink(temp)
+                except OSError:
+                    pass
+        return failed
+
+    def written(self, blobs: Iterable[bytes], failed: Iterable[bytes]) -> None:
+        """:meth:`write_unwritten` is done with ``blobs``: their files are there, and no longer
+        held in memory; one evicted meanwhile goes (its file came after the eviction); one
+        that could not be written is no longer in the cache."""
+        failed = set(failed)
+        for digest in blobs:
+            if self.unwritten.pop(digest, None) is not None and digest in failed:
+                self.policy.forget(digest)
+            elif digest not in self.policy:
+                try:
+                    os.unlink(self.path(digest))
+                except FileNotFoundError:
+                    pass
+
     def _drop(self, keys: list[Key]) -> None:
         for key in keys:
             if isinstance(key, str):
                 self.on_evict(key)
                 continue
+            self.unwritten.pop(key, None)
             try:
                 os.unlink(self.path(key))
             except FileNotFoundError:

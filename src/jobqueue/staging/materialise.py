@@ -68,8 +68,12 @@ class StoreDirectories:
     def __call__(self, digest: bytes) -> Directory:
         directory = self.cache.get(digest)
         if directory is None:
-            with open(self.store.path(digest), "rb") as f:
-                directory = decode_directory(f.read(), digest)
+            data = self.store.unwritten.get(digest)  # (checked against its digest as it came)
+            if data is not None:
+                directory = decode_directory(data)
+            else:
+                with open(self.store.path(digest), "rb") as f:
+                    directory = decode_directory(f.read(), digest)
             if len(self.cache) >= self.LIMIT:
                 self.cache.pop(next(iter(self.cache)), None)  # the oldest (approximately: threads may race)
             self.cache[digest] = directory
@@ -181,7 +185,12 @@ def _apply(store: BlobStore, dirs: _Dirs, op: Op, written: dict[bytes, Seen]) ->
 
 def _copy_blob(store: BlobStore, entry: Entry, out: int) -> None:
     """The file's content, from the cache, into ``out``."""
-    if entry.size:
+    data = store.unwritten.get(entry.digest)
+    if data is not None:  # pushed with the job: its file in the cache comes after the job started
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out, view):]
+    elif entry.size:
         src = os.open(store.path(entry.digest), os.O_RDONLY | os.O_CLOEXEC)
         try:
             copy_fd(src, out, entry.size)

@@ -111,6 +111,7 @@ class WorkerStager:
         self.stopping = stopping  # the worker is stopping: directories are not parked
         self.dirs = Workdirs(store, background, log, keep=keep_workdir)
         self.runs: dict[str, _Run] = {}
+        self._writing = False  # the cache's unwritten blobs are being written (off the loop)
 
     # --- staging -----------------------------------------------------------------------
 
@@ -129,17 +130,27 @@ class WorkerStager:
 
     def _take_pushed(self, blobs: list[tuple[bytes, bytes]]) -> None:
         """Blobs the client sent with the job (what changed since its last snapshot) into the
-        cache; one that does not match its digest (its file changed since it was hashed) is
-        left out, and asked for if it is needed."""
+        cache, their files written once the job has started (:meth:`_write_unwritten`); one
+        that does not match its digest (its file changed since it was hashed) is left out,
+        and asked for if it is needed."""
         for digest, data in blobs:
-            if self.store.has(digest):
-                continue
-            writer = self.store.writer(digest, len(data))
-            try:
-                writer.write(data)
-                writer.finish()
-            except BadBlob:
-                continue
+            self.store.accept(digest, data)
+
+    def _write_unwritten(self) -> None:
+        """Write the files of the blobs that came with jobs, off the loop, once a job has
+        started or failed (not on the way of one being staged)."""
+        store = self.store
+        if self._writing or not store.unwritten:
+            return
+        blobs = dict(store.unwritten)
+        self._writing = True
+
+        def done(result: list[bytes] | Exception) -> None:
+            self._writing = False
+            store.written(blobs, list(blobs) if isinstance(result, Exception) else result)
+            self._write_unwritten()  # those that came meanwhile
+
+        self.background(lambda: store.write_unwritten(blobs), done)
 
     def _ask(self, run: _Run) -> None:
         """Ask for what is missing, then take a directory and make it hold the tree.  First
@@ -254,6 +265,7 @@ class WorkerStager:
                 self._release(run)  # forgotten meanwhile
                 return
             self.on_staged(run.job_id, result)
+            self._write_unwritten()  # the job has started: now the blobs that came with it
 
         run.busy = True
         self.dirs.prepare(run.dir, run.root, run.job_id, run.cwd, done)
@@ -385,6 +397,7 @@ class WorkerStager:
         self.store.unpin(run.owner)
         if not run.busy:  # else once the work off the loop is done with it
             self._release(run)
+        self._write_unwritten()
 
     def _release(self, run: _Run) -> None:
         workdir, run.dir = run.dir, None
