@@ -186,3 +186,42 @@ def test_pinning_a_blob_again_makes_it_the_most_recently_used() -> None:
     policy.add(z, 1)
     policy.pin("j1", [a])
     assert policy.unpin("j1") == [z]
+
+
+def test_a_pushed_blob_is_in_the_cache_at_once_and_its_file_comes_whole_later(tmp_path) -> None:
+    """Blobs that came with a job are held in memory until their files are written (after the
+    job started): readers see them meanwhile, a crash leaves no file (and a restart no blob)."""
+    store = BlobStore(str(tmp_path / "c"), capacity=1000)
+    one, two = digest_of(b"1" * 10), digest_of(b"2" * 10)
+    assert not store.accept(one, b"not it")  # bytes that are not the blob are left out
+    assert store.accept(one, b"1" * 10) and store.accept(two, b"2" * 10)
+    assert store.has(one) and store.read(one) == b"1" * 10 and not os.path.exists(store.path(one))
+    assert store.accept(one, b"1" * 10)  # again: nothing changes
+    store.close()
+    crashed = BlobStore(str(tmp_path / "c"), capacity=1000)  # as after a crash before the files were written
+    assert not crashed.has(one) and not crashed.has(two)
+    crashed.close()
+    store = BlobStore(str(tmp_path / "c"), capacity=1000)
+    store.accept(one, b"1" * 10)
+    blobs = dict(store.unwritten)
+    assert store.write_unwritten(blobs) == []
+    store.written(blobs, [])
+    assert store.unwritten == {} and store.has(one)
+    with open(store.path(one), "rb") as f:
+        assert f.read() == b"1" * 10
+    assert [name for name in os.listdir(os.path.dirname(store.path(one))) if name.startswith(".")] == []
+
+
+def test_a_pushed_blob_evicted_or_not_written_leaves_no_file_and_no_entry(tmp_path) -> None:
+    store = BlobStore(str(tmp_path / "c"), capacity=25)
+    one, two, three = digest_of(b"1" * 10), digest_of(b"2" * 10), digest_of(b"3" * 10)
+    store.accept(one, b"1" * 10)
+    store.accept(two, b"2" * 10)
+    blobs = dict(store.unwritten)
+    assert store.write_unwritten(blobs) == []  # (off the loop) ...
+    store.accept(three, b"3" * 10)  # ... while on the loop the bound evicts one
+    assert not store.has(one) and one not in store.unwritten
+    store.written(blobs, [])  # its file came after the eviction: it goes
+    assert not os.path.exists(store.path(one)) and os.path.exists(store.path(two)) and store.has(two)
+    store.written([three], [three])  # could not be written: no longer in the cache
+    assert not store.has(three) and three not in store.unwritten and store.policy.total == 10

@@ -153,6 +153,29 @@ def test_what_changed_since_the_last_snapshot_goes_with_the_job_and_needs_no_ask
     assert tampered.needs >= 1 and tampered.client.blobs_sent == 3
 
 
+def test_the_files_of_pushed_blobs_are_written_once_the_job_has_started(project: str, tmp_path, monkeypatch) -> None:
+    """What came with the job goes into its directory from memory; the cache's files follow, off its way."""
+    monkeypatch.setattr(scan_module, "RACY_NS", 0)
+    store = BlobStore(str(tmp_path / "cache"), 1 << 30)
+    stat_cache = str(tmp_path / "statcache")
+    Link(project, store, stat_cache=stat_cache).stage()
+    with open(os.path.join(project, "src", "f7.c"), "w") as f:
+        f.write("changed\n")
+    changed = Link(project, store, stat_cache=stat_cache)
+    changed.spec.stage_push = pushed = inline_blobs(changed.snap)
+    later: list[tuple[Any, Any]] = []
+    changed.worker.background = lambda work, done: later.append((work, done))  # the stager's own work waits
+    workdir = changed.stage()
+    assert staged_file(workdir, "src/f7.c") == b"changed\n" and changed.needs == 0
+    assert all(store.has(digest) and not os.path.exists(store.path(digest)) for digest, _data in pushed)
+    work, done = later.pop()
+    done(work())
+    assert later == [] and store.unwritten == {}
+    for digest, data in pushed:
+        with open(store.path(digest), "rb") as f:
+            assert f.read() == data
+
+
 def test_what_the_results_wrote_is_not_taken_for_a_change_the_worker_lacks(project: str, tmp_path,
                                                                           monkeypatch) -> None:
     monkeypatch.setattr(scan_module, "RACY_NS", 0)
