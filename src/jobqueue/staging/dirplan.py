@@ -296,6 +296,8 @@ def _diff_dir(path: bytes, old: Directory, new: Directory, plan: Plan, modes: li
     news = {e.name: e for e in new.entries}
     for name in sorted(olds.keys() | news.keys()):
         before, after = olds.get(name), news.get(name)
+        if before == after:  # (the same entry, a whole subtree alike: most of them)
+            continue
         child = _child(path, name)
         if before is not None and after is not None and before.kind == after.kind:
             if after.kind == DIRECTORY:

@@ -105,6 +105,12 @@ class Workdirs:
         """Whether a directory of ours holds the subtree ``digest`` (its blobs pinned)."""
         return any(digest in workdir.state.digests for workdir in self.all.values())
 
+    def knows(self) -> Callable[[bytes], bool]:
+        """:meth:`known` as a function for one walk (the directories do not change during it)."""
+        if len(self.all) == 1:
+            return next(iter(self.all.values())).state.digests.__contains__
+        return self.known
+
     def claim(self, root: bytes) -> Workdir | None:
         """A parked (or parking) directory to turn into the tree ``root``, now the caller's
         (status claimed, or parking: :meth:`wait` for it); None: build a fresh one."""

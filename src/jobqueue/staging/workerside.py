@@ -165,8 +165,8 @@ class WorkerStager:
                 self.dirs.after_parking(lambda: self._again(run))
                 return
             skipped: list[bytes] = []
-            need, seen = missing(run.root, store.has, self.dirs.directory,
-                                 None if run.fresh_only else self.dirs.known, skipped)
+            need, seen = missing(run.root, store.policy.__contains__, self.dirs.directory,
+                                 None if run.fresh_only else self.dirs.knows(), skipped)
             store.pin(run.owner, seen)
             if need:
                 self._need(run, need)
