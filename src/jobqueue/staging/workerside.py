@@ -1,9 +1,11 @@
 """The worker's half of a staged job (a shell around the pure parts).
 
-Before the job starts (:meth:`WorkerStager.begin`): find what of the tree the
-cache lacks (:func:`.manifest.missing`; subtrees a job directory of the worker
-holds are not even looked into), pin it, ask the client for the missing blobs
-(Need), store what streams in (Blob, acknowledged by offset), ask again as
+Before the job starts (:meth:`WorkerStager.begin`): take the blobs that came
+with the job (held in memory, their files in the cache written once the job has
+started: creating files is most of what a small change costs), find what of the
+tree the cache lacks (:func:`.manifest.missing`; subtrees a job directory of the
+worker holds are not even looked into), pin it, ask the client for the missing
+blobs (Need), store what streams in (Blob, acknowledged by offset), ask again as
 directories reveal more.  Then take a parked job directory holding the tree
 or a similar one (:mod:`.parking`), or a fresh one, and turn it into the
 job's tree (:func:`.dirplan.transform`: only what differs).  After the job
