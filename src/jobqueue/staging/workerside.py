@@ -160,6 +160,7 @@ class WorkerStager:
         be chosen by comparing trees), then as the chosen one holds it (what it lacks is
         this run's to pin)."""
         store = self.store
+        have = store.policy.__contains__  # (store.has, one call less for each blob looked at)
         roots, looked = [run.root], set()
         if not run.chosen:
             if not run.fresh_only and self.dirs.parking() and not self.dirs.known(run.root):
@@ -167,7 +168,7 @@ class WorkerStager:
                 self.dirs.after_parking(lambda: self._again(run))
                 return
             skipped: list[bytes] = []
-            need, seen = missing(run.root, store.policy.__contains__, self.dirs.directory,
+            need, seen = missing(run.root, have, self.dirs.directory,
                                  None if run.fresh_only else self.dirs.knows(), skipped)
             store.pin(run.owner, seen)
             if need:
@@ -178,7 +179,7 @@ class WorkerStager:
                 run.dir = self.dirs.claim(run.root)
             roots, looked = skipped, seen  # the walk goes on only into what the chosen one does not hold
         held = run.dir.state.digests.__contains__ if run.dir is not None else None
-        need, seen = missing_below(roots, looked, store.has, self.dirs.directory, held)
+        need, seen = missing_below(roots, looked, have, self.dirs.directory, held)
         store.pin(run.owner, seen)
         if need:
             self._need(run, need)
