@@ -155,7 +155,8 @@ class BlobStore:
         failed = set(failed)
         for digest in blobs:
             if self.unwritten.pop(digest, None) is not None and digest in failed:
-                self.policy.forget(digest)
+                if not os.path.exists(self.path(digest)):  # (unless it was received meanwhile)
+                    self.policy.forget(digest)
             elif digest not in self.policy:
                 try:
                     os.unlink(self.path(digest))
