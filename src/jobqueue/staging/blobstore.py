@@ -154,9 +154,14 @@ class BlobStore:
         that could not be written is no longer in the cache."""
         failed = set(failed)
         for digest in blobs:
-            if self.unwritten.pop(digest, None) is not None and digest in failed:
+            data = self.unwritten.pop(digest, None)
+            if data is not None and digest in failed:
                 if not os.path.exists(self.path(digest)):  # (unless it was received meanwhile)
                     self.policy.forget(digest)
+            elif data is not None and not os.path.exists(self.path(digest)):
+                # evicted while being written, its file removed after the rename, and pushed
+                # again since: held once more, written next time
+                self.unwritten[digest] = data
             elif digest not in self.policy:
                 try:
                     os.unlink(self.path(digest))
