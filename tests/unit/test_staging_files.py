@@ -208,6 +208,35 @@ def test_results_are_never_written_through_a_symlink(tmp_path) -> None:
     assert os.listdir(outside) == [] and sorted(os.listdir(root)) == ["file", "link"]
 
 
+def test_a_batch_of_checks_opens_each_directory_once_and_never_passes_a_symlink(tmp_path, monkeypatch) -> None:
+    root = tmp_path / "dir"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f").write_bytes(b"f")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "f").write_bytes(b"secret")
+    (root / "link").symlink_to(tmp_path / "outside")
+    opened: list[object] = []
+    real_open = os.open
+    monkeypatch.setattr(writeback.os, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    parents = writeback.Parents(os.fsencode(root))
+    try:
+        for _ in range(3):
+            assert writeback.lstat_at(b"unused", b"a/b/f", parents).st_size == 1
+            writeback.check_writable(b"unused", b"a/b/new", parents)
+            assert writeback.lstat_at(b"unused", b"link/f", parents) is None  # not through the symlink
+            with pytest.raises(writeback.Refused):
+                writeback.check_writable(b"unused", b"link/x", parents)
+            assert writeback.lstat_at(b"unused", b"missing/f", parents) is None
+        assert opened.count(b"a") == opened.count(b"b") == 1 and opened.count(os.fsencode(root)) == 1
+    finally:
+        parents.close()
+    monkeypatch.setattr(writeback.Parents, "LIMIT", 2)  # past its limit it lets go of what it kept
+    parents = writeback.Parents(os.fsencode(root))
+    for _ in range(2):
+        assert writeback.lstat_at(b"unused", b"a/b/f", parents) is not None
+    parents.close()
+
+
 def test_a_worker_never_reads_a_result_through_a_symlink(tmp_path) -> None:
     (tmp_path / "secret").write_bytes(b"s")
     work = tmp_path / "work"

@@ -20,7 +20,7 @@ from .entry import DIRECTORY, FILE, SYMLINK, sha256
 from .fetchplan import Change, FetchRules, Selection, changed_here, refused_symlinks, select
 from .scan import Snapshot, StageError
 from .statcache import record_fetched, stat_key
-from .writeback import Refused, ResultFile, check_writable, delete, lstat_at, make_directory, write_symlink
+from .writeback import Parents, Refused, ResultFile, check_writable, delete, lstat_at, make_directory, write_symlink
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # jq loads this module: no typing at run time
@@ -218,14 +218,19 @@ class ClientStager:
         if not msg.done:
             return
         root = self.snap.root
+        parents = Parents(root)  # (each directory opened once for the whole batch of checks)
 
         def now(rel: bytes) -> tuple[int, int, int, int] | None:
-            st = lstat_at(root, rel)
+            st = lstat_at(root, rel, parents)
             return None if st is None else stat_key(st)
 
         if self._changes:  # (the snapshot's stat of every path is made only when something came back)
             before = {**self.snap.local, **self._ours} if self._ours else self.snap.local
-            self._apply_local(select(self._changes, self.rules, self._matches, before, now, self.snap.taken_ns))
+            try:
+                selection = select(self._changes, self.rules, self._matches, before, now, self.snap.taken_ns)
+            finally:
+                parents.close()
+            self._apply_local(selection)
         for index, change in enumerate(self._changes):
             if change.kind == FILE and not change.deleted and change in self._fetch_set:
                 self._wanted[index] = change
@@ -243,26 +248,32 @@ class ClientStager:
         escaping = refused_symlinks([*selection.fetch, *selection.delete], self._local_link)
         written: list[Change] = []
         unsure = False  # a symlink or deletion failed: the tree is not quite what was judged
-        for change in selection.fetch:
-            try:
-                if change.kind == DIRECTORY:
-                    make_directory(root, change.path)
-                    self._made.append(change.path)
-                elif change.path in escaping:
-                    raise Refused(escaping[change.path])
-                elif change.kind == SYMLINK:
-                    try:
-                        write_symlink(root, change.path, change.target, change.mtime_ns)
-                    except (Refused, OSError):
-                        unsure = True
-                        raise
-                    written.append(change)
-                    self.fetched += 1
-                else:
-                    check_writable(root, change.path)
-                    self._fetch_set.add(change)
-            except (Refused, OSError) as e:
-                self._refuse(change.path, e)
+        # the files' ways, each directory opened once; a directory is only ever made here,
+        # never removed (deletions come after), so what it found stays true
+        parents = Parents(root)
+        try:
+            for change in selection.fetch:
+                try:
+                    if change.kind == DIRECTORY:
+                        make_directory(root, change.path)
+                        self._made.append(change.path)
+                    elif change.path in escaping:
+                        raise Refused(escaping[change.path])
+                    elif change.kind == SYMLINK:
+                        try:
+                            write_symlink(root, change.path, change.target, change.mtime_ns)
+                        except (Refused, OSError):
+                            unsure = True
+                            raise
+                        written.append(change)
+                        self.fetched += 1
+                    else:
+                        check_writable(root, change.path, parents)
+                        self._fetch_set.add(change)
+                except (Refused, OSError) as e:
+                    self._refuse(change.path, e)
+        finally:
+            parents.close()
         for change in selection.delete:
             try:
                 delete(root, change.path, change.kind == DIRECTORY)
@@ -339,18 +350,17 @@ class ClientStager:
 
     def _commit(self, writer: ResultFile, change: Change) -> None:
         # checked again right before the rename: an edit made while the bytes came is kept too
-        st = lstat_at(self.snap.root, change.path)
+        st = writer.lstat_there()
         before = self._ours.get(change.path, self.snap.local.get(change.path))
         if changed_here(before, None if st is None else stat_key(st), self.snap.taken_ns):
             writer.abort()
             self._keep(change.path)
             return
         try:
-            writer.commit()
+            st = writer.commit()
         except OSError as e:
             self._refuse(change.path, e)
             return
-        st = lstat_at(self.snap.root, change.path)
         if st is not None:
             self._ours[change.path] = stat_key(st)
         self.fetched += 1

@@ -49,7 +49,48 @@ def _open_parent(root: bytes, names: list[bytes], create: bool) -> int:
     return fd
 
 
-def check_writable(root: bytes, rel: bytes) -> None:
+class Parents:
+    """The directories under DIR that one batch of checks looks into (every result's
+    local stat, whether its way is clear), each opened once, name by name with
+    ``O_NOFOLLOW`` as :func:`_open_parent` does, and kept until :meth:`close`: walking
+    from DIR again for every path was most of jq's system calls in a fetch-back.  An
+    fd it returns is lent for the call that asked (the batch may close it later)."""
+
+    LIMIT = 128  # fds kept at once (a tree's directories may be more than a process may open)
+
+    def __init__(self, root: bytes) -> None:
+        self.root = root
+        self._fds: dict[tuple[bytes, ...], int] = {}
+
+    def open(self, names: list[bytes]) -> int:
+        """The directory at ``names`` under DIR (FileNotFoundError if it is not there,
+        :class:`Refused` if a symlink or a file is in its way)."""
+        key = tuple(names)
+        fd = self._fds.get(key)
+        if fd is not None:
+            return fd
+        if not names:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            parent = self.open(names[:-1])
+            try:
+                fd = os.open(names[-1], _DIR_FLAGS, dir_fd=parent)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise Refused("a symlink or file is in the way") from None
+                raise
+        if len(self._fds) >= self.LIMIT:
+            self.close()  # (no fd is held across calls: the ways are opened again as needed)
+        self._fds[key] = fd
+        return fd
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+
+def check_writable(root: bytes, rel: bytes, parents: Parents | None = None) -> None:
     """:class:`Refused` if ``rel`` is unsafe or an existing part of its way is a
     symlink or a file (checked again when it is written)."""
     try:
@@ -57,16 +98,19 @@ def check_writable(root: bytes, rel: bytes) -> None:
     except UnsafePath as e:
         raise Refused(str(e)) from None
     try:
-        os.close(_open_parent(root, names[:-1], create=False))
+        if parents is not None:
+            parents.open(names[:-1])
+        else:
+            os.close(_open_parent(root, names[:-1], create=False))
     except FileNotFoundError:
         pass
 
 
-def lstat_at(root: bytes, rel: bytes) -> os.stat_result | None:
+def lstat_at(root: bytes, rel: bytes, parents: Parents | None = None) -> os.stat_result | None:
     """The local path's lstat, or None (missing, or behind a symlink)."""
     try:
         names = split_path(rel)
-        fd = _open_parent(root, names[:-1], create=False)
+        fd = _open_parent(root, names[:-1], create=False) if parents is None else parents.open(names[:-1])
     except (OSError, Refused, UnsafePath):
         return None
     try:
@@ -74,7 +118,8 @@ def lstat_at(root: bytes, rel: bytes) -> os.stat_result | None:
     except OSError:
         return None
     finally:
-        os.close(fd)
+        if parents is None:
+            os.close(fd)
 
 
 class ResultFile:
@@ -100,7 +145,17 @@ class ResultFile:
         while view:
             view = view[os.write(self.fd, view):]
 
-    def commit(self) -> None:
+    def lstat_there(self) -> os.stat_result | None:
+        """The lstat of the path this file will replace (None: nothing there), through
+        the directory already open (no walk from DIR again)."""
+        try:
+            return os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+
+    def commit(self) -> os.stat_result | None:
+        """Mode, mtime, rename into place; the lstat of what is there then (None if it
+        cannot be read)."""
         os.fchmod(self.fd, self.mode)
         os.utime(self.fd, ns=(self.mtime_ns, self.mtime_ns))
         os.close(self.fd)
@@ -110,6 +165,8 @@ class ResultFile:
         except OSError:
             self.abort()
             raise
+        try:
+            return self.lstat_there()
         finally:
             os.close(self.dir_fd)
 
