@@ -533,10 +533,18 @@ def test_a_signal_while_staging_ends_the_job_as_killed_by_it(h: Harness) -> None
     assert (finished.status, finished.reason) == (130, "signaled")
 
 
-def test_a_kill_or_a_stop_while_staging_forgets_the_run(h: Harness) -> None:
+def test_a_kill_while_staging_ends_the_run_so_that_the_server_frees_its_slot(h: Harness) -> None:
+    # the server holds a worker's slot for a run until it hears of its end: after a worker
+    # was taken for lost and came back, the run it still stages is a stale attempt, killed;
+    # ended silently, the slot was held for ever and the requeued attempt never ran
     staged(h)
-    out = h.msg(p.Kill("j1", 1, "client gone"))
-    assert of(out, a.Forget) and "j1" not in h.core.runs and not sent(out, p.Finished)
+    out = h.msg(p.Kill("j1", 1, "stale attempt"))
+    [finished] = sent(out, p.Finished)
+    assert (finished.job_id, finished.attempt, finished.status, finished.reason) == ("j1", 1, 143, "killed")
+    assert of(out, a.Forget) and "j1" not in h.core.runs  # (a killed run keeps no end: nobody asks again)
+
+
+def test_a_stop_while_staging_forgets_the_run(h: Harness) -> None:
     staged(h, "j2")
     out = h.os_signal(signal.SIGTERM)
     assert of(out, a.Forget) and not h.core.runs and not sent(out, p.Finished)

@@ -335,6 +335,11 @@ class WorkerCore(StagingMixin):
         if run.state in (S.FINISHED, S.FETCHING):
             self._transition(run, E.FORGET, now)
             return
+        if run.state is S.STAGING:
+            # Nothing runs yet, but the server holds the run's slot until it hears of its end
+            # (a stale attempt's, or one whose client left): it ends now, as killed.
+            self._end_staging(run, 128 + signal.SIGTERM, "killed", msg.reason, now)
+            return
         run.reason = run.reason or "killed"  # a killed run is forgotten once its end is sent
         self._terminate(run, msg.reason, now)
 
