@@ -207,6 +207,28 @@ def test_a_signal_while_the_tree_is_staged_ends_the_job_before_it_runs(
     assert not (root / "ran.txt").exists()
 
 
+def test_a_worker_taken_for_lost_while_staging_comes_back_and_the_job_runs_again(
+        relayed: tuple[Cluster, Relay], tmp_path: Path) -> None:
+    # The relay freezes the staging until the server takes the worker for lost and queues the
+    # job again. Back, the worker still stages the first attempt, which the server has it kill
+    # as stale: the run must end where the server hears of it, or the worker's slot stays
+    # held and the job queued again never runs (jq hung until this was fixed).
+    cluster, relay = relayed
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "big").write_bytes(os.urandom(8 << 20))
+    relay.freeze_after(len(relay.recorded) + (2 << 20))
+    proc = cluster.popen_jq("--stage", str(root), "sh", "-c", "echo ran > ran.txt", cwd=str(root))
+    wait_for(relay.frozen.is_set, 20, "the staging to be under way")
+    wait_for(lambda: "worker-lost worker=w1" in cluster.log_text(), 10, "the server to take the worker for lost")
+    relay.thaw()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert (root / "ran.txt").read_text() == "ran\n"
+    log = cluster.log_text()
+    assert "why='stale attempt'" in log and "attempt=2" in log  # (the path this test is about was taken)
+
+
 def test_a_signal_while_results_come_back_does_not_cut_them_short(
         relayed: tuple[Cluster, Relay], tmp_path: Path) -> None:
     """The job has ended: a signal has nothing left to stop, and the results all come back."""
