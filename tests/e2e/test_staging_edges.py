@@ -191,15 +191,22 @@ def test_a_server_restart_while_results_flow_back_brings_them_once(
     assert sorted(os.listdir(root)) == ["out.bin", "seed"]  # no temporary file left behind
 
 
-def test_a_signal_while_the_tree_is_staged_ends_the_job_before_it_runs(
-        relayed: tuple[Cluster, Relay], tmp_path: Path) -> None:
-    cluster, relay = relayed
+def stage_frozen(cluster: Cluster, relay: Relay, tmp_path: Path) -> tuple[Path, subprocess.Popen[bytes]]:
+    """A tree with a big file, and a staged jq writing ran.txt, its staging frozen by the relay
+    a quarter of the way through."""
     root = tmp_path / "tree"
     root.mkdir()
     (root / "big").write_bytes(os.urandom(8 << 20))
     relay.freeze_after(len(relay.recorded) + (2 << 20))
     proc = cluster.popen_jq("--stage", str(root), "sh", "-c", "echo ran > ran.txt", cwd=str(root))
     wait_for(relay.frozen.is_set, 20, "the staging to be under way")
+    return root, proc
+
+
+def test_a_signal_while_the_tree_is_staged_ends_the_job_before_it_runs(
+        relayed: tuple[Cluster, Relay], tmp_path: Path) -> None:
+    cluster, relay = relayed
+    root, proc = stage_frozen(cluster, relay, tmp_path)
     proc.send_signal(signal.SIGINT)
     relay.thaw()
     out, err = proc.communicate(timeout=20)
@@ -214,12 +221,7 @@ def test_a_worker_taken_for_lost_while_staging_comes_back_and_the_job_runs_again
     # as stale: the run must end where the server hears of it, or the worker's slot stays
     # held and the job queued again never runs (jq hung until this was fixed).
     cluster, relay = relayed
-    root = tmp_path / "tree"
-    root.mkdir()
-    (root / "big").write_bytes(os.urandom(8 << 20))
-    relay.freeze_after(len(relay.recorded) + (2 << 20))
-    proc = cluster.popen_jq("--stage", str(root), "sh", "-c", "echo ran > ran.txt", cwd=str(root))
-    wait_for(relay.frozen.is_set, 20, "the staging to be under way")
+    root, proc = stage_frozen(cluster, relay, tmp_path)
     wait_for(lambda: "worker-lost worker=w1" in cluster.log_text(), 10, "the server to take the worker for lost")
     relay.thaw()
     out, err = proc.communicate(timeout=30)
