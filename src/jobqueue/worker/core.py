@@ -245,8 +245,9 @@ class WorkerCore(StagingMixin):
         self._log("server-error", reason=msg.reason, job=msg.job_id)
 
     def _on_assign(self, msg: p.Assign, now: float) -> None:
-        running = sum(1 for r in self.runs.values() if r.state is not S.FINISHED)
-        if self.stopping or self.draining or self.exited or running >= self.cfg.slots or msg.job_id in self.runs:
+        slots = self.cfg.slots
+        full = len(self.runs) >= slots and sum(1 for r in self.runs.values() if r.state is not S.FINISHED) >= slots
+        if self.stopping or self.draining or self.exited or full or msg.job_id in self.runs:
             self._send(p.Reject(msg.job_id, msg.attempt, "no free slot"))
             return
         self.runs[msg.job_id] = Run(msg, now)

@@ -96,6 +96,7 @@ class Worker:
         self._pool: Any = None  # threads for the stager's work off the loop
         self._completions: list[tuple[Any, Any]] = []  # (done, future) of that work, appended by the threads
         self._carry_out = self._action_handlers()
+        self._deadline: float | None = None  # the core's next timer, as of the last round's end
 
     # --- main loop ----------------------------------------------------------------------
 
@@ -103,6 +104,7 @@ class Worker:
         self._install_signals()
         self.spawner.refresh_own()  # with our handlers installed
         self.conn.open(time.monotonic())
+        self._deadline = self.core.next_deadline()
         self.log.event("started", name=self.options.name, slots=self.options.slots,
                        tags=self.options.tags, server=self.options.endpoint)
         try:
@@ -136,7 +138,8 @@ class Worker:
             self.waker.drain()
             signals, self._signals = self._signals, []
             for signum in signals:
-                self._do(self.core.on_os_signal(signum, now))
+                if signum != signal.SIGCHLD:  # it only wakes the loop, to reap (below)
+                    self._do(self.core.on_os_signal(signum, now))
             while self._completions:
                 done, future = self._completions.pop(0)
                 error = future.exception()
@@ -153,13 +156,17 @@ class Worker:
                 else:
                     self._read(job_id, which, now)
         self._reap(now)
-        self._do(self.core.tick(now))
+        deadline = self.core.next_deadline()
+        if deadline is not None and now >= deadline:  # a timer is due: else tick() has nothing to do
+            self._do(self.core.tick(now))
+            deadline = self.core.next_deadline()
+        self._deadline = deadline  # nothing changes it before the next round's wait
+        self.log.flush()  # what the log says happened is written before the round's messages leave
         self.conn.tick(now)
-        self.log.flush()
 
     def _timeout(self, now: float) -> float:
         timeout = self.conn.next_wakeup(now)
-        deadline = self.core.next_deadline()
+        deadline = self._deadline
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline - now))
         if self.pids:
@@ -175,8 +182,10 @@ class Worker:
 
     def _action_handlers(self) -> dict[type, Callable[[Any], object]]:
         """How each kind of action is carried out (looked up by type: a trivial job has about eight)."""
+        send_at_once = self.options.security is not None  # pyzmq's; the lean transport's wait for the round's end
         return {
-            a.Send: lambda action: self.conn.send(action.message),
+            a.Send: (lambda action: self._send(action.message)) if send_at_once else
+            (lambda action: self.conn.send(action.message)),
             a.Log: lambda action: self.log.event(action.event, **action.fields),
             a.Spawn: lambda action: self._spawn(action.job_id, action.spec, action.allocation),
             a.WriteStdin: lambda action: self._write_stdin(action.job_id, action.chunks),
@@ -260,7 +269,10 @@ class Worker:
         self._pool.submit(work).add_done_callback(finished)
 
     def _send(self, message: p.Message) -> None:
-        self.log.flush()  # the log says what happened before the server hears of it
+        """Send now, the log's waiting lines first (the log says what happened before
+        the server hears of it; the lean transport writes at the round's end anyway,
+        after the round's flush)."""
+        self.log.flush()
         self.conn.send(message)
 
     def _to_stager(self, message: p.Message) -> None:
