@@ -23,6 +23,7 @@ from harness import (
 )
 
 EXECUTOR = "jobqueue.Executor"
+EXECUTOR_APART = "jobqueue.Executor, limits not the worker's"
 JQ_XARGS = "jq via xargs -P4"
 XARGS = "local xargs -P2 true"
 PARALLEL = "GNU parallel -j2 true"
@@ -58,6 +59,7 @@ def run(ctx: Context, cluster: Cluster) -> Section:
     of_xargs = _paired(section, "Executor / xargs -P2 (median of each round's ratio)", samples[EXECUTOR],
                        samples[XARGS])
     section.ratio("Executor / GNU parallel", EXECUTOR, PARALLEL)
+    section.ratio("Executor with limits not the worker's / Executor", EXECUTOR_APART, EXECUTOR)
     section.ratio("jq via xargs -P4 / xargs -P2", JQ_XARGS, XARGS)
     section.targets += [
         Target("Executor ≥ 1000 jobs/s", section.median(EXECUTOR), 1000, True, "jobs/s"),
@@ -67,7 +69,11 @@ def run(ctx: Context, cluster: Cluster) -> Section:
     section.notes.append("Rates are jobs / wall-clock seconds of one burst, rounds alternating. The Executor and "
                          "HyperQueue figures time submission to the last result inside one client process (the "
                          "Executor runs one warm-up job first; HyperQueue's cluster start is not counted, its "
-                         "wait polls on a 1 s tick). Shell figures include starting xargs/parallel.")
+                         "wait polls on a 1 s tick). Shell figures include starting xargs/parallel. "
+                         "\"Limits not the worker's\": the Executor runs under `prlimit --nofile=512:`, as a "
+                         "client on another machine would differ: every job then starts behind the worker's "
+                         "`prlimit` (an exec more), as it would behind `nice` or `env --ignore-signal` for a "
+                         "caller's nice value or ignored signals (`nohup`, a background job).")
     if ctx.profile or any(t.met is False for t in section.targets[:1] + section.targets[2:]):
         _profile(ctx, cluster, section)
     return section
@@ -95,6 +101,11 @@ def _variants(ctx: Context, cluster: Cluster, section: Section) -> list[Variant]
         _shell(JQ_XARGS, f"seq {n} | xargs -n1 -P4 {jq}"),
         _shell(XARGS, f"seq {n} | xargs -n1 -P2 true"),
     ]
+    prlimit = ctx.tool("prlimit")
+    if prlimit:  # as across two machines: each job takes its caller's limits, set by the worker's prlimit
+        apart_args = [prlimit, "--nofile=512:", *executor_args]
+        variants.insert(1, Variant(EXECUTOR_APART, shlex.join(apart_args),
+                                   lambda: float(run_json(apart_args, 600)["seconds"])))
     if ctx.tool("parallel"):
         variants.append(_shell(PARALLEL, f"seq {n} | parallel --will-cite -j2 true"))
     else:

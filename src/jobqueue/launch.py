@@ -6,8 +6,12 @@ stdout and stderr were one file.  :func:`plan` turns that and the worker's own
 state into what the spawn must do (pure: no system calls).  ``posix_spawn`` can
 set the signal mask, reset signals to their default action and close fds; the
 umask it inherits, so the worker sets its own around the spawn.  Limits, the
-nice value and *ignored* signals it cannot set: a job that needs them starts
-through fork with :func:`child_setup` (slower, and only then).
+nice value and *ignored* signals it cannot set: :func:`helper_argv` puts the
+worker's own ``prlimit``, ``nice`` and ``env --ignore-signal`` in front of the
+job's command line, each setting its part and then exec'ing the next (an exec
+of a small program: a third of a fork of the Python worker, and none of its
+CPU).  Only where one of them is missing does the job start through fork with
+:func:`child_setup`.
 """
 
 from __future__ import annotations
@@ -58,8 +62,50 @@ class Plan:
 
     @property
     def needs_fork(self) -> bool:
-        """posix_spawn cannot set limits, the nice value, or make a signal ignored."""
+        """posix_spawn cannot set limits, the nice value, or make a signal ignored (see
+        :func:`helper_argv` for what does it without a fork)."""
         return bool(self.rlimits or self.nice is not None or self.sigign)
+
+
+@dataclass(frozen=True)
+class Helpers:
+    """Programs of the worker's machine that set an attribute, then exec the rest of
+    their command line (absolute paths; None: not there)."""
+
+    prlimit: str | None = None  # util-linux: resource limits
+    nice: str | None = None  # coreutils: a higher nice value
+    env: str | None = None  # coreutils 8.31 or later (--ignore-signal): ignored signals
+
+
+#: RLIMIT_* -> prlimit's option (the same names as :data:`RLIMITS`).
+_PRLIMIT_OPTIONS = {res: name for name, res in RLIMITS.items()}
+
+
+def helper_argv(plan: Plan, own_nice: int, helpers: Helpers, argv: list[bytes]) -> list[bytes] | None:
+    """The job's command line behind the helpers that give it what posix_spawn cannot
+    (``prlimit --nofile=S:H --``, ``nice -n N --``, ``env --ignore-signal=2,3 --``, each
+    only if needed; the job's program is then found on its own PATH, as execvp does,
+    and keeps its argv[0]); None when a needed helper is missing, or when env would
+    take the program's name for an assignment (a ``=`` in it) or for ``-i`` (``-``)."""
+    words: list[str] = []
+    if plan.rlimits:
+        if helpers.prlimit is None:
+            return None
+        words += [helpers.prlimit, *(f"--{_PRLIMIT_OPTIONS[res]}={_prlimit_value(soft)}:{_prlimit_value(hard)}"
+                                     for res, soft, hard in plan.rlimits), "--"]
+    if plan.nice is not None:
+        if helpers.nice is None:
+            return None
+        words += [helpers.nice, "-n", str(plan.nice - own_nice), "--"]  # nice adds to the worker's value
+    if plan.sigign:
+        if helpers.env is None or b"=" in argv[0] or argv[0] == b"-":
+            return None
+        words += [helpers.env, "--ignore-signal=" + ",".join(map(str, plan.sigign)), "--"]
+    return [os.fsencode(word) for word in words] + argv
+
+
+def _prlimit_value(value: int) -> str:
+    return "unlimited" if value == INFINITY else str(value)
 
 
 def job_pipes(spec: p.JobSpec) -> tuple[bool, bool, bool]:

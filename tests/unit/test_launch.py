@@ -65,3 +65,44 @@ def test_signals_of_the_c_library_are_left_alone() -> None:
     plan = launch.plan(spec(ignored_signals=[32, 33, signal.SIGHUP], blocked_signals=[32, signal.SIGUSR1]), OWN)
     assert plan.sigign == (signal.SIGHUP,) and plan.sigmask == (signal.SIGUSR1,)
     launch.child_setup(launch.Plan(None, (), None, (32,), (33,), (), (), False))  # builds; never raises in the child
+
+
+# --- what posix_spawn cannot set, set by helpers that exec the job (launch.helper_argv) -------------
+
+HELPERS = launch.Helpers("/usr/bin/prlimit", "/usr/bin/nice", "/usr/bin/env")
+
+
+def test_a_plan_without_limits_nice_or_ignored_signals_runs_the_command_as_is() -> None:
+    plan = launch.plan(spec(umask=0o077, blocked_signals=[signal.SIGUSR1]), OWN)
+    assert launch.helper_argv(plan, 0, HELPERS, [b"x", b"-y"]) == [b"x", b"-y"]
+
+
+def test_each_attribute_has_its_helper_in_front_of_the_command_in_order() -> None:
+    plan = launch.plan(spec(rlimits=[("nofile", 256, 4096), ("core", 0, -1)], nice=7,
+                            ignored_signals=[signal.SIGHUP, signal.SIGINT]), OWN)
+    argv = launch.helper_argv(plan, 2, HELPERS, [b"-odd name", b"a=b"])  # env is last: a=b is an argument
+    assert argv is not None
+    prlimit_end = argv.index(b"--")
+    assert argv[0] == b"/usr/bin/prlimit"
+    assert set(argv[1:prlimit_end]) == {b"--nofile=256:4096", b"--core=0:unlimited"}
+    rest = argv[prlimit_end + 1:]
+    assert rest == [b"/usr/bin/nice", b"-n", b"5", b"--",  # nice adds to the worker's own value (2)
+                    b"/usr/bin/env", b"--ignore-signal=1", b"--", b"-odd name", b"a=b"]  # SIGINT: ignored already
+
+
+def test_unlimited_is_said_in_words() -> None:
+    own = launch.OwnState(0o022, {name: (INF, INF) for name in launch.RLIMITS}, 0, frozenset())
+    plan = launch.plan(spec(rlimits=[("cpu", 10, -1)]), own)
+    assert launch.helper_argv(plan, 0, HELPERS, [b"x"]) == [b"/usr/bin/prlimit", b"--cpu=10:unlimited", b"--", b"x"]
+
+
+def test_a_missing_helper_or_a_name_env_would_misread_means_a_fork() -> None:
+    plan = launch.plan(spec(ignored_signals=[signal.SIGHUP]), OWN)
+    assert launch.helper_argv(plan, 0, launch.Helpers("/p", "/n", None), [b"x"]) is None  # env before 8.31
+    assert launch.helper_argv(plan, 0, HELPERS, [b"A=1"]) is None  # env would take it for a variable
+    assert launch.helper_argv(plan, 0, HELPERS, [b"-"]) is None  # and this for -i
+    assert launch.helper_argv(launch.plan(spec(nice=5), OWN), 0, launch.Helpers("/p", None, "/e"), [b"x"]) is None
+    limited = launch.plan(spec(rlimits=[("nofile", 1, 1)]), OWN)
+    assert launch.helper_argv(limited, 0, launch.Helpers(None, "/n", "/e"), [b"A=1"]) is None
+    assert launch.helper_argv(limited, 0, launch.Helpers("/p", None, None), [b"A=1"]) == [
+        b"/p", b"--nofile=1:1", b"--", b"A=1"]  # prlimit takes any name after --

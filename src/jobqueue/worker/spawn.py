@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 import struct
 import subprocess
 import termios
@@ -33,6 +34,8 @@ class Spawner:
         #: Where each program was found, per PATH, as a shell's command hash remembers it.
         self.programs: dict[tuple[bytes, bytes, bytes], str] = {}
         self.plans: dict[tuple[object, ...], launch.Plan] = {}
+        #: prlimit, nice and env --ignore-signal, looked for when a job first needs one.
+        self._helpers: launch.Helpers | None = None
 
     def start(self, spec: p.JobSpec) -> Started | tuple[SpawnFailure, str]:
         """Start the job's process, or say why it could not start."""
@@ -106,8 +109,9 @@ class Spawner:
     def _spawn_program(self, spec: p.JobSpec, plan: launch.Plan,
                        fds: dict[int, int]) -> tuple[int, subprocess.Popen[bytes] | None]:
         """Start the job's program, found on its PATH (remembered per PATH and
-        directory; looked up again if it has gone): posix_spawn, or Popen (a fork)
-        for a job that needs what posix_spawn cannot set (limits, nice, ignored signals)."""
+        directory; looked up again if it has gone): posix_spawn, behind the helpers
+        that set what it cannot (limits, nice, ignored signals: launch.helper_argv), or
+        Popen (a fork) where one of those is missing."""
         name = spec.argv[0]
         key = (spec.env.get(b"PATH", b""), spec.cwd, name)
         for attempt in (1, 2):
@@ -116,13 +120,20 @@ class Spawner:
             if plan.umask is not None:
                 os.umask(plan.umask)  # inherited; no thread of ours creates files meanwhile
             try:
+                executable, argv = program, spec.argv
                 if plan.needs_fork:
+                    helped = launch.helper_argv(plan, self.own.nice, self.helpers(), spec.argv)
+                    if helped is not None:
+                        if cached is not None and not os.access(program, os.X_OK):
+                            raise FileNotFoundError(program)  # gone since: look again (the helper would just fail)
+                        executable, argv = os.fsdecode(helped[0]), helped
+                if plan.needs_fork and argv is spec.argv:  # a helper it needs is missing
                     proc = self._fork_program(program, spec, plan, fds)
                     pid = proc.pid
                 else:
                     proc = None
                     actions = launch.spawn_file_actions(plan, fds.get(0), fds.get(1, -1), fds.get(2, -1))
-                    pid = os.posix_spawn(program, spec.argv, spec.env, file_actions=actions, setsid=True,
+                    pid = os.posix_spawn(executable, argv, spec.env, file_actions=actions, setsid=True,
                                          setsigdef=plan.sigdef, setsigmask=plan.sigmask)
             except FileNotFoundError:
                 if cached is None:
@@ -138,6 +149,17 @@ class Spawner:
                 self.programs[key] = program
             return pid, proc
         raise AssertionError("unreachable")
+
+    def helpers(self) -> launch.Helpers:
+        """The worker's prlimit, nice and env (if its env has --ignore-signal), found on
+        its PATH once."""
+        if self._helpers is None:
+            path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/bin", "/usr/sbin", "/sbin"])
+            env = shutil.which("env", path=path)
+            if env is not None and not _succeeds([env, "--ignore-signal=10", "--version"]):
+                env = None  # before coreutils 8.31
+            self._helpers = launch.Helpers(shutil.which("prlimit", path=path), shutil.which("nice", path=path), env)
+        return self._helpers
 
     def _fork_program(self, program: str, spec: p.JobSpec, plan: launch.Plan,
                       fds: dict[int, int]) -> subprocess.Popen[bytes]:
@@ -195,6 +217,17 @@ def no_inheritable_fds() -> None:
                 os.set_inheritable(fd, False)
             except OSError:
                 pass  # the listing's own fd, closed by now
+
+
+def _succeeds(argv: list[str]) -> bool:
+    """Whether a command exits 0 (its output to /dev/null)."""
+    actions = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+    try:
+        pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
+        _, status = os.waitpid(pid, 0)
+    except OSError:
+        return False
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def _grow_pipe(fd: int) -> None:
