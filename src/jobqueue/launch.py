@@ -82,25 +82,28 @@ _PRLIMIT_OPTIONS = {res: name for name, res in RLIMITS.items()}
 
 
 def helper_argv(plan: Plan, own_nice: int, helpers: Helpers, argv: list[bytes]) -> list[bytes] | None:
-    """The job's command line behind the helpers that give it what posix_spawn cannot
-    (``prlimit --nofile=S:H --``, ``nice -n N --``, ``env --ignore-signal=2,3 --``, each
-    only if needed; the job's program is then found on its own PATH, as execvp does,
-    and keeps its argv[0]); None when a needed helper is missing, or when env would
-    take the program's name for an assignment (a ``=`` in it) or for ``-i`` (``-``)."""
+    """The job's command line behind the helpers that give it what posix_spawn cannot:
+    ``env --ignore-signal=2,3 --``, ``nice -n N --``, ``prlimit --nofile=S:H --``, each
+    only if needed and in that order (the limits last, so that they bind the job and no
+    helper; the job's program is then found on its own PATH, as execvp does, and keeps
+    its argv[0]).  None when a needed helper is missing, or when env would take the
+    word after it for an assignment (a ``=`` in it) or for ``-i`` (``-``)."""
     words: list[str] = []
+    if plan.sigign:
+        if helpers.env is None:
+            return None
+        words += [helpers.env, "--ignore-signal=" + ",".join(map(str, plan.sigign)), "--"]
+    if plan.nice is not None:
+        if helpers.nice is None:
+            return None
+        words += [helpers.nice, "-n", str(plan.nice - own_nice), "--"]  # nice adds to the worker's value
     if plan.rlimits:
         if helpers.prlimit is None:
             return None
         words += [helpers.prlimit, *(f"--{_PRLIMIT_OPTIONS[res]}={_prlimit_value(soft)}:{_prlimit_value(hard)}"
                                      for res, soft, hard in plan.rlimits), "--"]
-    if plan.nice is not None:
-        if helpers.nice is None:
-            return None
-        words += [helpers.nice, "-n", str(plan.nice - own_nice), "--"]  # nice adds to the worker's value
-    if plan.sigign:
-        if helpers.env is None or b"=" in argv[0] or argv[0] == b"-":
-            return None
-        words += [helpers.env, "--ignore-signal=" + ",".join(map(str, plan.sigign)), "--"]
+    if words and words[0] == helpers.env and len(words) == 3 and (b"=" in argv[0] or argv[0] == b"-"):
+        return None  # env reads the job's name itself
     return [os.fsencode(word) for word in words] + argv
 
 

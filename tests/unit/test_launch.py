@@ -77,17 +77,17 @@ def test_a_plan_without_limits_nice_or_ignored_signals_runs_the_command_as_is() 
     assert launch.helper_argv(plan, 0, HELPERS, [b"x", b"-y"]) == [b"x", b"-y"]
 
 
-def test_each_attribute_has_its_helper_in_front_of_the_command_in_order() -> None:
+def test_each_attribute_has_its_helper_in_front_of_the_command_the_limits_last() -> None:
     plan = launch.plan(spec(rlimits=[("nofile", 256, 4096), ("core", 0, -1)], nice=7,
                             ignored_signals=[signal.SIGHUP, signal.SIGINT]), OWN)
-    argv = launch.helper_argv(plan, 2, HELPERS, [b"-odd name", b"a=b"])  # env is last: a=b is an argument
+    argv = launch.helper_argv(plan, 2, HELPERS, [b"-odd name", b"a=b"])
     assert argv is not None
-    prlimit_end = argv.index(b"--")
-    assert argv[0] == b"/usr/bin/prlimit"
-    assert set(argv[1:prlimit_end]) == {b"--nofile=256:4096", b"--core=0:unlimited"}
-    rest = argv[prlimit_end + 1:]
-    assert rest == [b"/usr/bin/nice", b"-n", b"5", b"--",  # nice adds to the worker's own value (2)
-                    b"/usr/bin/env", b"--ignore-signal=1", b"--", b"-odd name", b"a=b"]  # SIGINT: ignored already
+    assert argv[:8] == [b"/usr/bin/env", b"--ignore-signal=1", b"--",  # SIGINT: the worker ignores it already
+                        b"/usr/bin/nice", b"-n", b"5", b"--",  # nice adds to the worker's own value (2)
+                        b"/usr/bin/prlimit"]
+    prlimit_end = argv.index(b"--", 8)
+    assert set(argv[8:prlimit_end]) == {b"--nofile=256:4096", b"--core=0:unlimited"}
+    assert argv[prlimit_end + 1:] == [b"-odd name", b"a=b"]
 
 
 def test_unlimited_is_said_in_words() -> None:
@@ -106,3 +106,6 @@ def test_a_missing_helper_or_a_name_env_would_misread_means_a_fork() -> None:
     assert launch.helper_argv(limited, 0, launch.Helpers(None, "/n", "/e"), [b"A=1"]) is None
     assert launch.helper_argv(limited, 0, launch.Helpers("/p", None, None), [b"A=1"]) == [
         b"/p", b"--nofile=1:1", b"--", b"A=1"]  # prlimit takes any name after --
+    both = launch.plan(spec(rlimits=[("nofile", 1, 1)], ignored_signals=[signal.SIGHUP]), OWN)
+    assert launch.helper_argv(both, 0, HELPERS, [b"A=1"]) == [  # env's next word is prlimit's path
+        b"/usr/bin/env", b"--ignore-signal=1", b"--", b"/usr/bin/prlimit", b"--nofile=1:1", b"--", b"A=1"]
