@@ -209,11 +209,12 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r}: choose among {', '.join(SCENARIOS)}")
     bin_dir = Path(sys.executable).parent
-    if not (bin_dir / "jobqueue-server").exists():  # run by another interpreter: the project's venv's, if any
+    tools = ("jq", "jobqueue-server", "jobqueue-worker")
+    if not all((bin_dir / tool).exists() for tool in tools):  # another interpreter: the project's venv's, if any
         venv_python = Path(os.environ.get("BENCH_PYTHON", REPO / ".venv" / "bin" / "python"))
-        if venv_python.exists() and venv_python.resolve() != Path(sys.executable).resolve():
+        if venv_python.exists() and venv_python.parent != bin_dir:
             os.execv(venv_python, [str(venv_python), __file__, *sys.argv[1:]])
-    for tool in ("jq", "jobqueue-server", "jobqueue-worker"):
+    for tool in tools:
         if not (bin_dir / tool).exists():
             parser.error(f"{bin_dir / tool} is missing: run this with the project's venv (make install)")
     work = REPO / "bench" / ".work" / "compare"
