@@ -426,3 +426,19 @@ def test_with_the_stage_watcher_each_edit_between_jobs_is_seen_and_the_rest_is_n
         assert b"listed 2 of 3 directories" in made.stderr  # sub and the new one
     finally:
         stop_watcher(root)
+
+
+def test_a_blob_cache_that_cannot_be_opened_fails_staged_jobs_clearly_and_the_worker_goes_on(
+        cluster: Cluster, project: Path) -> None:
+    """The cache is opened off the worker's loop for its first staged job; when that fails,
+    the jobs that waited for it fail in one line each, and plain jobs still run."""
+    not_a_directory = cluster.tmp / "cache-is-a-file"
+    not_a_directory.write_text("")
+    cluster.server()
+    cluster.worker("--cache-dir", str(not_a_directory), name="w1")
+    jobs = [cluster.popen_jq("--stage", str(project), "true", stdin=subprocess.DEVNULL) for _ in range(2)]
+    for job in jobs:
+        out, err = job.communicate(timeout=30)
+        assert job.returncode != 0
+        assert b"staging failed: cannot open the worker's blob cache" in err and b"Traceback" not in err, err
+    assert cluster.jq("echo", "still here").stdout == b"still here\n"

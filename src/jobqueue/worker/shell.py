@@ -95,6 +95,7 @@ class Worker:
         self.stager: Any = None  # a jobqueue.staging.workerside.WorkerStager, made for the first staged job
         self._pool: Any = None  # threads for the stager's work off the loop
         self._completions: list[tuple[Any, Any]] = []  # (done, future) of that work, appended by the threads
+        self._waiting_stage: list[a.Stage] = []  # staged jobs waiting for the blob cache to open
         self._carry_out = self._action_handlers()
         self._deadline: float | None = None  # the core's next timer, as of the last round's end
 
@@ -206,6 +207,7 @@ class Worker:
         self.job_fds.pop(action.job_id, None)
         if self.stager is not None:
             self.stager.forget(action.job_id)
+        self._waiting_stage = [waiting for waiting in self._waiting_stage if waiting.job_id != action.job_id]
 
     def _exit(self, action: a.Exit) -> None:
         self.done = True
@@ -214,18 +216,21 @@ class Worker:
 
     def _stage(self, action: a.Stage) -> None:
         if self.stager is None:
-            try:
-                self.stager = self._make_stager()
-            except Exception as e:  # CacheBusy, OSError: the job fails, the worker goes on
-                self._do(self.core.on_stage_failed(action.job_id, f"staging failed: {e}", time.monotonic()))
-                return
+            # The first staged job: the blob cache is opened (and the staging code loaded)
+            # in a thread, so that the loop keeps answering the server meanwhile (a
+            # loaded machine once took it ~1 s, past a short liveness); the job waits.
+            self._waiting_stage.append(action)
+            if len(self._waiting_stage) == 1:
+                self._background(self._open_store, self._store_opened)
+            return
         self.stager.begin(action.job_id, action.attempt, action.spec)
 
-    def _make_stager(self) -> Any:
+    def _open_store(self) -> Any:
+        """The blob cache (in a thread: imports, directories, a lock, a scan)."""
         import tempfile
 
+        from ..staging import workerside  # noqa: F401 (loaded here, off the loop)
         from ..staging.blobstore import BlobStore, CacheBusy
-        from ..staging.workerside import WorkerStager
 
         directory, size = self.options.cache_dir, self.options.cache_size
         parked = self.options.parked_dirs
@@ -233,11 +238,28 @@ class Worker:
         if directory is None:
             base = os.path.join(tempfile.gettempdir(), f"jobqueue-{os.getuid()}")
             try:
-                store = BlobStore(os.path.join(base, "cache"), size, parked)
+                return BlobStore(os.path.join(base, "cache"), size, parked)
             except CacheBusy:  # another worker of this user has the shared one: a private one then
-                store = BlobStore(os.path.join(base, f"cache-{os.getpid()}"), size, parked)
-        else:
-            store = BlobStore(directory, size, parked)
+                return BlobStore(os.path.join(base, f"cache-{os.getpid()}"), size, parked)
+        return BlobStore(directory, size, parked)
+
+    def _store_opened(self, store: Any) -> None:
+        """On the loop: start the staged jobs that waited for the cache (or fail them)."""
+        waiting, self._waiting_stage = self._waiting_stage, []
+        if isinstance(store, Exception):  # CacheBusy, OSError: the jobs fail, the worker goes on
+            why = str(store)
+            if isinstance(store, OSError) and store.strerror:
+                why = f"cannot open the worker's blob cache ({store.filename}: {store.strerror}; see --cache-dir)"
+            for action in waiting:
+                self._do(self.core.on_stage_failed(action.job_id, f"staging failed: {why}", time.monotonic()))
+            return
+        self.stager = self._make_stager(store)
+        for action in waiting:
+            self.stager.begin(action.job_id, action.attempt, action.spec)
+
+    def _make_stager(self, store: Any) -> Any:
+        from ..staging.workerside import WorkerStager
+
         self.log.event("cache", directory=store.directory, size=self.options.cache_size, blobs=len(store.policy))
 
         def staged(job_id: str, cwd: bytes) -> None:
@@ -276,6 +298,8 @@ class Worker:
         self.conn.send(message)
 
     def _to_stager(self, message: p.Message) -> None:
+        if self.stager is None:  # its job waits for the cache: nothing was asked for yet
+            return
         if isinstance(message, p.Blob):
             self.stager.on_blob(message)
         elif isinstance(message, p.Want):
