@@ -42,11 +42,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import HELPERS, REPO, Processes, free_port, timed_run, wait_for  # noqa: E402
+from harness import HELPERS, REPO, Processes, cpu_times, free_port, timed_run, wait_for  # noqa: E402
 
 WORKTREE = "WORKTREE"
 SCENARIOS = ("latency", "throughput", "streaming")
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -110,20 +109,13 @@ def start(rev: Revision, procs: Processes, bin_dir: Path) -> None:
     wait_for(answers, 30, f"{rev.name}'s server and worker to run a job")
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(the process's own CPU, its reaped children's), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS, (int(fields[13]) + int(fields[14])) / TICKS
-
-
 def time_burst(rev: Revision, bin_dir: Path, jobs: int) -> None:
-    server0, (worker0, jobs0) = cpu_seconds(rev.server_pid)[0], cpu_seconds(rev.worker_pid)
+    server0, (worker0, jobs0) = cpu_times(rev.server_pid)[0], cpu_times(rev.worker_pid)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run([str(bin_dir / "python"), str(HELPERS / "executor_burst.py"), rev.address, str(jobs)],
                           env=rev.env, capture_output=True, check=True, timeout=600)
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server1, (worker1, jobs1) = cpu_seconds(rev.server_pid)[0], cpu_seconds(rev.worker_pid)
+    server1, (worker1, jobs1) = cpu_times(rev.server_pid)[0], cpu_times(rev.worker_pid)
     result = json.loads(done.stdout.decode().strip().splitlines()[-1])
     if result["failed"]:
         raise RuntimeError(f"{rev.name}: {result['failed']} of {jobs} jobs failed")
@@ -194,13 +186,20 @@ def report(revs: list[Revision], xargs: list[float], args: argparse.Namespace) -
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("revisions", nargs="+", metavar="REV", help=f"a git revision, or {WORKTREE}")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--jobs", type=int, default=2000, help="jobs per Executor burst")
-    parser.add_argument("--latency-runs", type=int, default=20, help="jq true runs per revision and round")
-    parser.add_argument("--stream-mib", type=int, default=512)
+    parser.add_argument("--rounds", type=_positive, default=6)
+    parser.add_argument("--jobs", type=_positive, default=2000, help="jobs per Executor burst")
+    parser.add_argument("--latency-runs", type=_positive, default=20, help="jq true runs per revision and round")
+    parser.add_argument("--stream-mib", type=_positive, default=512)
     parser.add_argument("--only", default=",".join(SCENARIOS), help="a subset of " + ",".join(SCENARIOS))
     parser.add_argument("--output", type=Path, help="also write the report here")
     args = parser.parse_args()

@@ -399,6 +399,14 @@ def run_json(args: Sequence[str], timeout: float, **kwargs: Any) -> dict[str, An
 # --- memory ------------------------------------------------------------------------------------
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """A process's CPU seconds so far, user and system: its own, and its reaped children's."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
 def rss_kib(pid: int, field_name: str = "VmRSS") -> int | None:
     """A process's resident memory (or peak, with ``VmHWM``) in KiB."""
     try:

@@ -5,12 +5,11 @@ read from it), rounds alternating."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import urllib.error
 import urllib.request
 
-from harness import HELPERS, Cluster, Context, Row, Section, Stats, Target, free_port, run_json, wait_for
+from harness import HELPERS, Cluster, Context, Row, Section, Stats, Target, cpu_times, free_port, run_json, wait_for
 
 PLAIN = "Executor, no dashboard"
 WATCHED = "Executor, dashboard open"
@@ -64,9 +63,9 @@ def _burst(ctx: Context, cluster: Cluster, burst: list[str], jobs: int, name: st
     assert cluster.server is not None
     server = cluster.server.pid
     if name == PLAIN:
-        before = _cpu_seconds(server)
+        before = cpu_times(server)[0]
         rate = jobs / float(run_json(burst, 600)["seconds"])
-        cpu[SERVER_CPU + PLAIN].append((_cpu_seconds(server) - before) * 1e6 / jobs)
+        cpu[SERVER_CPU + PLAIN].append((cpu_times(server)[0] - before) * 1e6 / jobs)
         return rate
     port = free_port()
     dashboard = ctx.procs.start([str(ctx.bin / "jobqueue"), "dashboard", "-s", cluster.address,
@@ -76,22 +75,15 @@ def _burst(ctx: Context, cluster: Cluster, burst: list[str], jobs: int, name: st
         wait_for(lambda: _serving(port), 120, "the dashboard to serve")
         reader = ctx.procs.start([str(ctx.python), str(HELPERS / "sse_reader.py"),
                                   f"http://127.0.0.1:{port}/api/stream"], log="watching-reader")
-        before = _cpu_seconds(server), _cpu_seconds(dashboard.pid)
+        before = cpu_times(server)[0], cpu_times(dashboard.pid)[0]
         rate = jobs / float(run_json(burst, 600)["seconds"])
-        cpu[SERVER_CPU + WATCHED].append((_cpu_seconds(server) - before[0]) * 1e6 / jobs)
-        cpu[DASHBOARD_CPU].append((_cpu_seconds(dashboard.pid) - before[1]) * 1e6 / jobs)
+        cpu[SERVER_CPU + WATCHED].append((cpu_times(server)[0] - before[0]) * 1e6 / jobs)
+        cpu[DASHBOARD_CPU].append((cpu_times(dashboard.pid)[0] - before[1]) * 1e6 / jobs)
         return rate
     finally:
         for proc in (reader, dashboard):
             if proc is not None:
                 ctx.procs.stop(proc)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far (/proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _serving(port: int) -> bool:

@@ -90,8 +90,9 @@ def helper_argv(plan: Plan, own_nice: int, helpers: Helpers, argv: list[bytes]) 
     word after it for an assignment (a ``=`` in it) or for ``-i`` (``-``)."""
     words: list[str] = []
     if plan.sigign:
-        if helpers.env is None:
-            return None
+        next_is_job = plan.nice is None and not plan.rlimits
+        if helpers.env is None or next_is_job and (b"=" in argv[0] or argv[0] == b"-"):
+            return None  # (env would read such a job's name as a variable, or as -i)
         words += [helpers.env, "--ignore-signal=" + ",".join(map(str, plan.sigign)), "--"]
     if plan.nice is not None:
         if helpers.nice is None:
@@ -102,8 +103,6 @@ def helper_argv(plan: Plan, own_nice: int, helpers: Helpers, argv: list[bytes]) 
             return None
         words += [helpers.prlimit, *(f"--{_PRLIMIT_OPTIONS[res]}={_prlimit_value(soft)}:{_prlimit_value(hard)}"
                                      for res, soft, hard in plan.rlimits), "--"]
-    if words and words[0] == helpers.env and len(words) == 3 and (b"=" in argv[0] or argv[0] == b"-"):
-        return None  # env reads the job's name itself
     return [os.fsencode(word) for word in words] + argv
 
 

@@ -120,21 +120,20 @@ class Spawner:
             if plan.umask is not None:
                 os.umask(plan.umask)  # inherited; no thread of ours creates files meanwhile
             try:
-                executable, argv = program, spec.argv
-                if plan.needs_fork:
-                    helped = launch.helper_argv(plan, self.own.nice, self.helpers(), spec.argv)
-                    if helped is not None:
-                        if cached is not None and not os.access(program, os.X_OK):
-                            raise FileNotFoundError(program)  # gone since: look again (the helper would just fail)
-                        executable, argv = os.fsdecode(helped[0]), helped
-                if plan.needs_fork and argv is spec.argv:  # a helper it needs is missing
+                argv = launch.helper_argv(plan, self.own.nice, self.helpers(), spec.argv) if plan.needs_fork \
+                    else spec.argv
+                if argv is None:  # a helper it needs is missing
                     proc = self._fork_program(program, spec, plan, fds)
                     pid = proc.pid
                 else:
+                    helped = argv is not spec.argv
+                    if helped and cached is not None and not os.access(program, os.X_OK):
+                        raise FileNotFoundError(program)  # gone since: look again (the helper would just fail)
                     proc = None
                     actions = launch.spawn_file_actions(plan, fds.get(0), fds.get(1, -1), fds.get(2, -1))
-                    pid = os.posix_spawn(executable, argv, spec.env, file_actions=actions, setsid=True,
-                                         setsigdef=plan.sigdef, setsigmask=plan.sigmask)
+                    pid = os.posix_spawn(os.fsdecode(argv[0]) if helped else program, argv, spec.env,
+                                         file_actions=actions, setsid=True, setsigdef=plan.sigdef,
+                                         setsigmask=plan.sigmask)
             except FileNotFoundError:
                 if cached is None:
                     raise
