@@ -1,9 +1,16 @@
-"""Writing a job's output to one of our fds in a thread of its own (jq's and the API's)."""
+"""Writing a job's output to one of our fds in a thread of its own (jq's and the API's).
+
+Built on ``_thread`` (the C core of threading) and ``_collections.deque``: ``import
+threading`` loads collections, functools and more, about 3.5 ms of CPU that every
+``jq`` job with output paid before its first byte (bench/ANALYSIS.md).
+"""
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
+from _collections import deque
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: jq imports nothing it does not use
@@ -13,54 +20,75 @@ if TYPE_CHECKING:  # annotations only: jq imports nothing it does not use
 
 class Writer:
     """Writes one output fd in its own thread, so a slow reader stalls only the
-    job's stream (by not acknowledging it), never jq's heartbeats.  (threading
-    is imported here, on the first output: jq without output never loads it.)"""
+    job's stream (by not acknowledging it), never jq's heartbeats."""
 
     def __init__(self, fd: int, on_written: Callable[[Any, int, int], None],
                  on_broken: Callable[[int, OSError | None], None] | None = None) -> None:
-        import threading
-        from collections import deque
-
         self.fd = fd
         self.queue: deque[tuple[Any, bytes, int] | None] = deque()
-        self.ready = threading.Condition()
         self.on_written = on_written
         #: Called once when ``fd`` can no longer be written (None: EPIPE, its reader left).
         self.on_broken = on_broken
         self.broken = False
         #: An unexpected exception that ended the thread (a bug: the main loop reports it).
         self.failure: BaseException | None = None
-        self.idle = threading.Event()
-        self.idle.set()
-        self.thread: threading.Thread = threading.Thread(target=self.run, daemon=True, name=f"jq-writer-{fd}")
+        # The queue and the two flags below change only under _mutex.
+        self._mutex = _thread.allocate_lock()
+        #: Held while the thread sleeps for want of work; put() releases it once to wake it.
+        self._wakeup = _thread.allocate_lock()
+        self._wakeup.acquire()
+        self._sleeping = False
+        #: Held while something is queued or being written: flush() waits for it.
+        self._busy = _thread.allocate_lock()
+        self._is_busy = False
 
     def start(self) -> None:
-        self.thread.start()
+        _thread.start_new_thread(self.run, ())  # like a daemon thread: jq leaves by os._exit
 
     def put(self, job: Any, data: bytes, end: int) -> None:
-        with self.ready:
-            self.idle.clear()
-            self.queue.append((job, data, end))
-            self.ready.notify()
+        self._enqueue((job, data, end))
+
+    def _enqueue(self, item: tuple[Any, bytes, int] | None) -> None:
+        with self._mutex:
+            if not self._is_busy:
+                self._is_busy = True
+                self._busy.acquire()  # at most as long as a flush() looking at it holds it
+            self.queue.append(item)
+            if self._sleeping:
+                self._sleeping = False
+                self._wakeup.release()
+
+    def _take(self) -> tuple[Any, bytes, int] | None:
+        """The next item, sleeping until there is one; idle (for flush) meanwhile."""
+        while True:
+            with self._mutex:
+                if self.queue:
+                    return self.queue.popleft()
+                self._idle()
+                self._sleeping = True
+            self._wakeup.acquire()
+
+    def _idle(self) -> None:
+        if self._is_busy:  # (under _mutex)
+            self._is_busy = False
+            self._busy.release()
 
     def run(self) -> None:
         try:
             self._run()
         except BaseException as e:  # a bug: hand it to the main loop, which reports it
             self.failure = e
-            self.idle.set()
+            with self._mutex:
+                self._idle()
             if self.on_broken is not None:
                 self.on_broken(self.fd, None)
 
     def _run(self) -> None:
         while True:
-            with self.ready:
-                while not self.queue:
-                    self.idle.set()
-                    self.ready.wait()
-                item = self.queue.popleft()
+            item = self._take()
             if item is None:
-                self.idle.set()
+                with self._mutex:
+                    self._idle()
                 return
             job, data, end = item
             self._write_all(data)
@@ -86,10 +114,12 @@ class Writer:
                 self.on_broken(self.fd, error)
 
     def flush(self, timeout: float) -> bool:
-        return self.idle.wait(timeout)
+        """Wait until everything queued is written (False: ``timeout`` seconds passed first)."""
+        if not self._busy.acquire(timeout=max(timeout, 0.0)):
+            return False
+        self._busy.release()
+        return True
 
     def close(self) -> None:
         """End the thread once everything queued is written."""
-        with self.ready:
-            self.queue.append(None)
-            self.ready.notify()
+        self._enqueue(None)
