@@ -5,12 +5,14 @@ usage: bench/compare.py REV [REV ...] [--rounds N] [--jobs N] [--stream-mib N]
                         [--latency-runs N] [--only latency,throughput,streaming] [--output FILE]
 
 Each REV (anything ``git archive`` takes, or ``WORKTREE`` for the work tree's
-uncommitted ``src``) is unpacked under ``bench/.work/compare/`` and run from
-this checkout's venv with ``PYTHONPATH`` pointing at its ``src``: a server and
-a 2-slot worker of its own on a loopback port.  Then, round after round, the
+uncommitted ``src`` and ``bin``) is unpacked under ``bench/.work/compare/`` and
+run from this checkout's venv with ``PYTHONPATH`` pointing at its ``src``: a
+server and a 2-slot worker of its own on a loopback port; its jq through its own
+launcher (``bin/jq``, run by the venv's python).  Then, round after round, the
 revisions take turns (their order rotates) at:
 
-- latency: ``jq true`` (``--latency-runs`` per revision and round);
+- latency: ``jq true`` and ``jq echo hello`` (a job with output: jq's writer
+  path), ``--latency-runs`` each per revision and round;
 - throughput: one Executor burst of ``--jobs`` trivial jobs per revision, and
   one ``seq N | xargs -n1 -P2 true`` per round, the reference each burst is
   divided by (the host's load drifts between rounds far more than within one);
@@ -38,11 +40,12 @@ import sys
 import tarfile
 import time
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import HELPERS, REPO, Processes, cpu_times, free_port, timed_run, wait_for  # noqa: E402
+from harness import HELPERS, REPO, Processes, cpu_times, default_signals, free_port, timed_run, wait_for  # noqa: E402
 
 WORKTREE = "WORKTREE"
 SCENARIOS = ("latency", "throughput", "streaming")
@@ -55,11 +58,13 @@ class Revision:
     name: str  # as given
     commit: str  # the short hash (or WORKTREE)
     src: Path
+    jq: list[str] = field(default_factory=list)  # how to run its jq: its own launcher (bin/jq), by this venv's python
     address: str = ""
     env: dict[str, str] = field(default_factory=dict)
     server_pid: int = 0
     worker_pid: int = 0
     latency: list[float] = field(default_factory=list)  # seconds per jq true
+    echo_latency: list[float] = field(default_factory=list)  # seconds per jq echo hello (a job with output)
     throughput: list[float] = field(default_factory=list)  # jobs/s per burst
     cpu: list[tuple[float, float, float, float]] = field(default_factory=list)  # µs/job: server, worker, jobs, Executor
     streaming: list[float] = field(default_factory=list)  # MB/s per run
@@ -72,6 +77,7 @@ def unpack(rev: str, root: Path) -> Revision:
         commit, dest = WORKTREE, root / "worktree"
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(REPO / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copytree(REPO / "bin", dest / "bin")
     else:
         found = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", "--short",
                                 f"{rev}^{{commit}}"], capture_output=True, text=True)
@@ -79,17 +85,19 @@ def unpack(rev: str, root: Path) -> Revision:
             raise SystemExit(f"bench/compare.py: {rev!r} is not a commit of {REPO} (nor {WORKTREE})")
         commit = found.stdout.strip()
         dest = root / commit
-        if not (dest / "src").is_dir():
-            archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit, "src"],
+        if not (dest / "bin" / "jq").is_file():  # (older copies hold src only)
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit, "src", "bin"],
                                      capture_output=True, check=True).stdout
             tmp = root / f".{commit}.partial"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
                 tar.extractall(tmp, filter="data")
+            shutil.rmtree(dest, ignore_errors=True)  # an older copy, of src only
             tmp.rename(dest)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(dest / "src")], check=True)
-    return Revision(rev, commit, dest / "src")
+    # Its own launcher: what bin/jq does before jobqueue.jq loads is part of the revision.
+    return Revision(rev, commit, dest / "src", [sys.executable, str(dest / "bin" / "jq")])
 
 
 def start(rev: Revision, procs: Processes, bin_dir: Path) -> None:
@@ -102,7 +110,7 @@ def start(rev: Revision, procs: Processes, bin_dir: Path) -> None:
     rev.server_pid, rev.worker_pid = server.pid, worker.pid
 
     def answers() -> bool:
-        done = subprocess.run([str(bin_dir / "jq"), "-s", rev.address, "true"], env=rev.env,
+        done = subprocess.run([*rev.jq, "-s", rev.address, "true"], env=rev.env,
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
         return done.returncode == 0
 
@@ -131,8 +139,8 @@ def time_xargs(jobs: int) -> float:
 
 
 def time_stream(rev: Revision, bin_dir: Path, size: int) -> None:
-    seconds = timed_run(["bash", "-o", "pipefail", "-c", f'head -c {size} /dev/zero | "$0" -s "$1" cat',
-                         str(bin_dir / "jq"), rev.address], 600, rev.env)
+    seconds = timed_run(["bash", "-o", "pipefail", "-c", f'head -c {size} /dev/zero | "$0" "$1" -s "$2" cat',
+                         *rev.jq, rev.address], 600, rev.env)
     rev.streaming.append(size / seconds / 1e6)
 
 
@@ -157,13 +165,15 @@ def report(revs: list[Revision], xargs: list[float], args: argparse.Namespace) -
              f"(load average at the end {load[0]:.2f} {load[1]:.2f}). Ratios: the median of each round's own "
              f"ratio to {base.name} ({base.commit}); for throughput, of each burst to the same round's "
              "`xargs -P2 true`.", ""]
-    if base.latency:
-        lines += ["## `jq true` (ms; lower is better)", "", "| revision | median | range | runs | / first (paired) |",
+    for title, times in (("jq true", attrgetter("latency")), ("jq echo hello", attrgetter("echo_latency"))):
+        if not times(base):
+            continue
+        lines += [f"## `{title}` (ms; lower is better)", "", "| revision | median | range | runs | / first (paired) |",
                   "|---|---|---|---|---|"]
         for r in revs:
-            median, spread = _spread(r.latency, 1e3, 2)
-            lines.append(f"| {r.name} ({r.commit}) | {median} | {spread} | {len(r.latency)} | "
-                         f"{_paired(r.latency, base.latency)} |")
+            median, spread = _spread(times(r), 1e3, 2)
+            lines.append(f"| {r.name} ({r.commit}) | {median} | {spread} | {len(times(r))} | "
+                         f"{_paired(times(r), times(base))} |")
         lines.append("")
     if base.throughput:
         lines += [f"## Executor, {args.jobs} × `true` on 2 slots (jobs/s; higher is better)", "",
@@ -207,6 +217,10 @@ def main() -> int:
     unknown = [s for s in only if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r}: choose among {', '.join(SCENARIOS)}")
+    reset = default_signals()
+    if reset:
+        print(f"bench/compare.py: {', '.join(reset)} ignored by the caller: reset to the default for what runs here",
+              file=sys.stderr)
     bin_dir = Path(sys.executable).parent
     tools = ("jq", "jobqueue-server", "jobqueue-worker")
     if not all((bin_dir / tool).exists() for tool in tools):  # another interpreter: the project's venv's, if any
@@ -236,7 +250,9 @@ def main() -> int:
             if "latency" in only:  # run by run, so that each run's pair is seconds apart
                 for _ in range(args.latency_runs):
                     for rev in order:
-                        rev.latency.append(timed_run([str(bin_dir / "jq"), "-s", rev.address, "true"], 60, rev.env))
+                        rev.latency.append(timed_run([*rev.jq, "-s", rev.address, "true"], 60, rev.env))
+                        rev.echo_latency.append(timed_run([*rev.jq, "-s", rev.address, "echo", "hello"], 60,
+                                                          rev.env))
             if "throughput" in only:
                 for rev in order:
                     time_burst(rev, bin_dir, args.jobs)

@@ -358,6 +358,20 @@ def _time_runs(argv: list[str], runs: int, warmup: int, env: dict[str, str] | No
     return times[warmup:]
 
 
+def default_signals() -> list[str]:
+    """Give what we start the default signal dispositions; return the names of those
+    that were ignored.  A job takes its caller's ignored signals (README "What a job
+    sees"): a bench started from a shell's background (SIGINT ignored) or under nohup
+    would time jobs started behind ``env --ignore-signal``, not plain ones, and a
+    revision from before that mimicry (session 2) would not pay for it."""
+    reset = []
+    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+            reset.append(signal.Signals(signum).name)
+    return reset
+
+
 def timed_run(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> float:
     """Seconds a command takes (stdin and stdout /dev/null); raises if it fails.  Waited
     for by a blocking wait, its time limit kept by a timer: ``subprocess.run(timeout=)``

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import BENCH, FULL, QUICK, REPO, Cluster, Context, Processes, Section
+from harness import BENCH, FULL, QUICK, REPO, Cluster, Context, Processes, Section, default_signals
 from report import history_row, old_history, render
 from scenarios import broker, latency, memory, staging, streaming, throughput, watching
 
@@ -164,6 +164,9 @@ def peer_versions(ctx: Context) -> str:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     ctx = make_context(args)
+    reset = default_signals()
+    if reset:
+        ctx.log(f"{', '.join(reset)} ignored by the caller: reset to the default for what runs here")
     signal.signal(signal.SIGTERM, _exit_on_signal)
     started = time.time()
     date = time.strftime("%Y-%m-%d %H:%M %Z")

@@ -1,4 +1,4 @@
-"""Scenario 1: latency of one trivial job, and jq's start-up alone."""
+"""Scenario 1: latency of one trivial job (and of one that prints a line), and jq's start-up alone."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 from harness import HELPERS, Cluster, Command, Context, Row, Section, Stats, Target, import_times, time_commands
 
 JQ_TRUE = "jq true"
+JQ_ECHO = "jq echo hello"
 LOCAL_TRUE = "local true"
 PYTHON_PASS = "python3 -c pass"
 SRUN_TRUE = "srun true"
@@ -18,6 +19,7 @@ def run(ctx: Context, cluster: Cluster, slurm: bool) -> Section:
     section = Section("latency", "1. Latency of one trivial job")
     commands = [
         Command(JQ_TRUE, cluster.jq("true")),
+        Command(JQ_ECHO, cluster.jq("echo", "hello")),  # a job with output: jq's writer path
         Command(LOCAL_TRUE, ["true"]),
         Command(PYTHON_PASS, [str(ctx.python), "-c", "pass"]),
         Command(JQ_VERSION, [str(ctx.bin / "jq"), "--version"]),
@@ -38,6 +40,7 @@ def run(ctx: Context, cluster: Cluster, slurm: bool) -> Section:
     python_ratio = section.ratio("jq true / python3 -c pass", JQ_TRUE, PYTHON_PASS)
     section.ratio("jq --version / python3 -c pass", JQ_VERSION, PYTHON_PASS)
     section.ratio("jq true / local true", JQ_TRUE, LOCAL_TRUE)
+    section.ratio("jq echo hello / jq true", JQ_ECHO, JQ_TRUE)
     section.targets += [
         Target("`jq true` ≤ 0.9 × `srun true`", srun_ratio, 0.9, False, "×",
                "" if slurm else "no Slurm in this run"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 # _signal is the C core of signal (the same functions and constants) without the
 # enum wrappers, which cost jq about 4 ms of start-up for every job.
 import _signal as signal
+import gc
 import os
 import sys
 import time
@@ -296,6 +297,9 @@ def run(options: JqOptions, closed: list[int] = []) -> int:  # noqa: B006 (never
     if not options.tty:
         term.watched = _pipes(tuple(fd for fd in ((1,) if spec.merge_output else (1, 2)) if fd not in closed))
     term.install(spec.ignored_signals)
+    if not gc.isenabled():  # bin/jq turned it off for start-up: what start-up made stays
+        gc.freeze()
+        gc.enable()
     try:
         code = _loop(session, job, term, options)
     except (ServerLost, AuthFailed) as e:

@@ -41,9 +41,9 @@ def test_bench_compare_runs_two_revisions_side_by_side(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=110)
     assert result.returncode == 0, result.stderr[-5000:]
     text = report.read_text()
-    for heading in ("## `jq true`", "## Executor, 20 ×", "## `head -c 1 MiB"):
+    for heading in ("## `jq true`", "## `jq echo hello`", "## Executor, 20 ×", "## `head -c 1 MiB"):
         assert heading in text
-    assert text.count("| WORKTREE (WORKTREE) |") == 3
+    assert text.count("| WORKTREE (WORKTREE) |") == 4
 
 
 @pytest.mark.timeout(60)

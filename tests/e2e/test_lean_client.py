@@ -13,7 +13,8 @@ PROBE = """\
 import sys
 from jobqueue.jq import main
 code = main(sys.argv[1:])
-heavy = sorted(m for m in ("zmq", "msgspec", "typing", "dataclasses", "threading", "re") if m in sys.modules)
+heavy = sorted(m for m in ("zmq", "msgspec", "typing", "dataclasses", "threading", "re", "collections", "functools")
+               if m in sys.modules)
 print("loaded:", ",".join(heavy), file=sys.stderr)
 sys.exit(code)
 """
@@ -26,6 +27,17 @@ def test_jq_true_loads_no_heavy_module(cluster: Cluster) -> None:
                        timeout=30)
     assert r.returncode == 3, r.stderr
     assert r.stderr.decode().splitlines()[-1] == "loaded: ", r.stderr
+
+
+def test_jq_with_output_and_input_loads_no_heavy_module_either(cluster: Cluster) -> None:
+    """The writer threads are _thread's: threading (collections, functools...) cost ~3.5 ms a job."""
+    cluster.server()
+    cluster.worker()
+    r = subprocess.run([sys.executable, "-c", PROBE, "sh", "-c", "echo out; echo err >&2; cat; exit 4"],
+                       input=b"in\n", env=cluster.env(), capture_output=True, timeout=30)
+    assert r.returncode == 4, r.stderr
+    assert r.stdout == b"out\nin\n"
+    assert r.stderr.decode().splitlines() == ["err", "loaded: "], r.stderr
 
 
 def test_keyless_jq_against_a_curve_server_says_so_fast(tmp_path: Path, tcp_cluster: Cluster) -> None:
