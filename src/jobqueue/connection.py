@@ -79,6 +79,8 @@ class Connection:
         self._hello = hello
         self._decode = decode
         self.proto = proto
+        #: The messages the connection answers itself (the others go to its owner).
+        self._liveness = frozenset({proto.Welcome, proto.Unknown, proto.Refused, proto.Pong})
         self.connect_timeout = connect_timeout
         self.grace = grace
         self.security = security
@@ -207,7 +209,9 @@ class Connection:
                 message = self._decode(data)
             except self.proto.ProtocolError as e:
                 raise Refused(f"protocol error from the server: {e}") from None
-            if isinstance(message, self.proto.Welcome):
+            if type(message) not in self._liveness:  # the usual case: one test
+                out.append(message)
+            elif isinstance(message, self.proto.Welcome):
                 self._on_welcome(message)
                 out.append(message)
             elif isinstance(message, self.proto.Unknown):
@@ -215,11 +219,8 @@ class Connection:
                 break  # the rest came on the old one
             elif isinstance(message, self.proto.Refused):
                 raise Refused(message.reason)
-            elif isinstance(message, self.proto.Pong):
-                if self._pings:  # one answer per ping, in order
-                    self.answered_at = self._pings.pop(0)
-            else:
-                out.append(message)
+            elif isinstance(message, self.proto.Pong) and self._pings:  # one answer per ping, in order
+                self.answered_at = self._pings.pop(0)
         return out
 
     def _frames(self, now: float) -> list[bytes | bytearray]:

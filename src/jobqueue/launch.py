@@ -116,6 +116,8 @@ def job_pipes(spec: p.JobSpec) -> tuple[bool, bool, bool]:
     (with ``merge_output`` fd 2 is the pipe of fd 1)."""
     if spec.tty:
         return True, True, False
+    if not spec.closed_fds:  # the usual case
+        return spec.stdin, True, not spec.merge_output
     closed = set(spec.closed_fds)
     return (spec.stdin and 0 not in closed, 1 not in closed,
             2 not in closed and not (spec.merge_output and 1 not in closed))
@@ -213,9 +215,15 @@ def child_setup(plan: Plan, then: Callable[[], None] | None = None) -> Callable[
     return setup
 
 
+_STDIN_DEVNULL = (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)
+
+
 def spawn_file_actions(plan: Plan, stdin: int | None, stdout: int, stderr: int) -> list[tuple[object, ...]]:
     """posix_spawn's file actions for the job's fds 0-2 (our pipe ends; ``stdin`` None:
     /dev/null), closing those the caller had closed."""
+    if not plan.closed:  # the usual case, once per job
+        return [(os.POSIX_SPAWN_DUP2, stdin, 0) if stdin is not None else _STDIN_DEVNULL,
+                (os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stderr, 2)]
     actions: list[tuple[object, ...]] = []
     for fd, source in ((0, stdin), (1, stdout), (2, stderr)):
         if fd in plan.closed:

@@ -39,7 +39,7 @@ from .actions import (
     ToStager,
     WriteStdin,
 )
-from .runstate import ALIVE, EXITED, Run, RunEvent, RunState, exit_code, next_state
+from .runstate import ALIVE, EXITED, TRANSITIONS, IllegalTransition, Run, RunEvent, RunState, exit_code
 from .staging import StagingMixin
 
 #: A batch system stopping a worker (Slurm's scancel) signals every process of
@@ -51,6 +51,8 @@ OUTSIDE_SIGNAL_HOLD = 0.2
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 S, E = RunState, RunEvent
+# Looked up on every loop round or move: module globals, not attribute lookups.
+STAGING, FINISHED, WINDOW = S.STAGING, S.FINISHED, p.WINDOW
 
 
 class WorkerCore(StagingMixin):
@@ -100,9 +102,14 @@ class WorkerCore(StagingMixin):
         return stream is not None and stream.open and stream.in_flight < p.WINDOW
 
     def readable(self) -> list[tuple[str, int]]:
-        """The (job, fd) output streams to poll for reading now."""
-        return [(job_id, fd) for job_id, run in self.runs.items() if run.state is not S.STAGING
-                for fd, s in run.streams.items() if s.open and s.offset - s.acked < p.WINDOW]
+        """The (job, fd) output streams to poll for reading now (asked every loop round)."""
+        readable = []
+        for job_id, run in self.runs.items():
+            if run.state is not STAGING:
+                for fd, s in run.streams.items():
+                    if s.open and s.offset - s.acked < WINDOW:
+                        readable.append((job_id, fd))
+        return readable
 
     def stdin_waiting(self) -> list[str]:
         """The jobs whose stdin has bytes waiting for room in its pipe."""
@@ -355,7 +362,10 @@ class WorkerCore(StagingMixin):
 
     def _transition(self, run: Run, event: RunEvent, now: float) -> None:
         """The one writer of ``Run.state``; carries out what entering a state means."""
-        state = next_state(run.job_id, run.state, event)
+        try:  # (runstate.next_state, inlined: a move per event of every job)
+            state = TRANSITIONS[run.state, event]
+        except KeyError:
+            raise IllegalTransition(run.job_id, run.state, event) from None
         if state is None:
             del self.runs[run.job_id]
             self._out.append(Forget(run.job_id))
@@ -363,15 +373,15 @@ class WorkerCore(StagingMixin):
                 self.idle_since = now
             return
         run.state = state
-        if event is E.TERMINATE:
+        if state is FINISHED:  # (first: the usual one)
+            self._report(run, now)
+        elif event is E.TERMINATE:
             run.kill_at = now + self.cfg.kill_grace
             self._out.append(SignalGroup(run.pid, signal.SIGTERM))
         elif event is E.KILL_DUE:
             self._out.append(SignalGroup(run.pid, signal.SIGKILL))
         elif event is E.HOLD:
             run.hold_until = now + OUTSIDE_SIGNAL_HOLD
-        elif state is S.FINISHED:
-            self._report(run, now)
 
     def _terminate(self, run: Run, why: str, now: float) -> None:
         """SIGTERM the run's group now, SIGKILL after the grace (no-op unless it runs)."""

@@ -99,29 +99,32 @@ def next_state(job_id: str, state: RunState, event: RunEvent) -> RunState | None
 class Run:
     """A job run on this worker, from its assignment until it is forgotten."""
 
+    # What a run starts with, as class attributes: set on the instance once they change
+    # (a run is made per job; most of these never change for a trivial one).
+    pid = 0
+    exit_status: int | None = None
+    reason = ""  # exited, signaled, timeout, killed; or why it failed to start
+    kill_reason = ""  # why we terminated it (empty: we did not)
+    kill_pending = ""  # terminated while STARTING: why, acted on once spawned
+    kill_at: float | None = None  # SIGKILL due (KILLING)
+    client_signalled = False  # its client forwarded a signal to it
+    hold_until: float | None = None  # HELD until then
+    finished: p.Finished | None = None
+
     def __init__(self, assign: p.Assign, now: float) -> None:
         self.job_id = assign.job_id
         self.attempt = assign.attempt
-        self.spec = assign.spec
+        self.spec = spec = assign.spec
         self.allocation = assign.allocation  # what it holds of the worker's resources
         # written only by WorkerCore._transition (a staged run first fetches its tree)
-        self.state = S.STAGING if self.spec.stage else S.STARTING
-        self.pid = 0
+        self.state = S.STAGING if spec.stage else S.STARTING
         self.started = now
-        self.deadline = now + self.spec.timeout if self.spec.timeout else None
+        self.deadline = now + spec.timeout if spec.timeout else None
         # stdout and stderr; a terminal has one stream, read as stdout; one closed by the
         # job's caller, or one pipe for both (2>&1), is a stream closed from the start
-        stdin, stdout, stderr = launch.job_pipes(self.spec)
+        stdin, stdout, stderr = launch.job_pipes(spec)
         self.streams = {p.STDOUT: OutStream(open=stdout), p.STDERR: OutStream(open=stderr)}
         self.stdin = StdinBuffer(open=stdin)
-        self.exit_status: int | None = None
-        self.reason = ""  # exited, signaled, timeout, killed; or why it failed to start
-        self.kill_reason = ""  # why we terminated it (empty: we did not)
-        self.kill_pending = ""  # terminated while STARTING: why, acted on once spawned
-        self.kill_at: float | None = None  # SIGKILL due (KILLING)
-        self.client_signalled = False  # its client forwarded a signal to it
-        self.hold_until: float | None = None  # HELD until then
-        self.finished: p.Finished | None = None
 
     def matches(self, attempt: int) -> bool:
         return self.attempt == attempt

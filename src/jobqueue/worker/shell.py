@@ -182,24 +182,47 @@ class Worker:
             carry_out[type(action)](action)
 
     def _action_handlers(self) -> dict[type, Callable[[Any], object]]:
-        """How each kind of action is carried out (looked up by type: a trivial job has about eight)."""
-        send_at_once = self.options.security is not None  # pyzmq's; the lean transport's wait for the round's end
+        """How each kind of action is carried out, looked up by type (a trivial job has
+        about eight): each a method that takes the action, without a hop through a lambda."""
         return {
-            a.Send: (lambda action: self._send(action.message)) if send_at_once else
-            (lambda action: self.conn.send(action.message)),
-            a.Log: lambda action: self.log.event(action.event, **action.fields),
-            a.Spawn: lambda action: self._spawn(action.job_id, action.spec, action.allocation),
-            a.WriteStdin: lambda action: self._write_stdin(action.job_id, action.chunks),
-            a.ClosePipe: lambda action: self._close_pipe(action.job_id, action.fd, action.say_eof),
-            a.SignalGroup: lambda action: _killpg(action.pgid, action.signum),
-            a.SetWindowSize: lambda action: set_winsize(self.job_fds[action.job_id][p.STDOUT], action.rows,
-                                                        action.cols),
+            # pyzmq's sends go at once; the lean transport's wait for the round's end
+            a.Send: self._send_action if self.options.security is not None else self._queue_send,
+            a.Log: self._log_action,
+            a.Spawn: self._spawn_action,
+            a.WriteStdin: self._write_stdin,
+            a.ClosePipe: self._close_pipe_action,
+            a.SignalGroup: self._signal_group,
+            a.SetWindowSize: self._set_window_size,
             a.Forget: self._forget,
             a.Stage: self._stage,
-            a.Collect: lambda action: self.stager.collect(action.job_id),
-            a.ToStager: lambda action: self._to_stager(action.message),
+            a.Collect: self._collect,
+            a.ToStager: self._to_stager,
             a.Exit: self._exit,
         }
+
+    def _queue_send(self, action: a.Send) -> None:
+        self.conn.send(action.message)
+
+    def _send_action(self, action: a.Send) -> None:
+        self._send(action.message)
+
+    def _log_action(self, action: a.Log) -> None:
+        self.log.event(action.event, **action.fields)
+
+    def _spawn_action(self, action: a.Spawn) -> None:
+        self._spawn(action.job_id, action.spec, action.allocation)
+
+    def _close_pipe_action(self, action: a.ClosePipe) -> None:
+        self._close_pipe(action.job_id, action.fd, action.say_eof)
+
+    def _signal_group(self, action: a.SignalGroup) -> None:
+        _killpg(action.pgid, action.signum)
+
+    def _set_window_size(self, action: a.SetWindowSize) -> None:
+        set_winsize(self.job_fds[action.job_id][p.STDOUT], action.rows, action.cols)
+
+    def _collect(self, action: a.Collect) -> None:
+        self.stager.collect(action.job_id)
 
     def _forget(self, action: a.Forget) -> None:
         for which in list(self.job_fds.get(action.job_id, ())):
@@ -297,9 +320,10 @@ class Worker:
         self.log.flush()
         self.conn.send(message)
 
-    def _to_stager(self, message: p.Message) -> None:
+    def _to_stager(self, action: a.ToStager) -> None:
         if self.stager is None:  # its job waits for the cache: nothing was asked for yet
             return
+        message = action.message
         if isinstance(message, p.Blob):
             self.stager.on_blob(message)
         elif isinstance(message, p.Want):
@@ -348,7 +372,8 @@ class Worker:
                 return
             self._do(self.core.on_output(job_id, which, data, now))
 
-    def _write_stdin(self, job_id: str, chunks: tuple[memoryview, ...]) -> None:
+    def _write_stdin(self, action: a.WriteStdin) -> None:
+        job_id, chunks = action.job_id, action.chunks
         fd = self.job_fds[job_id][p.STDIN]
         written = 0
         now = time.monotonic()
