@@ -541,7 +541,9 @@ def encode(message: Struct) -> bytes:
 
 
 def _pack(value: object, out: bytearray) -> None:
-    if isinstance(value, Struct):
+    if type(value) is bytes:  # first: a job's argv and environment are most of what jq sends
+        _pack_bin(value, out)
+    elif isinstance(value, Struct):
         items = value.values()
         if value.TAG:
             items.insert(0, value.TAG)
@@ -569,8 +571,12 @@ def _pack(value: object, out: bytearray) -> None:
     elif isinstance(value, dict):
         _pack_header(out, len(value), 0x80, 0xDE)
         for key, item in value.items():
-            _pack(key, out)
-            _pack(item, out)
+            if type(key) is bytes and type(item) is bytes:  # an environment's variable
+                _pack_bin(key, out)
+                _pack_bin(item, out)
+            else:
+                _pack(key, out)
+                _pack(item, out)
     else:
         raise TypeError(f"cannot encode a {type(value).__name__} in a jobqueue message")
 
@@ -593,7 +599,8 @@ def _pack_header(out: bytearray, n: int, fix: int, code16: int, *, str8: bool = 
 def _pack_bin(data: bytes, out: bytearray) -> None:
     n = len(data)
     if n < 0x100:
-        out += bytes((0xC4, n))
+        out.append(0xC4)
+        out.append(n)
     elif n < 0x10000:
         out.append(0xC5)
         out += n.to_bytes(2, "big")
