@@ -289,6 +289,9 @@ def run(options: JqOptions, closed: list[int] = []) -> int:  # noqa: B006 (never
     spec = build_spec(options, closed)
     session = Session(endpoint, security=security, connect_timeout=options.connect_timeout, grace=grace)
     job = ClientJob(spec, term)
+    if not gc.isenabled():  # bin/jq turned it off for start-up: what start-up made stays
+        gc.freeze()
+        gc.enable()  # (before staging: hashing a tree with no collector grew without bound)
     if options.stage is not None:
         from .staging.jqside import stage  # only now are hashing and walking loaded
 
@@ -297,9 +300,6 @@ def run(options: JqOptions, closed: list[int] = []) -> int:  # noqa: B006 (never
     if not options.tty:
         term.watched = _pipes(tuple(fd for fd in ((1,) if spec.merge_output else (1, 2)) if fd not in closed))
     term.install(spec.ignored_signals)
-    if not gc.isenabled():  # bin/jq turned it off for start-up: what start-up made stays
-        gc.freeze()
-        gc.enable()
     try:
         code = _loop(session, job, term, options)
     except (ServerLost, AuthFailed) as e:
