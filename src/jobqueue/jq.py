@@ -291,7 +291,7 @@ def run(options: JqOptions, closed: list[int] = []) -> int:  # noqa: B006 (never
     job = ClientJob(spec, term)
     if not gc.isenabled():  # bin/jq turned it off for start-up: what start-up made stays
         gc.freeze()
-        gc.enable()  # (before staging: hashing a tree with no collector grew without bound)
+        gc.enable()  # before any staging: walking and hashing a tree may leave cycles to free
     if options.stage is not None:
         from .staging.jqside import stage  # only now are hashing and walking loaded
 

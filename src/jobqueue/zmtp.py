@@ -53,8 +53,7 @@ class MechanismMismatch(ZmtpError):
 
 class HandshakeRejected(ZmtpError):
     """The peer closed the connection in the middle of the greeting (libzmq does so on a
-    mechanism mismatch before telling its own mechanism).  A close before any byte of it
-    is a plain drop (a relay or tunnel whose server is down accepts, then closes)."""
+    mechanism mismatch before telling its own mechanism)."""
 
 
 #: Buffers handed to one sendmsg (well under the kernel's IOV_MAX of 1024).
@@ -227,7 +226,7 @@ class Dealer:
         self._big_done.clear()
         while self.state in ("ready", "open") and self._take_frame(messages):
             pass
-        if self.lost and self.state == "greeting" and self.inbox:  # it said something first: a ZeroMQ peer
+        if self.lost and self.state == "greeting":
             raise HandshakeRejected(f"the server at {self.endpoint} closed the connection during the "
                                     "ZeroMQ handshake")
         if self.lost and not messages:
